@@ -1,0 +1,329 @@
+"""Group: the processes of one app, the queue of requests waiting for them, and routing.
+
+Theory of operation
+-------------------
+A request asks its group for a session (``checkout``). The group routes it to
+the enabled process with the lowest busyness (see ``Process.busyness``); ties go
+to the process spawned first, so spare processes stay idle and can be retired.
+When every process is totally busy the request waits in a FIFO queue, bounded by
+``max_queue_size``; a full queue rejects at once. Closing a session hands the
+freed capacity to the head of the queue.
+
+Rules the code keeps:
+1. A request never overtakes one already queued (FIFO).
+2. At most one spawn per group is in flight; spawn when the group is below
+   ``min_instances``, or when every process is totally busy or requests wait,
+   within ``max_instances`` and the pool's capacity.
+3. A failed spawn rejects every waiter with the error and backs off
+   exponentially; while backing off with no process, requests fail at once.
+4. A process that dies is detached; its sessions may still be closed later and
+   then change nothing but its own counters.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .effects import Effect, Grant, Reason, Reject, Rejected, Spawn, Stop, Wake
+from .process import Enablement, Life, Process
+from .session import Session
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOptions:
+    min_instances: int = 1
+    #: 0 = bounded only by the pool's ``max_size``.
+    max_instances: int = 0
+    #: 0 = unbounded.
+    max_queue_size: int = 100
+    #: Soft cap on sessions for unlimited-concurrency processes (0 = none).
+    soft_limit: int = 0
+    #: First back-off after a failed spawn; doubles per consecutive failure.
+    spawn_backoff: float = 1.0
+    spawn_backoff_cap: float = 60.0
+
+
+class Waiter:
+    """A request waiting in a group's queue. ``token`` belongs to the driver."""
+
+    __slots__ = ("enqueued_at", "token", "waiting")
+
+    def __init__(self, token: Any, now: float) -> None:
+        self.token = token
+        self.enqueued_at = now
+        #: True while in the queue; False once granted, rejected or cancelled.
+        self.waiting = True
+
+
+class Group:
+    """One app's processes and queue.
+
+    Invariants (``verify``):
+    1. Every process in ``processes`` is enabled and alive; ``processes`` is in spawn order.
+    2. A non-empty queue means every process is totally busy (no capacity sits idle
+       while a request waits).
+    3. A non-empty queue means progress is coming: a spawn is in flight, a process
+       exists whose session will close, or the pool is full and waits for capacity.
+    4. Every queued waiter has ``waiting`` set; the queue is no longer than ``max_queue_size``
+       (when bounded).
+    """
+
+    def __init__(self, name: str, pool: Pool, options: GroupOptions) -> None:
+        self.name = name
+        self.pool = pool
+        self.options = options
+        self.processes: list[Process] = []
+        self.queue: deque[Waiter] = deque()
+        #: A spawn is in flight (counts against the pool's capacity).
+        self.spawning = False
+        #: Consecutive failed spawns, and when the back-off after the last one ends.
+        self.failures = 0
+        self.backoff_until = 0.0
+        self.last_error: Any = None
+        self.shutting_down = False
+
+    # -- requests ---------------------------------------------------------------
+
+    def checkout(self, token: Any, now: float) -> tuple[Session | Waiter | Rejected, list[Effect]]:
+        """Ask for a session: one now, a place in the queue, or a rejection."""
+        effects: list[Effect] = []
+        if self.shutting_down:
+            return Rejected(Reason.SHUTTING_DOWN), effects
+        if not self.queue:
+            process = self._route()
+            if process is not None:
+                session = self._open_session(process, now)
+                self._maybe_spawn(now, effects)
+                return session, effects
+        if not self.processes and not self.spawning and now < self.backoff_until:
+            return Rejected(Reason.SPAWN_FAILED, self.last_error), effects
+        if self.options.max_queue_size and len(self.queue) >= self.options.max_queue_size:
+            return Rejected(Reason.QUEUE_FULL), effects
+        waiter = Waiter(token, now)
+        self.queue.append(waiter)
+        self._maybe_spawn(now, effects)
+        return waiter, effects
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The request behind ``waiter`` went away before it got a session."""
+        if waiter.waiting:
+            waiter.waiting = False
+            self.queue.remove(waiter)
+
+    def _route(self) -> Process | None:
+        """The enabled process with the lowest busyness that has room; ties → spawned first."""
+        best: Process | None = None
+        best_busyness = 0.0
+        for process in self.processes:
+            if process.totally_busy():
+                continue
+            busyness = process.busyness()
+            if best is None or busyness < best_busyness:
+                best = process
+                best_busyness = busyness
+        return best
+
+    def _open_session(self, process: Process, now: float) -> Session:
+        process.sessions += 1
+        process.last_used = now
+        return Session(self, process)
+
+    def _session_closed(self, session: Session, now: float) -> list[Effect]:
+        process = session.process
+        process.sessions -= 1
+        process.processed += 1
+        process.last_used = now
+        effects: list[Effect] = []
+        if process.enablement is Enablement.ENABLED:
+            self._serve_queue(now, effects)
+            if process.sessions == 0 and not self.queue:
+                self.pool._lend_idle_process(self, process, now, effects)
+        return effects
+
+    def _serve_queue(self, now: float, effects: list[Effect]) -> None:
+        while self.queue:
+            process = self._route()
+            if process is None:
+                return
+            waiter = self.queue.popleft()
+            waiter.waiting = False
+            effects.append(Grant(waiter, self._open_session(process, now)))
+
+    def _reject_all(self, rejected: Rejected, effects: list[Effect]) -> None:
+        while self.queue:
+            waiter = self.queue.popleft()
+            waiter.waiting = False
+            effects.append(Reject(waiter, rejected))
+
+    # -- spawning ---------------------------------------------------------------
+
+    def wants_process(self, now: float) -> bool:
+        """Whether this group should get one more process, pool capacity aside."""
+        if self.spawning or self.shutting_down or now < self.backoff_until:
+            return False
+        count = len(self.processes)
+        if count < self.options.min_instances:
+            return True
+        if self.options.max_instances and count >= self.options.max_instances:
+            return False
+        if self.queue:
+            return True
+        return count > 0 and all(p.totally_busy() for p in self.processes)
+
+    def has_demand(self) -> bool:
+        """Requests are waiting or every process is totally busy (not just below minimum)."""
+        return bool(self.queue) or (
+            bool(self.processes) and all(p.totally_busy() for p in self.processes)
+        )
+
+    def _maybe_spawn(self, now: float, effects: list[Effect]) -> None:
+        if self.wants_process(now) and self.pool._make_room(self, now, effects):
+            self.spawning = True
+            effects.append(Spawn(self))
+
+    def spawn_done(
+        self, pid: int, concurrency: int, now: float, handle: Any = None
+    ) -> tuple[Process, list[Effect]]:
+        """The spawn in flight produced a ready process."""
+        assert self.spawning, "spawn_done without a spawn in flight"
+        self.spawning = False
+        self.failures = 0
+        self.backoff_until = 0.0
+        self.last_error = None
+        limit = concurrency if concurrency > 0 else self.options.soft_limit
+        process = Process(
+            pid=pid,
+            concurrency=concurrency,
+            limit=limit,
+            seq=self.pool._next_seq(),
+            spawned_at=now,
+            last_used=now,
+            handle=handle,
+        )
+        effects: list[Effect] = []
+        if self.shutting_down:
+            self._detach(process, effects)
+            return process, effects
+        self.processes.append(process)
+        self._serve_queue(now, effects)
+        self._maybe_spawn(now, effects)
+        self.pool._after_capacity_change(now, effects)
+        return process, effects
+
+    def spawn_failed(self, error: Any, now: float) -> list[Effect]:
+        """The spawn in flight failed: every waiter learns why; retry after a back-off."""
+        assert self.spawning, "spawn_failed without a spawn in flight"
+        self.spawning = False
+        self.failures += 1
+        self.last_error = error
+        delay = min(
+            self.options.spawn_backoff_cap,
+            self.options.spawn_backoff * 2 ** (self.failures - 1),
+        )
+        self.backoff_until = now + delay
+        effects: list[Effect] = []
+        if not self.processes:
+            # With live processes the queue is still served; only the scale-up failed.
+            self._reject_all(Rejected(Reason.SPAWN_FAILED, error), effects)
+        if delay > 0:
+            effects.append(Wake(self.backoff_until))
+        # With no back-off the next request spawns again; never respawn from here,
+        # or a broken app would spawn in a tight loop.
+        self.pool._after_capacity_change(now, effects, exclude=self)
+        return effects
+
+    def reset_backoff(self, now: float) -> list[Effect]:
+        """Forget past failures (e.g. the app was restarted) and spawn if wanted."""
+        self.failures = 0
+        self.backoff_until = 0.0
+        effects: list[Effect] = []
+        self._maybe_spawn(now, effects)
+        return effects
+
+    # -- process loss and retirement -----------------------------------------------
+
+    def process_died(self, process: Process, now: float) -> list[Effect]:
+        """The OS process behind ``process`` exited (expectedly or not) and was reaped."""
+        effects: list[Effect] = []
+        was_enabled = process.enablement is Enablement.ENABLED
+        process.life = Life.DEAD
+        if was_enabled:
+            process.enablement = Enablement.DETACHED
+            self.processes.remove(process)
+            self._after_loss(now, effects)
+        return effects
+
+    def _after_loss(self, now: float, effects: list[Effect]) -> None:
+        """A process left the group: replace it if wanted; never strand the queue."""
+        self._maybe_spawn(now, effects)
+        if self.queue and not self.processes and not self.spawning and not self.pool.is_full():
+            # Only a back-off stops a spawn here: the waiters get the last error now.
+            self._reject_all(Rejected(Reason.SPAWN_FAILED, self.last_error), effects)
+        self.pool._after_capacity_change(now, effects)
+
+    def _detach(self, process: Process, effects: list[Effect]) -> None:
+        """Take an enabled process out of routing for good and have it stopped."""
+        if process in self.processes:
+            self.processes.remove(process)
+        process.enablement = Enablement.DETACHED
+        process.life = Life.SHUTTING_DOWN
+        effects.append(Stop(process))
+
+    def detach(self, process: Process, now: float) -> list[Effect]:
+        """Retire ``process``: no new sessions; the driver stops it."""
+        effects: list[Effect] = []
+        if process.enablement is Enablement.ENABLED:
+            self._detach(process, effects)
+            self._after_loss(now, effects)
+        return effects
+
+    def shutdown(self) -> list[Effect]:
+        """Stop all processes: no new sessions, waiters rejected, processes stopped."""
+        self.shutting_down = True
+        effects: list[Effect] = []
+        self._reject_all(Rejected(Reason.SHUTTING_DOWN), effects)
+        for process in list(self.processes):
+            self._detach(process, effects)
+        return effects
+
+    # -- introspection ------------------------------------------------------------
+
+    def capacity_used(self) -> int:
+        """Processes that count against the pool's ``max_size``: live ones and a spawn in flight."""
+        return len(self.processes) + (1 if self.spawning else 0)
+
+    def verify(self, now: float) -> None:
+        """Check the invariants in the class docstring; raise AssertionError if one fails."""
+        seqs = [p.seq for p in self.processes]
+        assert seqs == sorted(seqs), f"{self.name}: processes out of spawn order"
+        for p in self.processes:
+            assert p.enablement is Enablement.ENABLED, f"{p}: listed but not enabled"
+            assert p.life is Life.ALIVE, f"{p}: listed but not alive"
+            assert p.sessions >= 0 and p.processed >= 0, f"{p}: negative counter"
+            if p.limit:
+                assert p.sessions <= p.limit, f"{p}: more sessions than its limit"
+        if self.queue:
+            assert all(p.totally_busy() for p in self.processes), (
+                f"{self.name}: a request waits while a process has room"
+            )
+            assert self.spawning or self.processes or self.pool.is_full(), (
+                f"{self.name}: requests wait but nothing will serve them"
+            )
+        assert all(w.waiting for w in self.queue), f"{self.name}: a queued waiter is not waiting"
+        if self.options.max_queue_size:
+            assert len(self.queue) <= self.options.max_queue_size, f"{self.name}: queue overflow"
+        if self.options.max_instances:
+            assert len(self.processes) <= self.options.max_instances, (
+                f"{self.name}: more processes than max_instances"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Group {self.name} processes={len(self.processes)} queue={len(self.queue)}"
+            f" spawning={self.spawning}>"
+        )

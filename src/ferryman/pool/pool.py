@@ -1,0 +1,106 @@
+"""Pool: all groups, and the one limit they share (``max_size`` processes in all).
+
+Sans-IO like the rest of ``pool/``: transitions take ``now`` and return effects.
+When the pool is full and a group has demand, the idle process that was used
+least recently in another group is retired to make room (Passenger's rule).
+"""
+
+from __future__ import annotations
+
+from .effects import Effect
+from .group import Group, GroupOptions
+from .process import Process
+
+
+class Pool:
+    """Invariant: ``capacity_used() <= max_size`` (live processes plus spawns in flight)."""
+
+    def __init__(self, max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be >= 1")
+        self.max_size = max_size
+        self.groups: dict[str, Group] = {}
+        self._seq = 0
+
+    def add_group(self, name: str, options: GroupOptions) -> Group:
+        if name in self.groups:
+            raise ValueError(f"group {name!r} exists")
+        group = Group(name, self, options)
+        self.groups[name] = group
+        return group
+
+    def capacity_used(self) -> int:
+        return sum(g.capacity_used() for g in self.groups.values())
+
+    def is_full(self) -> bool:
+        return self.capacity_used() >= self.max_size
+
+    def tick(self, now: float) -> list[Effect]:
+        """Periodic/awaited check: spawn what groups want now that time has passed."""
+        effects: list[Effect] = []
+        for group in self.groups.values():
+            group._maybe_spawn(now, effects)
+        return effects
+
+    def shutdown(self) -> list[Effect]:
+        effects: list[Effect] = []
+        for group in self.groups.values():
+            effects += group.shutdown()
+        return effects
+
+    def verify(self, now: float) -> None:
+        used = self.capacity_used()
+        assert used <= self.max_size, f"pool over capacity: {used} > {self.max_size}"
+        for group in self.groups.values():
+            group.verify(now)
+        pids = [p.pid for g in self.groups.values() for p in g.processes]
+        assert len(pids) == len(set(pids)), "a pid is listed twice"
+
+    # -- called by groups -----------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _make_room(self, group: Group, now: float, effects: list[Effect]) -> bool:
+        """Whether ``group`` may spawn now; retires an idle process elsewhere if needed."""
+        if not self.is_full():
+            return True
+        if not group.has_demand():
+            return False  # topping up to min_instances never evicts another app
+        victim = self._oldest_idle_process(exclude=group)
+        if victim is None:
+            return False
+        victim_group = victim[0]
+        victim_group._detach(victim[1], effects)
+        return True
+
+    def _oldest_idle_process(self, exclude: Group) -> tuple[Group, Process] | None:
+        best: tuple[Group, Process] | None = None
+        for group in self.groups.values():
+            if group is exclude:
+                continue
+            for process in group.processes:
+                if process.is_idle() and (best is None or process.last_used < best[1].last_used):
+                    best = (group, process)
+        return best
+
+    def _lend_idle_process(
+        self, group: Group, process: Process, now: float, effects: list[Effect]
+    ) -> None:
+        """``process`` just went idle; if another group starves for capacity, give it up."""
+        if not self.is_full():
+            return
+        for other in self.groups.values():
+            if other is not group and other.queue and other.wants_process(now):
+                group._detach(process, effects)
+                other._maybe_spawn(now, effects)
+                return
+
+    def _after_capacity_change(
+        self, now: float, effects: list[Effect], exclude: Group | None = None
+    ) -> None:
+        """Capacity was freed: groups that wanted a process may spawn now."""
+        for group in self.groups.values():
+            if group is not exclude:
+                group._maybe_spawn(now, effects)

@@ -1,0 +1,72 @@
+"""Process: one app process as the pool sees it — its states, its counters, its busyness.
+
+Pure data and arithmetic: no I/O, no clock reads. The OS-level side of a process
+(the child, its pipes, the connections to it) lives in a driver-owned ``handle``
+that the pool never looks into.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Life(enum.Enum):
+    """Whether the OS process exists."""
+
+    ALIVE = "alive"
+    SHUTTING_DOWN = "shutting down"  # told to stop; its OS process has not exited yet
+    DEAD = "dead"  # exited and reaped
+
+
+class Enablement(enum.Enum):
+    """Whether the router may send new sessions to the process."""
+
+    ENABLED = "enabled"  # routable
+    DETACHED = "detached"  # removed from its group for good (retired, stopped or died)
+
+
+@dataclass(eq=False, slots=True)
+class Process:
+    """An app process in a group.
+
+    Invariants (checked by ``Group.verify``):
+    * ``sessions >= 0`` and ``processed >= 0``.
+    * An enabled process is alive, and when ``limit > 0`` it has ``sessions <= limit``.
+    """
+
+    pid: int
+    #: Concurrency declared by the loader: a positive limit, or 0 for unlimited.
+    concurrency: int
+    #: Sessions at which the process counts as totally busy: ``concurrency``, or the
+    #: operator's soft cap for unlimited apps, or 0 (never totally busy).
+    limit: int
+    #: Spawn order within the pool; the routing tie-break prefers the lowest.
+    seq: int
+    spawned_at: float
+    last_used: float
+    life: Life = Life.ALIVE
+    enablement: Enablement = Enablement.ENABLED
+    #: Sessions open now.
+    sessions: int = 0
+    #: Sessions closed so far (requests done).
+    processed: int = 0
+    #: Driver-owned state (child process, connections); opaque to the pool.
+    handle: Any = field(default=None, repr=False)
+
+    def busyness(self) -> float:
+        """Lower is less busy: utilisation for limited processes, open sessions otherwise.
+
+        Never "0 if idle else 1": that scoring ties every busy unlimited process
+        and makes requests stick to the first one while the others idle.
+        """
+        if self.limit:
+            return self.sessions / self.limit
+        return float(self.sessions)
+
+    def totally_busy(self) -> bool:
+        return self.limit > 0 and self.sessions >= self.limit
+
+    def is_idle(self) -> bool:
+        return self.sessions == 0

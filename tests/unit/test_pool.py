@@ -1,0 +1,399 @@
+"""The pool's rules, stated in plain words and checked without processes or an event loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ferryman.pool import (
+    Grant,
+    Group,
+    GroupOptions,
+    Pool,
+    Process,
+    Reason,
+    Reject,
+    Rejected,
+    Session,
+    Spawn,
+    Stop,
+    Wake,
+    Waiter,
+)
+from ferryman.pool.effects import Effect
+
+
+def make_process(concurrency: int, sessions: int, limit: int | None = None, seq: int = 1) -> Process:
+    return Process(
+        pid=1000 + seq,
+        concurrency=concurrency,
+        limit=concurrency if limit is None else limit,
+        seq=seq,
+        spawned_at=0.0,
+        last_used=0.0,
+        sessions=sessions,
+    )
+
+
+# -- busyness ------------------------------------------------------------------------
+
+BUSYNESS_CASES = [
+    # (concurrency, soft limit, sessions, busyness, totally busy)
+    (1, None, 0, 0.0, False),
+    (1, None, 1, 1.0, True),
+    (4, None, 0, 0.0, False),
+    (4, None, 1, 0.25, False),
+    (4, None, 2, 0.5, False),
+    (4, None, 4, 1.0, True),
+    # Unlimited concurrency: busyness is the number of open sessions, never 0/1.
+    (0, None, 0, 0.0, False),
+    (0, None, 1, 1.0, False),
+    (0, None, 2, 2.0, False),
+    (0, None, 16, 16.0, False),
+    # Unlimited with an operator's soft cap: totally busy at the cap.
+    (0, 8, 7, 7 / 8, False),
+    (0, 8, 8, 1.0, True),
+]
+
+
+@pytest.mark.parametrize(("concurrency", "soft", "sessions", "busyness", "full"), BUSYNESS_CASES)
+def test_busyness_table(
+    concurrency: int, soft: int | None, sessions: int, busyness: float, full: bool
+) -> None:
+    """Busyness is utilisation for limited processes and open sessions for unlimited ones."""
+    p = make_process(concurrency, sessions, limit=soft if soft is not None else concurrency)
+    assert p.busyness() == pytest.approx(busyness)
+    assert p.totally_busy() is full
+
+
+def test_unlimited_busyness_grows_with_each_session() -> None:
+    """Regression guard for Passenger's old '0 if idle else 1' scoring of unlimited processes."""
+    one = make_process(0, 1)
+    two = make_process(0, 2)
+    assert one.busyness() < two.busyness()
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def pool_with(
+    *, max_size: int = 6, **options: Any
+) -> tuple[Pool, Group]:
+    pool = Pool(max_size)
+    group = pool.add_group("app", GroupOptions(**options))
+    return pool, group
+
+
+def bring_up(group: Group, concurrency: int, count: int, now: float = 0.0) -> list[Process]:
+    """Spawn ``count`` processes into ``group`` as the driver would."""
+    made = []
+    for _ in range(count):
+        if not group.spawning:
+            group.spawning = True
+        process, _ = group.spawn_done(pid=100 + len(group.processes), concurrency=concurrency, now=now)
+        made.append(process)
+    return made
+
+
+def sessions_of(outcome: Session | Waiter | Rejected) -> Session:
+    assert isinstance(outcome, Session), outcome
+    return outcome
+
+
+# -- routing -----------------------------------------------------------------------------
+
+ROUTING_CASES = [
+    # (concurrency, sessions per process, index chosen)
+    (1, [1, 0, 0], 1),  # first idle process
+    (1, [0, 0, 0], 0),  # ties → spawned first
+    (4, [2, 1, 3], 1),  # lowest utilisation
+    (4, [1, 1, 0], 2),
+    (4, [4, 3, 4], 1),  # totally busy processes are skipped
+    (0, [3, 1, 2], 1),  # unlimited: fewest open sessions
+    (0, [2, 2, 1], 2),  # the 0/1 scoring would pick index 0 here
+    (0, [1, 1, 1], 0),  # ties → spawned first
+]
+
+
+@pytest.mark.parametrize(("concurrency", "sessions", "chosen"), ROUTING_CASES)
+def test_routing_table(concurrency: int, sessions: list[int], chosen: int) -> None:
+    """A request goes to the least-busy process with room; ties go to the process spawned first."""
+    pool, group = pool_with(min_instances=len(sessions), max_queue_size=0)
+    processes = bring_up(group, concurrency, len(sessions))
+    for process, n in zip(processes, sessions, strict=True):
+        process.sessions = n
+    outcome, _ = group.checkout(token=None, now=1.0)
+    assert sessions_of(outcome).process is processes[chosen]
+    pool.verify(1.0)
+
+
+def test_sessions_spread_evenly_over_unlimited_processes() -> None:
+    """64 concurrent requests over 4 unlimited processes give each exactly 16 sessions."""
+    pool, group = pool_with(min_instances=4)
+    processes = bring_up(group, 0, 4)
+    for _ in range(64):
+        sessions_of(group.checkout(None, 1.0)[0])
+    assert [p.sessions for p in processes] == [16, 16, 16, 16]
+
+
+# -- queue ---------------------------------------------------------------------------------
+
+
+def test_full_queue_rejects_at_once() -> None:
+    """With all processes busy and the queue at its bound, the next request is rejected (503)."""
+    pool, group = pool_with(min_instances=4, max_instances=4, max_queue_size=2)
+    bring_up(group, 1, 4)
+    outcomes = [group.checkout(i, 1.0)[0] for i in range(7)]
+    assert all(isinstance(o, Session) for o in outcomes[:4])
+    assert all(isinstance(o, Waiter) for o in outcomes[4:6])
+    assert outcomes[6] == Rejected(Reason.QUEUE_FULL)
+    pool.verify(1.0)
+
+
+def test_unbounded_queue_never_rejects() -> None:
+    pool, group = pool_with(min_instances=1, max_instances=1, max_queue_size=0)
+    bring_up(group, 1, 1)
+    outcomes = [group.checkout(i, 1.0)[0] for i in range(500)]
+    assert sum(isinstance(o, Waiter) for o in outcomes) == 499
+
+
+def test_closing_a_session_serves_the_queue_in_order() -> None:
+    """Freed capacity goes to the request that has waited longest."""
+    pool, group = pool_with(min_instances=1, max_instances=1)
+    bring_up(group, 1, 1)
+    first = sessions_of(group.checkout("a", 1.0)[0])
+    w1 = group.checkout("b", 1.0)[0]
+    w2 = group.checkout("c", 1.0)[0]
+    effects = first.close(2.0)
+    grants = [e for e in effects if isinstance(e, Grant)]
+    assert [g.waiter for g in grants] == [w1]
+    assert list(group.queue) == [w2]
+    pool.verify(2.0)
+
+
+def test_a_new_request_never_overtakes_a_queued_one() -> None:
+    """Even if a process has room by the time it arrives, a queued request goes first."""
+    pool, group = pool_with(min_instances=1, max_instances=1)
+    bring_up(group, 1, 1)
+    busy = sessions_of(group.checkout("a", 1.0)[0])
+    waiter = group.checkout("b", 1.0)[0]
+    assert isinstance(waiter, Waiter)
+    effects = busy.close(2.0)
+    assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
+    late = group.checkout("c", 2.0)[0]
+    assert isinstance(late, Waiter)
+
+
+def test_session_gives_capacity_back_exactly_once() -> None:
+    pool, group = pool_with(min_instances=1)
+    (process,) = bring_up(group, 2, 1)
+    session = sessions_of(group.checkout(None, 1.0)[0])
+    session.close(2.0)
+    session.close(3.0)
+    assert process.sessions == 0
+    assert process.processed == 1
+
+
+def test_cancelled_waiter_leaves_the_queue() -> None:
+    pool, group = pool_with(min_instances=1, max_instances=1)
+    bring_up(group, 1, 1)
+    busy = sessions_of(group.checkout("a", 1.0)[0])
+    waiter = group.checkout("b", 1.0)[0]
+    assert isinstance(waiter, Waiter)
+    group.cancel(waiter)
+    group.cancel(waiter)  # twice is harmless
+    assert not group.queue
+    assert not [e for e in busy.close(2.0) if isinstance(e, Grant)]
+    pool.verify(2.0)
+
+
+# -- spawning ------------------------------------------------------------------------------
+
+
+def test_checkout_on_an_empty_group_queues_and_spawns() -> None:
+    pool, group = pool_with(min_instances=0)
+    waiter, effects = group.checkout("a", 0.0)
+    assert isinstance(waiter, Waiter)
+    assert effects == [Spawn(group)]
+    _, effects = group.spawn_done(pid=7, concurrency=1, now=1.0)
+    # The waiter gets the new process, which is then totally busy: spawn one more.
+    assert [type(e) for e in effects] == [Grant, Spawn]
+    pool.verify(1.0)
+
+
+def test_spawns_more_when_all_processes_are_totally_busy() -> None:
+    pool, group = pool_with(min_instances=1, max_instances=3)
+    bring_up(group, 1, 1)
+    _, effects = group.checkout("a", 0.0)
+    assert Spawn(group) in effects
+
+
+def test_only_one_spawn_in_flight_per_group() -> None:
+    pool, group = pool_with(min_instances=0)
+    _, first = group.checkout("a", 0.0)
+    _, second = group.checkout("b", 0.0)
+    assert first == [Spawn(group)]
+    assert second == []
+
+
+def test_max_instances_caps_the_group() -> None:
+    pool, group = pool_with(min_instances=2, max_instances=2)
+    bring_up(group, 1, 2)
+    group.checkout("a", 0.0)
+    _, effects = group.checkout("b", 0.0)
+    assert not any(isinstance(e, Spawn) for e in effects)
+
+
+def test_unlimited_processes_do_not_scale_without_a_soft_limit() -> None:
+    pool, group = pool_with(min_instances=1)
+    bring_up(group, 0, 1)
+    for i in range(50):
+        _, effects = group.checkout(i, 0.0)
+        assert not effects
+
+
+def test_soft_limit_makes_unlimited_processes_scale() -> None:
+    pool, group = pool_with(min_instances=1, soft_limit=8, max_instances=4)
+    bring_up(group, 0, 1)
+    spawned = 0
+    for i in range(32):
+        outcome, effects = group.checkout(i, 0.0)
+        for e in effects:
+            if isinstance(e, Spawn):
+                spawned += 1
+                group.spawn_done(pid=500 + spawned, concurrency=0, now=0.0)
+    assert len(group.processes) == 4
+    assert [p.sessions for p in group.processes] == [8, 8, 8, 8]
+    pool.verify(0.0)
+
+
+def test_failed_spawn_rejects_waiters_and_backs_off() -> None:
+    """A failed spawn tells every waiter why; requests during the back-off fail at once."""
+    pool, group = pool_with(min_instances=1, spawn_backoff=2.0)
+    w1, effects = group.checkout("a", 0.0)
+    w2, _ = group.checkout("b", 0.0)
+    assert effects == [Spawn(group)]
+    effects = group.spawn_failed("boom", 1.0)
+    rejects = [e for e in effects if isinstance(e, Reject)]
+    assert [r.waiter for r in rejects] == [w1, w2]
+    assert all(r.rejected == Rejected(Reason.SPAWN_FAILED, "boom") for r in rejects)
+    assert Wake(3.0) in effects
+    outcome, effects = group.checkout("c", 2.0)
+    assert outcome == Rejected(Reason.SPAWN_FAILED, "boom")
+    assert not effects
+    # When the back-off is over, the wake-up spawns again.
+    assert pool.tick(3.0) == [Spawn(group)]
+    pool.verify(3.0)
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    pool, group = pool_with(min_instances=1, spawn_backoff=1.0, spawn_backoff_cap=5.0)
+    waits = []
+    now = 0.0
+    for _ in range(5):
+        group.spawning = True
+        effects = group.spawn_failed("boom", now)
+        (wake,) = [e for e in effects if isinstance(e, Wake)]
+        waits.append(wake.at - now)
+        now = wake.at
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_zero_backoff_never_respawns_by_itself() -> None:
+    """With no back-off a broken app is retried per request, not in a loop."""
+    pool, group = pool_with(min_instances=1, spawn_backoff=0.0)
+    group.spawning = True
+    effects = group.spawn_failed("boom", 0.0)
+    assert not any(isinstance(e, Spawn | Wake) for e in effects)
+    _, effects = group.checkout("a", 0.0)
+    assert effects == [Spawn(group)]
+
+
+def test_a_dead_process_is_detached_and_replaced() -> None:
+    pool, group = pool_with(min_instances=2)
+    a, b = bring_up(group, 1, 2)
+    session = sessions_of(group.checkout("x", 0.0)[0])
+    assert session.process is a
+    effects = group.process_died(a, 1.0)
+    assert a not in group.processes
+    assert Spawn(group) in effects
+    session.close(2.0)  # closing a session of a dead process changes nothing else
+    assert b.sessions == 0
+    pool.verify(2.0)
+
+
+# -- capacity across groups -------------------------------------------------------------------
+
+
+def two_groups(max_size: int = 2) -> tuple[Pool, Group, Group]:
+    pool = Pool(max_size)
+    a = pool.add_group("a", GroupOptions(min_instances=1))
+    b = pool.add_group("b", GroupOptions(min_instances=0))
+    return pool, a, b
+
+
+def test_a_full_pool_retires_the_oldest_idle_process_of_another_group() -> None:
+    pool, a, b = two_groups(max_size=2)
+    old, new = bring_up(a, 1, 2)
+    a.processes[0].last_used = 1.0
+    a.processes[1].last_used = 5.0
+    waiter, effects = b.checkout("req", 10.0)
+    assert isinstance(waiter, Waiter)
+    assert effects == [Stop(old), Spawn(b)]
+    assert a.processes == [new]
+    pool.verify(10.0)
+
+
+def test_topping_up_to_min_instances_never_evicts_another_group() -> None:
+    pool = Pool(2)
+    a = pool.add_group("a", GroupOptions(min_instances=2))
+    bring_up(a, 1, 2)
+    b = pool.add_group("b", GroupOptions(min_instances=1))
+    assert pool.tick(0.0) == []
+    assert len(a.processes) == 2
+
+
+def test_a_full_pool_with_no_idle_process_makes_the_request_wait() -> None:
+    """Busy processes are never evicted; the request waits until one goes idle."""
+    pool, a, b = two_groups(max_size=2)
+    bring_up(a, 1, 2)
+    s1 = sessions_of(a.checkout("1", 0.0)[0])
+    sessions_of(a.checkout("2", 0.0)[0])
+    waiter, effects = b.checkout("req", 0.0)
+    assert isinstance(waiter, Waiter)
+    assert effects == []
+    pool.verify(0.0)
+    # When an A process goes idle, it is handed over to B.
+    effects = s1.close(1.0)
+    assert effects == [Stop(s1.process), Spawn(b)]
+    pool.verify(1.0)
+
+
+def test_pool_capacity_counts_spawns_in_flight() -> None:
+    pool, a, b = two_groups(max_size=1)
+    a.checkout("x", 0.0)  # spawning for a
+    assert pool.is_full()
+    _, effects = b.checkout("y", 0.0)
+    assert effects == []  # nothing idle to retire; waits
+    pool.verify(0.0)
+
+
+# -- shutdown ------------------------------------------------------------------------------------
+
+
+def test_shutdown_rejects_waiters_and_stops_every_process() -> None:
+    pool, group = pool_with(min_instances=2, max_instances=2)
+    a, b = bring_up(group, 1, 2)
+    group.checkout("1", 0.0)
+    group.checkout("2", 0.0)
+    waiter, _ = group.checkout("3", 0.0)
+    effects = pool.shutdown()
+    assert Reject(waiter, Rejected(Reason.SHUTTING_DOWN)) in effects  # type: ignore[arg-type]
+    assert Stop(a) in effects and Stop(b) in effects
+    outcome, _ = group.checkout("4", 0.0)
+    assert outcome == Rejected(Reason.SHUTTING_DOWN)
+
+
+def effects_types(effects: list[Effect]) -> list[str]:
+    return [type(e).__name__ for e in effects]

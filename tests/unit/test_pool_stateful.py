@@ -1,0 +1,174 @@
+"""Random sequences of pool events keep every invariant and never lose or double capacity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from ferryman.pool import (
+    Enablement,
+    Grant,
+    Group,
+    GroupOptions,
+    Life,
+    Pool,
+    Process,
+    Reject,
+    Rejected,
+    Session,
+    Spawn,
+    Stop,
+    Wake,
+    Waiter,
+)
+from ferryman.pool.effects import Effect
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """Plays the driver: carries out effects exactly as the asyncio driver does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.pool = Pool(max_size=3)
+        self.groups = [
+            self.pool.add_group(
+                "a", GroupOptions(min_instances=1, max_queue_size=4, spawn_backoff=1.0)
+            ),
+            self.pool.add_group(
+                "b",
+                GroupOptions(min_instances=0, max_instances=2, soft_limit=2, spawn_backoff=0.0),
+            ),
+        ]
+        self.pending_spawns: set[str] = set()
+        self.open: list[Session] = []
+        self.closed: list[Session] = []
+        self.waiting: list[tuple[Group, Waiter]] = []
+        self.stopping: list[tuple[Group, Process]] = []
+        self.next_pid = 100
+        self.apply(self.pool.tick(self.now))
+
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Spawn(group=group):
+                    assert group.name not in self.pending_spawns, "two spawns in flight"
+                    self.pending_spawns.add(group.name)
+                case Grant(waiter=waiter, session=session):
+                    entry = next(e for e in self.waiting if e[1] is waiter)
+                    self.waiting.remove(entry)
+                    self.open.append(session)
+                case Reject(waiter=waiter):
+                    entry = next(e for e in self.waiting if e[1] is waiter)
+                    self.waiting.remove(entry)
+                case Stop(process=process):
+                    assert process.enablement is Enablement.DETACHED
+                    group = next(g for g in self.groups if process not in g.processes)
+                    self.stopping.append((group, process))
+                case Wake():
+                    pass
+
+    def take(self, group: Group, outcome: Session | Waiter | Rejected) -> None:
+        if isinstance(outcome, Session):
+            self.open.append(outcome)
+        elif isinstance(outcome, Waiter):
+            self.waiting.append((group, outcome))
+
+    @rule(g=st.integers(0, 1))
+    def checkout(self, g: int) -> None:
+        group = self.groups[g]
+        outcome, effects = group.checkout(token=object(), now=self.now)
+        self.take(group, outcome)
+        self.apply(effects)
+
+    @precondition(lambda self: self.open)
+    @rule(i=st.integers(0, 100), twice=st.booleans())
+    def close_session(self, i: int, twice: bool) -> None:
+        session = self.open.pop(i % len(self.open))
+        self.apply(session.close(self.now))
+        if twice:
+            assert session.close(self.now) == []
+        self.closed.append(session)
+
+    @precondition(lambda self: self.closed)
+    @rule(i=st.integers(0, 100))
+    def close_again(self, i: int) -> None:
+        assert self.closed[i % len(self.closed)].close(self.now) == []
+
+    @precondition(lambda self: self.pending_spawns)
+    @rule(data=st.data(), concurrency=st.sampled_from([0, 1, 2]))
+    def spawn_done(self, data: Any, concurrency: int) -> None:
+        name = data.draw(st.sampled_from(sorted(self.pending_spawns)))
+        self.pending_spawns.discard(name)
+        group = self.pool.groups[name]
+        self.next_pid += 1
+        _, effects = group.spawn_done(self.next_pid, concurrency, self.now)
+        self.apply(effects)
+
+    @precondition(lambda self: self.pending_spawns)
+    @rule(data=st.data())
+    def spawn_failed(self, data: Any) -> None:
+        name = data.draw(st.sampled_from(sorted(self.pending_spawns)))
+        self.pending_spawns.discard(name)
+        self.apply(self.pool.groups[name].spawn_failed("boom", self.now))
+
+    @precondition(lambda self: any(g.processes for g in self.groups))
+    @rule(data=st.data())
+    def process_dies(self, data: Any) -> None:
+        live = [(g, p) for g in self.groups for p in g.processes]
+        group, process = data.draw(st.sampled_from(live))
+        self.apply(group.process_died(process, self.now))
+
+    @precondition(lambda self: self.stopping)
+    @rule(i=st.integers(0, 100))
+    def stopped_process_exits(self, i: int) -> None:
+        group, process = self.stopping.pop(i % len(self.stopping))
+        assert process.life is Life.SHUTTING_DOWN
+        self.apply(group.process_died(process, self.now))
+        assert process.life is Life.DEAD
+
+    @precondition(lambda self: any(g.processes for g in self.groups))
+    @rule(data=st.data())
+    def retire(self, data: Any) -> None:
+        live = [(g, p) for g in self.groups for p in g.processes]
+        group, process = data.draw(st.sampled_from(live))
+        self.apply(group.detach(process, self.now))
+
+    @precondition(lambda self: self.waiting)
+    @rule(i=st.integers(0, 100))
+    def client_goes_away(self, i: int) -> None:
+        group, waiter = self.waiting.pop(i % len(self.waiting))
+        group.cancel(waiter)
+
+    @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 5.0]))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+        self.apply(self.pool.tick(self.now))
+
+    @invariant()
+    def pool_invariants_hold(self) -> None:
+        self.pool.verify(self.now)
+
+    @invariant()
+    def sessions_match_the_open_ones(self) -> None:
+        """Each process's session count equals the sessions the driver holds on it."""
+        for group in self.groups:
+            for process in group.processes:
+                held = sum(1 for s in self.open if s.process is process)
+                assert process.sessions == held, (process, held)
+
+    @invariant()
+    def spawns_in_flight_match(self) -> None:
+        assert {g.name for g in self.groups if g.spawning} == self.pending_spawns
+
+    @invariant()
+    def waiters_match_the_queues(self) -> None:
+        queued = {id(w) for g in self.groups for w in g.queue}
+        assert queued == {id(w) for _, w in self.waiting}
+
+
+PoolMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TestPoolMachine = PoolMachine.TestCase
