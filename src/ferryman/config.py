@@ -1,0 +1,518 @@
+"""The settings registry: every setting declared once, and the resolved ``Config``.
+
+Each field of ``Config`` is a setting: its type, default, validation and help
+live in one ``setting(...)`` declaration. The CLI flags, the ``Ferrymanfile.toml``
+keys, the ``FERRYMAN_<NAME>`` environment variables and ``docs/configuration.md``
+are all derived from these fields. Precedence: defaults < file < environment < CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import re
+import shlex
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_FILE = "Ferrymanfile.toml"
+ENV_PREFIX = "FERRYMAN_"
+
+
+# -- kinds of values --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to read a setting's value from text (CLI, environment) or TOML, and what is allowed."""
+
+    allowed: str
+    parse: Callable[[Any], Any]
+    metavar: str = "VALUE"
+    #: Settings of a repeatable kind take a list: the CLI flag repeats, the
+    #: environment variable is split like a shell would.
+    repeatable: bool = False
+    boolean: bool = False
+
+
+def _int_kind(low: int, high: int | None = None, note: str = "") -> Kind:
+    allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    if note:
+        allowed += f" ({note})"
+
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError
+        if isinstance(raw, str):
+            raw = raw.strip()
+            if not re.fullmatch(r"[+-]?\d+", raw):
+                raise ValueError
+        if not isinstance(raw, int | str):
+            raise ValueError
+        value = int(raw)
+        if value < low or (high is not None and value > high):
+            raise ValueError
+        return value
+
+    return Kind(allowed, parse, "N")
+
+
+def _seconds_kind(positive: bool = True) -> Kind:
+    allowed = "a number of seconds > 0" if positive else "a number of seconds >= 0"
+
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(raw.strip() if isinstance(raw, str) else raw)
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError
+        return value
+
+    return Kind(allowed, parse, "SECONDS")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
+
+
+def _size_kind(zero_means: str = "") -> Kind:
+    allowed = "a size in bytes, optionally with a k, m or g suffix (e.g. 512k, 100m)"
+    if zero_means:
+        allowed += f"; 0 = {zero_means}"
+
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError
+        if isinstance(raw, int):
+            value = raw
+        else:
+            match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(raw))
+            if not match or match.group(2).lower() not in _SIZE_UNITS:
+                raise ValueError
+            value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+        if value < 0 or (value == 0 and not zero_means):
+            raise ValueError
+        return value
+
+    return Kind(allowed, parse, "SIZE")
+
+
+def _choice_kind(*choices: str) -> Kind:
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or raw.strip().lower() not in choices:
+            raise ValueError
+        return raw.strip().lower()
+
+    return Kind("one of " + ", ".join(choices), parse, "{" + ",".join(choices) + "}")
+
+
+def _text_kind(allowed: str = "a non-empty string", metavar: str = "TEXT") -> Kind:
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError
+        return raw
+
+    return Kind(allowed, parse, metavar)
+
+
+def _bool_parse(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+    raise ValueError
+
+
+BOOL = Kind("true or false (also 1/0, yes/no, on/off)", _bool_parse, boolean=True)
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _envvars_parse(raw: Any) -> tuple[tuple[str, str], ...]:
+    items: list[tuple[str, str]] = []
+    if isinstance(raw, Mapping):
+        pairs = [(str(k), v) for k, v in raw.items()]
+        for name, value in pairs:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError
+            items.append((name, str(value)))
+    elif isinstance(raw, Sequence) and not isinstance(raw, str):
+        for entry in raw:
+            if not isinstance(entry, str) or "=" not in entry:
+                raise ValueError
+            name, _, value = entry.partition("=")
+            items.append((name, value))
+    else:
+        raise ValueError
+    for name, _ in items:
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError
+    return tuple(items)
+
+
+ENVVARS = Kind(
+    "NAME=VALUE with NAME made of letters, digits and _ (a table in Ferrymanfile.toml)",
+    _envvars_parse,
+    "NAME=VALUE",
+    repeatable=True,
+)
+
+
+def _networks_parse(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    entries = raw.replace(",", " ").split() if isinstance(raw, str) else raw
+    if not isinstance(entries, Sequence):
+        raise ValueError
+    nets = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError
+        nets.extend(ipaddress.ip_network(e, strict=False) for e in entry.replace(",", " ").split())
+    return tuple(nets)
+
+
+NETWORKS = Kind(
+    "IP addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8, ::1)",
+    _networks_parse,
+    "ADDR",
+    repeatable=True,
+)
+
+
+def _port_or_zero() -> Kind:
+    return _int_kind(0, 65535, "0 = any free port")
+
+
+# -- the registry ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: Kind
+    help: str
+    section: str
+    short: str | None = None
+
+
+def setting(default: Any, kind: Kind, help: str, section: str, short: str | None = None) -> Any:
+    """Declare a setting: the one place its default, validation and help are written."""
+    return field(
+        default=default, metadata={"setting": Spec(kind, help.strip(), section, short)}
+    )
+
+
+ProxyNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``ferryman start`` runs with. Only ``app_dir`` is not a setting."""
+
+    app_dir: Path
+
+    # Listening
+    port: int = setting(3000, _port_or_zero(), "TCP port to listen on.", "Listening", "-p")
+    address: str = setting(
+        "127.0.0.1", _text_kind("an IP address or host name", "HOST"),
+        "Address to listen on.", "Listening", "-a",
+    )
+    socket: str | None = setting(
+        None, _text_kind("a file path", "PATH"),
+        "Listen on this Unix domain socket instead of TCP.", "Listening", "-S",
+    )
+
+    # Application
+    environment: str = setting(
+        "development", _text_kind("a name such as development or production", "NAME"),
+        "The app's environment; exported to the app as WSGI_ENV, PASSENGER_APP_ENV, "
+        "RACK_ENV, NODE_ENV and APP_ENV.", "Application", "-e",
+    )
+    app_type: str = setting(
+        "auto", _choice_kind("auto", "wsgi"),
+        "What kind of app this is; 'auto' detects it from the startup file.", "Application",
+    )
+    startup_file: str | None = setting(
+        None, _text_kind("a file path", "PATH"),
+        "The app's startup file, relative to the app directory (default: passenger_wsgi.py, "
+        "wsgi.py or app.py, whichever exists first).", "Application",
+    )
+    python: str = setting(
+        sys.executable, _text_kind("a path to a Python interpreter", "PATH"),
+        "Python interpreter that runs the app (default: the one Ferryman runs on).",
+        "Application",
+    )
+    envvar: tuple[tuple[str, str], ...] = setting(
+        (), ENVVARS,
+        "Set an environment variable for the app; repeat for several.", "Application",
+    )
+    thread_count: int = setting(
+        1, _int_kind(1, 10000),
+        "Threads per WSGI process: how many requests one process serves at once.",
+        "Application",
+    )
+    start_timeout: float = setting(
+        90.0, _seconds_kind(),
+        "How long a process may take to start before it is killed.", "Application",
+    )
+
+    # Pool
+    min_instances: int = setting(
+        1, _int_kind(0), "Processes kept running even when idle.", "Pool"
+    )
+    max_pool_size: int = setting(
+        6, _int_kind(1), "Most app processes in all, counting those being started.", "Pool"
+    )
+    max_instances: int = setting(
+        0, _int_kind(0, note="0 = only max_pool_size limits it"),
+        "Most processes for the app.", "Pool",
+    )
+    max_request_queue_size: int = setting(
+        100, _int_kind(0, note="0 = unbounded"),
+        "Requests that may wait for a process; beyond it they get 503 at once.", "Pool",
+    )
+    graceful_timeout: float = setting(
+        30.0, _seconds_kind(),
+        "On shutdown, how long in-flight requests may take to finish.", "Pool",
+    )
+
+    # HTTP
+    max_body_size: int = setting(
+        1024**3, _size_kind("unlimited"), "Largest request body accepted (else 413).", "HTTP"
+    )
+    max_header_size: int = setting(
+        32 * 1024, _size_kind(), "Largest request head (request line and headers; else 431).",
+        "HTTP",
+    )
+    header_timeout: float = setting(
+        30.0, _seconds_kind(), "How long a client may take to send a request's head.", "HTTP"
+    )
+    body_timeout: float = setting(
+        60.0, _seconds_kind(), "How long a request body may stall before the connection is "
+        "closed.", "HTTP",
+    )
+    keepalive_timeout: float = setting(
+        5.0, _seconds_kind(), "How long an idle keep-alive connection is kept open.", "HTTP"
+    )
+    trusted_proxies: ProxyNetworks = setting(
+        (), NETWORKS,
+        "Peers whose X-Forwarded-For/-Proto/-Host headers are believed (default: none). "
+        "Peers on a Unix socket are always trusted.", "HTTP",
+    )
+
+    # Logging
+    log_file: str | None = setting(
+        None, _text_kind("a file path", "PATH"), "Write the log here instead of stderr.",
+        "Logging",
+    )
+    log_level: str = setting(
+        "info", _choice_kind("debug", "info", "warning", "error"), "Least severe level logged.",
+        "Logging",
+    )
+    access_log: bool = setting(
+        True, BOOL, "Log every request in the combined log format.", "Logging"
+    )
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+
+def settings() -> list[tuple[str, Spec, Any]]:
+    """Every setting as (name, spec, default), in declaration order."""
+    out = []
+    for f in dataclasses.fields(Config):
+        spec = f.metadata.get("setting")
+        if spec is not None:
+            out.append((f.name, spec, f.default))
+    return out
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_of(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+# -- resolution ----------------------------------------------------------------------------
+
+
+def _invalid(name: str, raw: Any, spec: Spec, source: str) -> ConfigError:
+    shown = raw if isinstance(raw, str) else repr(raw)
+    return ConfigError(
+        f"invalid value {shown!r} for {name} (from {source}): must be {spec.kind.allowed}"
+    )
+
+
+def _parse(name: str, raw: Any, spec: Spec, source: str) -> Any:
+    try:
+        return spec.kind.parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise _invalid(name, raw, spec, source) from exc
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a Ferrymanfile.toml, checked against the registry."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    known = {name: spec for name, spec, _ in settings()}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{path}: unknown setting {key!r}{suggestion} "
+                f"(settings are listed by 'ferryman settings')"
+            )
+        values[key] = _parse(key, raw, known[key], f"{path.name} key {key}")
+    return values
+
+
+def read_environment(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Settings given as FERRYMAN_<NAME> variables, and the names of unknown ones."""
+    known = {env_of(name): (name, spec) for name, spec, _ in settings()}
+    values: dict[str, Any] = {}
+    unknown: list[str] = []
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        if var not in known:
+            unknown.append(var)
+            continue
+        name, spec = known[var]
+        value: Any = raw
+        if spec.kind.repeatable:
+            try:
+                value = shlex.split(raw)
+            except ValueError as exc:
+                raise _invalid(name, raw, spec, var) from exc
+        values[name] = _parse(name, value, spec, var)
+    return values, unknown
+
+
+def read_cli(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings given on the command line (argparse values, still unparsed text)."""
+    specs = {name: spec for name, spec, _ in settings()}
+    values: dict[str, Any] = {}
+    for name, raw in given.items():
+        if raw is None or name not in specs:
+            continue
+        spec = specs[name]
+        source = flag_of(name)
+        if spec.kind.boolean:
+            values[name] = bool(raw)
+        else:
+            values[name] = _parse(name, raw, spec, source)
+    return values
+
+
+def resolve(
+    app_dir: Path, cli: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[Config, list[str]]:
+    """Build the Config from the file, the environment and the CLI (in rising precedence).
+
+    Returns the config and a list of warnings to log once logging is set up.
+    """
+    if not app_dir.is_dir():
+        raise ConfigError(f"app directory {str(app_dir)!r} does not exist or is not a directory")
+    values: dict[str, Any] = {}
+    config_file = app_dir / CONFIG_FILE
+    if config_file.exists():
+        values.update(read_config_file(config_file))
+    env_values, unknown = read_environment(env)
+    values.update(env_values)
+    values.update(read_cli(cli))
+    warnings = [f"ignoring unknown environment variable {var}" for var in sorted(unknown)]
+    config = Config(app_dir=app_dir.resolve(), **values)
+    _check_together(config)
+    return config, warnings
+
+
+def _check_together(config: Config) -> None:
+    """Rules that involve more than one setting."""
+    if config.min_instances > config.max_pool_size:
+        raise ConfigError(
+            f"invalid value {config.min_instances} for min_instances: must be at most "
+            f"max_pool_size ({config.max_pool_size})"
+        )
+    if config.max_instances and config.max_instances < max(config.min_instances, 1):
+        raise ConfigError(
+            f"invalid value {config.max_instances} for max_instances: must be 0 or at least "
+            f"min_instances ({config.min_instances})"
+        )
+
+
+# -- documentation -------------------------------------------------------------------------
+
+
+def _shown_default(name: str, default: Any) -> str:
+    if name == "python":
+        return "the interpreter Ferryman runs on"
+    if default is None or default == ():
+        return "(none)"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from the registry (a test keeps the file in sync)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `ferryman settings --markdown` from src/ferryman/config.py;"
+        " do not edit by hand. -->",
+        "",
+        "Every setting can be given in three places. From lowest to highest precedence:",
+        "",
+        f"1. `{CONFIG_FILE}` in the app directory, as `name = value` (TOML);",
+        f"2. an environment variable `{ENV_PREFIX}<NAME>` (list settings are split like a shell"
+        " splits words);",
+        "3. a command-line flag of `ferryman start`.",
+        "",
+        "An invalid value stops the start with exit code 2 and one line naming the setting, the"
+        " value and what is allowed.",
+        "",
+    ]
+    section = None
+    for name, spec, default in settings():
+        if spec.section != section:
+            section = spec.section
+            lines += [f"## {section}", ""]
+        flags = f"`{flag_of(name)}`"
+        if spec.kind.boolean:
+            flags = f"`{flag_of(name)}` / `--no-{name.replace('_', '-')}`"
+        if spec.short:
+            flags = f"`{spec.short}`, " + flags
+        lines += [
+            f"### `{name}`",
+            "",
+            spec.help,
+            "",
+            f"* Allowed: {spec.kind.allowed}",
+            f"* Default: {_shown_default(name, default)}",
+            f"* CLI: {flags}" + (" (repeatable)" if spec.kind.repeatable else ""),
+            f"* Environment: `{env_of(name)}`",
+            f"* {CONFIG_FILE}: `{name}`",
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Core: one server run — instance directory, pool, supervisor, front — and its shutdown.
+
+``Core.run()`` is the whole life of ``ferryman start``: create the instance
+directory, listen, spawn ``min_instances`` processes, serve until SIGTERM or
+SIGINT, then shut down gracefully: stop accepting, let in-flight requests finish
+(up to ``graceful_timeout``; a second signal cuts it short), stop every app
+process, remove the instance directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from . import __version__
+from .config import Config
+from .http.front import App, FrontServer
+from .instance import InstanceDir
+from .log import AccessLog, LogSink
+from .pool import GroupOptions, Pool, Reason, Rejected
+from .spawning.detect import AppSpec
+from .spawning.spawner import Spawner
+from .supervisor import Supervisor
+
+log = logging.getLogger("ferryman")
+
+APP_TYPE_NAMES = {"wsgi": "Python WSGI"}
+
+
+def group_options(config: Config) -> GroupOptions:
+    return GroupOptions(
+        min_instances=config.min_instances,
+        max_instances=config.max_instances,
+        max_queue_size=config.max_request_queue_size,
+    )
+
+
+def rejection_response(rejected: Rejected) -> tuple[int, bytes, bytes]:
+    """Status, body and content type for a request that got no session."""
+    text = b"text/plain; charset=utf-8"
+    if rejected.reason is Reason.QUEUE_FULL:
+        return 503, b"Service Unavailable: the request queue is full.\n", text
+    if rejected.reason is Reason.SHUTTING_DOWN:
+        return 503, b"Service Unavailable: the server is shutting down.\n", text
+    summary = getattr(rejected.error, "summary", "the app could not be started")
+    return 500, f"Error starting web application: {summary}\n".encode(), text
+
+
+class Core:
+    def __init__(self, config: Config, spec: AppSpec, sink: LogSink) -> None:
+        self.config = config
+        self.spec = spec
+        self.sink = sink
+        self._stop: asyncio.Event | None = None
+        self._signals = 0
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        instance = InstanceDir.create()
+        try:
+            return await self._serve(loop, instance)
+        finally:
+            instance.remove()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, instance: InstanceDir) -> int:
+        config = self.config
+        pool = Pool(config.max_pool_size)
+        group = pool.add_group(self.spec.name, group_options(config))
+        supervisor = Supervisor(pool, {group.name: Spawner(config, self.spec, instance)})
+        access_log = AccessLog(self.sink, config.access_log)
+        app = App(group, supervisor, access_log, rejection_response, supervisor.now)
+        front = FrontServer(config, app)
+        try:
+            urls = await front.listen()
+        except OSError as exc:
+            log.error("Cannot listen on %s: %s", _listen_target(config), exc.strerror or exc)
+            await supervisor.shutdown()
+            return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig, front)
+        try:
+            instance.write_properties(
+                {
+                    "pid": os.getpid(),
+                    "version": __version__,
+                    "addresses": urls,
+                    "app_root": str(self.spec.root),
+                    "started_at": time.time(),
+                }
+            )
+            self._banner(urls)
+            supervisor.apply(pool.tick(supervisor.now()))
+            assert self._stop is not None
+            await self._stop.wait()
+            log.info("Shutting down: finishing requests in flight (up to %gs)",
+                     config.graceful_timeout)
+            front.stop_accepting()
+            if not await front.drained(config.graceful_timeout):
+                log.warning("Graceful timeout reached; closing the remaining connections")
+                front.abort_all()
+            await supervisor.shutdown()
+            log.info("Ferryman stopped")
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self.sink.flush()
+
+    def _on_signal(self, sig: signal.Signals, front: FrontServer) -> None:
+        self._signals += 1
+        assert self._stop is not None
+        if self._signals == 1:
+            log.info("Received %s", sig.name)
+            self._stop.set()
+        else:
+            log.warning("Received %s again: closing all connections now", sig.name)
+            front.abort_all()
+
+    def _banner(self, urls: list[str]) -> None:
+        config = self.config
+        kind = APP_TYPE_NAMES.get(self.spec.app_type, self.spec.app_type)
+        log.info("Ferryman %s serving %s", __version__, self.spec.root)
+        log.info("  app type: %s (%s)", kind, self.spec.startup_file)
+        log.info(
+            "  environment: %s; processes: min %d, max pool %d; threads per process: %d",
+            config.environment,
+            config.min_instances,
+            config.max_pool_size,
+            config.thread_count,
+        )
+        for url in urls:
+            log.info("Listening on %s", url)
+
+
+def _listen_target(config: Config) -> str:
+    return f"unix:{config.socket}" if config.socket else f"{config.address}:{config.port}"

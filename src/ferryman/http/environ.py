@@ -1,0 +1,162 @@
+"""The request as the app sees it: the CGI-style environ block sent to session loaders.
+
+Header names with characters outside ``[A-Za-z0-9-]`` are dropped, so that
+``X_Foo`` cannot pose as ``X-Foo`` once both become ``HTTP_X_FOO``. Forwarded
+headers (``X-Forwarded-For/-Proto/-Host``) change the environ only when the peer
+is a trusted proxy; otherwise they pass through to the app as plain headers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from urllib.parse import unquote_to_bytes
+
+from ..config import ProxyNetworks
+
+_VALID_NAME = re.compile(rb"[A-Za-z0-9-]+\Z")
+_SPECIAL_KEYS = {b"CONTENT_TYPE": b"CONTENT_TYPE", b"CONTENT_LENGTH": b"CONTENT_LENGTH"}
+#: Headers the core consumed: the body arrives de-chunked, 100-continue was answered.
+_CONSUMED = frozenset([b"HTTP_TRANSFER_ENCODING", b"HTTP_EXPECT", b"CONTENT_LENGTH"])
+_KEY_CACHE: dict[bytes, bytes | None] = {}
+_KEY_CACHE_LIMIT = 2048
+
+
+def header_key(name: bytes) -> bytes | None:
+    """``HTTP_X_FOO`` for ``X-Foo``; None for names that must be dropped."""
+    try:
+        return _KEY_CACHE[name]
+    except KeyError:
+        pass
+    key: bytes | None = None
+    if _VALID_NAME.match(name):
+        upper = name.upper().replace(b"-", b"_")
+        key = _SPECIAL_KEYS.get(upper, b"HTTP_" + upper)
+    if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:
+        _KEY_CACHE[name] = key
+    return key
+
+
+class BadTarget(ValueError):
+    """The request target cannot be given to an app (e.g. it decodes to a NUL byte)."""
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """(PATH_INFO, QUERY_STRING) from the request target, path percent-decoded."""
+    if target[:1] != b"/":
+        if target == b"*":
+            return b"*", b""
+        # absolute-form (http://host/path?q): keep the path and query only
+        scheme_end = target.find(b"://")
+        if scheme_end < 0:
+            raise BadTarget("request target is neither a path nor an absolute URL")
+        slash = target.find(b"/", scheme_end + 3)
+        target = target[slash:] if slash >= 0 else b"/"
+    path, _, query = target.partition(b"?")
+    hash_at = query.find(b"#") if query else path.find(b"#")
+    if hash_at >= 0:
+        if query:
+            query = query[:hash_at]
+        else:
+            path = path[:hash_at]
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+        if b"\0" in path:
+            raise BadTarget("request path decodes to a NUL byte")
+    return path, query
+
+
+def split_host(host: bytes, default_port: bytes) -> tuple[bytes, bytes]:
+    """(SERVER_NAME, SERVER_PORT) from a Host header value."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        if end > 0:
+            rest = host[end + 1 :]
+            return host[: end + 1], rest[1:] if rest.startswith(b":") else default_port
+    name, sep, port = host.rpartition(b":")
+    if sep and port.isdigit() and b":" not in name:
+        return name, port
+    return host, default_port
+
+
+def _is_trusted(address: str, networks: ProxyNetworks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def forwarded_client(xff: bytes, networks: ProxyNetworks) -> bytes | None:
+    """The client address in X-Forwarded-For: the rightmost hop that is not a trusted proxy."""
+    hops = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, networks):
+            return hop.encode("latin-1")
+    return hops[0].encode("latin-1") if hops else None
+
+
+def build_environ(
+    *,
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    body_length: int,
+    remote_addr: bytes,
+    remote_port: bytes,
+    server_name: bytes,
+    server_port: bytes,
+    scheme: bytes,
+    trusted: bool,
+    networks: ProxyNetworks,
+) -> bytes:
+    """The environ block: ``key NUL value NUL ...`` (see session_protocol)."""
+    path, query = split_target(target)
+    fields: dict[bytes, bytes] = {}
+    for name, value in headers:
+        key = header_key(name)
+        if key is None:
+            continue
+        if key in fields:
+            fields[key] += (b"; " if key == b"HTTP_COOKIE" else b", ") + value
+        else:
+            fields[key] = value
+    host = fields.get(b"HTTP_HOST")
+    if trusted:
+        forwarded_for = fields.get(b"HTTP_X_FORWARDED_FOR")
+        if forwarded_for:
+            client = forwarded_client(forwarded_for, networks)
+            if client:
+                remote_addr = client
+        proto = fields.get(b"HTTP_X_FORWARDED_PROTO")
+        if proto:
+            first = proto.split(b",")[0].strip().lower()
+            if first in (b"http", b"https"):
+                scheme = first
+        forwarded_host = fields.get(b"HTTP_X_FORWARDED_HOST")
+        if forwarded_host:
+            host = forwarded_host.split(b",")[0].strip()
+            fields[b"HTTP_HOST"] = host
+    if host:
+        default_port = b"443" if scheme == b"https" else b"80"
+        server_name, server_port = split_host(host, default_port)
+    parts = [
+        b"REQUEST_METHOD", method,
+        b"REQUEST_URI", target,
+        b"PATH_INFO", path,
+        b"QUERY_STRING", query,
+        b"SERVER_PROTOCOL", b"HTTP/" + version,
+        b"SERVER_NAME", server_name,
+        b"SERVER_PORT", server_port,
+        b"REMOTE_ADDR", remote_addr,
+        b"REMOTE_PORT", remote_port,
+        b"ferryman.url_scheme", scheme,
+    ]  # fmt: skip
+    if body_length or b"CONTENT_LENGTH" in fields or b"HTTP_TRANSFER_ENCODING" in fields:
+        parts += (b"CONTENT_LENGTH", str(body_length).encode())
+    for key, value in fields.items():
+        if key not in _CONSUMED:
+            parts += (key, value)
+    return b"\0".join(parts)

@@ -1,0 +1,401 @@
+"""Exchange: one request/response cycle, from the parsed request to the last byte sent.
+
+Theory of operation
+-------------------
+The front fills in the request (head and a fully buffered body) and starts the
+exchange when it reaches the head of its connection's pipeline. The exchange
+asks the app's group for a session: it gets one at once, waits in the queue
+(``granted``/``rejected`` are called later), or is rejected. With a session it
+takes a keep-alive connection to the process, sends the request, and turns the
+loader's frames into the HTTP response.
+
+This is the hot path, so it runs on callbacks, not on a task per request.
+``_finish`` is the single place where everything the exchange holds is given
+back — upstream connection, session, body file — and it runs exactly once, on
+success, error and cancellation alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..pool import Rejected, Session, Waiter
+from .body import RequestBody
+from .environ import BadTarget, build_environ
+from .response import DATES, simple_response, status_allows_body
+from .session_protocol import encode_request
+from .upstream import AppConnection
+
+if TYPE_CHECKING:
+    from .front import App, ClientConnection
+
+log = logging.getLogger("ferryman")
+
+# Exchange states
+RECEIVING = 0  # request head parsed, body arriving
+QUEUED = 1  # waiting for a session (in the pipeline or the group's queue)
+CONNECTING = 2  # has a session, opening a connection to the process
+FORWARDING = 3  # request sent, response arriving
+DONE = 4
+
+_CHUNKED_END = b"0\r\n\r\n"
+#: Attempts to reach a process for one request when the process turns out unreachable
+#: before anything was sent (it died between checkout and connect).
+_CONNECT_ATTEMPTS = 3
+
+
+def _has_header(lower_block: bytes, name: bytes) -> bool:
+    """Whether a CRLF-terminated, lower-cased header block has a ``name:`` line."""
+    return lower_block.startswith(name) or (b"\n" + name) in lower_block
+
+
+class Exchange:
+    __slots__ = (
+        "_attempts",
+        "_chunked",
+        "_connect_task",
+        "_head_sent",
+        "_no_body",
+        "_out",
+        "_remaining",
+        "app",
+        "body",
+        "bytes_sent",
+        "close_after",
+        "conn",
+        "head_only",
+        "headers",
+        "keep_alive",
+        "method",
+        "session",
+        "started_at",
+        "state",
+        "status",
+        "target",
+        "upstream",
+        "version",
+        "waiter",
+    )
+
+    def __init__(self, conn: ClientConnection, app: App) -> None:
+        self.conn = conn
+        self.app = app
+        self.method = b""
+        self.target = b""
+        self.version = b"1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = RequestBody()
+        #: The client allows keep-alive (its version and Connection header).
+        self.keep_alive = True
+        #: Close the connection after this response, whatever the client wants.
+        self.close_after = False
+        self.head_only = False
+        self.state = RECEIVING
+        self.session: Session | None = None
+        self.waiter: Waiter | None = None
+        self.upstream: AppConnection | None = None
+        self.status = 0
+        self.bytes_sent = 0
+        self.started_at = 0.0
+        self._out: list[bytes] = []
+        self._head_sent = False
+        self._chunked = False
+        self._no_body = False
+        self._remaining = -1  # bytes left of the app's Content-Length; -1 = none given
+        self._attempts = 0
+        self._connect_task: asyncio.Task[AppConnection] | None = None
+
+    # -- getting a session ------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """The request is complete and it is this exchange's turn on the connection."""
+        self.state = QUEUED
+        self.started_at = now
+        self._checkout(now)
+
+    def _checkout(self, now: float) -> None:
+        app = self.app
+        outcome, effects = app.group.checkout(self, now)
+        if isinstance(outcome, Session):
+            self.session = outcome
+            self._forward()
+        elif isinstance(outcome, Waiter):
+            self.waiter = outcome
+        else:
+            self._respond_rejected(outcome)
+        if effects:
+            app.supervisor.apply(effects)
+
+    def granted(self, session: Session) -> None:
+        """Called by the supervisor: the group handed this queued request a session."""
+        self.waiter = None
+        if self.state == DONE:
+            # Cancelled in the same turn it was granted: give the capacity straight back.
+            self.app.supervisor.apply(session.close(self.app.now()))
+            return
+        self.session = session
+        self._forward()
+
+    def rejected(self, rejected: Rejected) -> None:
+        """Called by the supervisor: this queued request will not get a session."""
+        self.waiter = None
+        if self.state != DONE:
+            self._respond_rejected(rejected)
+
+    def _respond_rejected(self, rejected: Rejected) -> None:
+        status, body, content_type = self.app.rejection_response(rejected)
+        self._respond_simple(status, body, content_type=content_type)
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    def _forward(self) -> None:
+        session = self.session
+        assert session is not None
+        upstream = session.process.handle.upstream
+        conn = upstream.take_idle()
+        if conn is not None:
+            self._send_request(conn)
+            return
+        self.state = CONNECTING
+        task = asyncio.ensure_future(upstream.connect())
+        self._connect_task = task
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[AppConnection]) -> None:
+        self._connect_task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if self.state == DONE:
+            # The client left while we connected; the session is already given back.
+            if exc is None:
+                conn = task.result()
+                conn.upstream.release(conn)
+            return
+        if exc is not None:
+            self._unreachable(exc)
+            return
+        self._send_request(task.result())
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """The process refused the connection: it is gone. Retire it and try another."""
+        session = self.session
+        self.session = None
+        assert session is not None
+        supervisor = self.app.supervisor
+        supervisor.process_unreachable(session.process, exc)
+        now = self.app.now()
+        supervisor.apply(session.close(now))
+        self._attempts += 1
+        if self._attempts >= _CONNECT_ATTEMPTS:
+            self._respond_simple(502, b"Bad Gateway: the app process could not be reached.\n")
+            return
+        self.state = QUEUED
+        self._checkout(now)
+
+    def _send_request(self, conn: AppConnection) -> None:
+        self.state = FORWARDING
+        self.upstream = conn
+        conn.exchange = self
+        client = self.conn
+        body = self.body
+        try:
+            environ = build_environ(
+                method=self.method,
+                target=self.target,
+                version=self.version,
+                headers=self.headers,
+                body_length=body.size,
+                remote_addr=client.remote_addr,
+                remote_port=client.remote_port,
+                server_name=client.server.server_name,
+                server_port=client.server.server_port,
+                scheme=b"http",
+                trusted=client.trusted,
+                networks=client.server.trusted_proxies,
+            )
+        except BadTarget:
+            self._respond_simple(400, b"Bad Request: invalid request target.\n", upstream_ok=True)
+            return
+        head = encode_request(environ, body.size)
+        if body.in_memory:
+            chunks = body.memory_chunks()
+            conn.send(head + b"".join(chunks) if chunks else head)
+        else:
+            conn.send(head)
+            conn.send_stream(body.file_chunks())
+
+    # -- the response, frame by frame (called by AppConnection) ------------------------------
+
+    def on_head(self, payload: bytes) -> None:
+        status_line, _, block = payload.partition(b"\r\n")
+        try:
+            status = int(status_line[:3])
+        except ValueError:
+            status = 0
+        if status < 200:  # 1xx interim responses are not forwarded; a final one must follow
+            if status < 100:
+                self.on_upstream_lost()
+            return
+        self.status = status
+        lower = block.lower()
+        close = self.close_after or not self.keep_alive or self.conn.closing
+        framing = b""
+        if self.head_only or not status_allows_body(status):
+            self._no_body = True
+            if self.version == b"1.0" and not close:
+                framing = b"Connection: keep-alive\r\n"
+        elif _has_header(lower, b"content-length:"):
+            start = lower.find(b"content-length:")
+            end = lower.find(b"\r\n", start)
+            try:
+                self._remaining = int(lower[start + 15 : end])
+            except ValueError:
+                self._remaining = -1
+                close = True
+            if self.version == b"1.0" and not close:
+                framing = b"Connection: keep-alive\r\n"
+        elif self.version == b"1.1":
+            self._chunked = True
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            close = True  # HTTP/1.0 without a length: the body ends when the connection does
+        if close:
+            self.close_after = True
+            framing += b"Connection: close\r\n"
+        if b"date:" in lower or b"server:" in lower:  # rare: the app set its own
+            date = DATES.lines(
+                date=not _has_header(lower, b"date:"), server=not _has_header(lower, b"server:")
+            )
+        else:
+            date = DATES.lines()
+        self._head_sent = True
+        self._out.append(b"HTTP/1.1 " + status_line + b"\r\n" + block + date + framing + b"\r\n")
+
+    def on_body(self, payload: bytes) -> None:
+        if self._no_body or not self._head_sent or not payload:
+            return
+        self.bytes_sent += len(payload)
+        if self._chunked:
+            self._out.append(b"%x\r\n" % len(payload))
+            self._out.append(payload)
+            self._out.append(b"\r\n")
+            return
+        if self._remaining >= 0:
+            if len(payload) > self._remaining:
+                # More than the app's own Content-Length: the rest would corrupt the stream.
+                payload = payload[: self._remaining]
+                self.close_after = True
+            self._remaining -= len(payload)
+        self._out.append(payload)
+
+    def on_end(self) -> None:
+        if not self._head_sent:
+            self._respond_bad_gateway(b"the app ended the response without a head")
+            return
+        if self._chunked:
+            self._out.append(_CHUNKED_END)
+        elif self._remaining > 0:
+            self.close_after = True  # shorter than announced: the client must see a cut
+        self.flush()
+        conn = self.upstream
+        reusable = conn is not None and conn.request_sent
+        self._finish(upstream_ok=reusable, abort_client=self._remaining > 0)
+
+    def on_abort(self) -> None:
+        """The app failed after sending the head: the client must not take it as complete."""
+        self.flush()
+        conn = self.upstream
+        self._finish(upstream_ok=conn is not None and conn.request_sent, abort_client=True)
+
+    def on_upstream_lost(self) -> None:
+        """The connection to the process closed before the response ended."""
+        self.upstream = None
+        if self.state == DONE:
+            return
+        if self._head_sent:
+            self.flush()
+            self._finish(upstream_ok=False, abort_client=True)
+        else:
+            self._respond_bad_gateway(b"the app process closed the connection")
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self.conn.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    def _respond_bad_gateway(self, why: bytes) -> None:
+        log.warning(
+            "502 for %s %s: %s",
+            self.method.decode("latin-1"),
+            self.target.decode("latin-1")[:200],
+            why.decode(),
+        )
+        self._respond_simple(502, b"Bad Gateway: " + why + b".\n")
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def _respond_simple(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        upstream_ok: bool = False,
+    ) -> None:
+        """Answer with a response of the core's own, unless part of one was already sent."""
+        if self._head_sent:
+            self._finish(upstream_ok=upstream_ok, abort_client=True)
+            return
+        close = self.close_after or not self.keep_alive or self.conn.closing
+        self.close_after = close
+        self.status = status
+        data = simple_response(
+            status, body, close=close, content_type=content_type, head_only=self.head_only
+        )
+        self.bytes_sent += 0 if self.head_only else len(body)
+        self.conn.write(data)
+        self._finish(upstream_ok=upstream_ok)
+
+    def cancel(self) -> None:
+        """The client went away: give everything back, answer nothing."""
+        # A connection still being opened goes back to the pool when it arrives (_connected).
+        self._finish(upstream_ok=False, client_gone=True)
+
+    def _finish(self, *, upstream_ok: bool, abort_client: bool = False, client_gone: bool = False) -> None:
+        if self.state == DONE:
+            return
+        self.state = DONE
+        app = self.app
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            if upstream_ok:
+                conn.upstream.release(conn)
+            else:
+                conn.exchange = None
+                conn.close()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            app.group.cancel(waiter)
+        self.body.close()
+        session = self.session
+        self.session = None
+        effects = session.close(app.now()) if session is not None else None
+        if not client_gone:
+            app.access_log.record(self)
+            self.conn.exchange_done(self, abort=abort_client)
+        if effects:
+            app.supervisor.apply(effects)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a request header (``name`` lower-case); for logging."""
+        size = len(name)
+        for key, value in self.headers:
+            if len(key) == size and key.lower() == name:
+                return value
+        return None

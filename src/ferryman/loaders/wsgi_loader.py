@@ -1,0 +1,551 @@
+"""Ferryman's WSGI loader: runs inside an app process, under the app's own Python.
+
+It imports the app's startup file, listens on a Unix socket and serves requests
+that the Ferryman core has already parsed, over the *session protocol*
+(docs/session-protocol.md; the core's side is ferryman/http/session_protocol.py).
+Standard library only, Python >= 3.9: it must not import Ferryman or anything
+the app does not have.
+
+Life of the process:
+* argv[1] is a JSON object: app root, startup file, socket path, thread count,
+  handshake fd. The loader reports each step of its journey on the handshake fd
+  as JSON lines, then ``ready`` (or ``error``) and closes it.
+* ``thread_count`` threads each accept a connection from the core and serve the
+  requests on it, one at a time, until the core closes it.
+* stdin is the *owner pipe*: EOF means "exit now". If the core still lives, the
+  loader stops accepting and finishes the requests in flight; if the core died,
+  it exits at once.
+"""
+
+import importlib.util
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+
+# -- session protocol (keep in step with ferryman/http/session_protocol.py) --------------
+
+#: Request head: environ length, body length.
+REQUEST_HEAD = struct.Struct("!IQ")
+#: Response frame head: type byte, payload length.
+FRAME_HEAD = struct.Struct("!cI")
+FRAME_HEAD_RESPONSE = b"H"
+FRAME_BODY = b"B"
+FRAME_END = b"E"
+FRAME_ABORT = b"A"
+PROTOCOL = "session"
+
+MAX_FRAME = 1 << 20  # body chunks larger than this are split into several frames
+HOP_BY_HOP = frozenset(
+    [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    ]
+)
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class Handshake(object):
+    """Journey steps and the final ready/error message, as JSON lines to the core."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        if fd is not None:
+            os.set_inheritable(fd, False)  # processes the app starts must not hold it open
+
+    def send(self, message):
+        if self.fd is None:
+            return
+        data = (json.dumps(message) + "\n").encode("utf-8")
+        while data:
+            written = os.write(self.fd, data)
+            data = data[written:]
+
+    def step(self, name, state):
+        self.send({"step": name, "state": state, "at": time.time()})
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class AppLoadError(Exception):
+    """The app could not be loaded; ``kind`` says how (the core words the page)."""
+
+    def __init__(self, kind, message, exc_info=None):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.exc_info = exc_info
+
+
+def load_app(app_root, startup_file):
+    """Import the startup file as a module and return its WSGI callable."""
+    path = os.path.join(app_root, startup_file)
+    if not os.path.isfile(path):
+        raise AppLoadError("startup_file_missing", "startup file %s does not exist" % path)
+    module_name = os.path.splitext(os.path.basename(startup_file))[0].replace("-", "_")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise AppLoadError("import_error", "cannot import %s" % path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise AppLoadError("syntax_error", "%s: %s" % (type(exc).__name__, exc), sys.exc_info())
+    except BaseException as exc:  # noqa: BLE001 - the app may raise anything, SystemExit too
+        raise AppLoadError("import_error", "%s: %s" % (type(exc).__name__, exc), sys.exc_info())
+    for name in ("application", "app"):
+        app = getattr(module, name, None)
+        if app is not None:
+            if not callable(app):
+                raise AppLoadError(
+                    "app_not_callable",
+                    "%s.%s is a %s, not a callable WSGI app" % (module_name, name, type(app).__name__),
+                )
+            return app
+    raise AppLoadError(
+        "app_missing", "%s defines neither 'application' nor 'app'" % startup_file
+    )
+
+
+class Input(object):
+    """wsgi.input: the request body, read from the connection and never past its end."""
+
+    def __init__(self, rfile, length):
+        self._rfile = rfile
+        self.remaining = length
+
+    def read(self, size=-1):
+        if self.remaining <= 0:
+            return b""
+        if size is None or size < 0 or size > self.remaining:
+            size = self.remaining
+        data = self._rfile.read(size)
+        if len(data) < size:
+            self.remaining = 0
+            raise ConnectionError("request body cut short")
+        self.remaining -= len(data)
+        return data
+
+    def readline(self, size=-1):
+        if self.remaining <= 0:
+            return b""
+        if size is None or size < 0 or size > self.remaining:
+            size = self.remaining
+        data = self._rfile.readline(size)
+        self.remaining -= len(data)
+        return data
+
+    def readlines(self, hint=-1):
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def drain(self):
+        while self.remaining > 0:
+            if not self.read(min(self.remaining, 65536)):
+                return
+
+
+class FileWrapper(object):
+    """wsgi.file_wrapper: iterates a file in blocks and closes it when done."""
+
+    def __init__(self, filelike, blksize=65536):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+def frame(kind, payload):
+    return FRAME_HEAD.pack(kind, len(payload)) + payload
+
+
+class BadResponse(Exception):
+    """The app broke the WSGI contract (status or headers)."""
+
+
+def _check_status(status):
+    if not isinstance(status, str):
+        raise BadResponse("status must be a str, got %r" % (status,))
+    code = status[:3]
+    if len(status) < 4 or not code.isdigit() or status[3] != " " or int(code) < 100:
+        raise BadResponse("status must look like '200 OK', got %r" % (status,))
+    if "\r" in status or "\n" in status:
+        raise BadResponse("status contains a line break: %r" % (status,))
+
+
+def _head_payload(status, headers):
+    """The H frame: status line, then 'Name: value' lines, CRLF-terminated, hop-by-hop dropped."""
+    _check_status(status)
+    parts = [status, "\r\n"]
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise BadResponse("headers must be (name, value) tuples, got %r" % (item,))
+        name, value = item
+        if type(name) is not str or type(value) is not str:
+            raise BadResponse("header names and values must be str, got %r" % (item,))
+        if not name or not _TOKEN_CHARS.issuperset(name):
+            raise BadResponse("invalid header name %r" % (name,))
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise BadResponse("header %s has a line break in its value" % name)
+        if name.lower() in HOP_BY_HOP:
+            continue  # PEP 3333: the server owns hop-by-hop headers
+        parts.append(name)
+        parts.append(": ")
+        parts.append(value)
+        parts.append("\r\n")
+    try:
+        return "".join(parts).encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadResponse("status and headers must be latin-1 text")
+
+
+ERROR_500 = (
+    b"500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 22\r\n"
+)
+ERROR_500_BODY = b"Internal Server Error\n"
+
+
+class Request(object):
+    """One request's WSGI cycle on a connection."""
+
+    __slots__ = ("head_only", "head_sent", "headers", "sock", "status")
+
+    def __init__(self, sock, head_only):
+        self.sock = sock
+        self.status = None
+        self.headers = None
+        self.head_sent = False
+        self.head_only = head_only
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        if not isinstance(headers, list):
+            raise BadResponse("headers must be a list, got %s" % type(headers).__name__)
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def head_frame(self, extra_length=None):
+        if self.status is None:
+            raise BadResponse("the app returned without calling start_response")
+        headers = self.headers
+        if extra_length is not None:
+            for name, _ in headers:
+                if name.lower() == "content-length":
+                    break
+            else:
+                headers = headers + [("Content-Length", str(extra_length))]
+        self.head_sent = True
+        return frame(FRAME_HEAD_RESPONSE, _head_payload(self.status, headers))
+
+    def write(self, data):
+        """The legacy write() callable: sends at once."""
+        if type(data) is not bytes:
+            raise BadResponse("write() takes bytes, got %s" % type(data).__name__)
+        out = [] if self.head_sent else [self.head_frame()]
+        if data and not self.head_only:
+            out.extend(body_frames(data))
+        if out:
+            self.sock.sendall(b"".join(out))
+
+
+def body_frames(data):
+    if len(data) <= MAX_FRAME:
+        return [FRAME_HEAD.pack(FRAME_BODY, len(data)), data]
+    out = []
+    view = memoryview(data)
+    for start in range(0, len(data), MAX_FRAME):
+        piece = view[start : start + MAX_FRAME]
+        out.append(FRAME_HEAD.pack(FRAME_BODY, len(piece)))
+        out.append(piece)
+    return out
+
+
+END_FRAME = frame(FRAME_END, b"")
+
+
+class Server(object):
+    """The accept-and-serve threads and the graceful exit."""
+
+    def __init__(self, app, listener, threads, base_environ):
+        self.app = app
+        self.listener = listener
+        self.threads = threads
+        self.base_environ = base_environ
+        self.stopping = False
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.idle = threading.Condition(self.lock)
+
+    def start(self):
+        for i in range(self.threads):
+            t = threading.Thread(target=self.worker, name="ferryman-worker-%d" % i)
+            t.daemon = True  # interpreter exit must not wait for idle keep-alive reads
+            t.start()
+
+    def worker(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # listener shut down: the process is stopping
+            try:
+                self.serve_connection(conn)
+            except (ConnectionError, BrokenPipeError):
+                pass  # the core closed the connection mid-request; it knows
+            except Exception:  # noqa: BLE001 - one connection's failure must not end the thread
+                traceback.print_exc()
+            finally:
+                conn.close()
+
+    def serve_connection(self, conn):
+        rfile = conn.makefile("rb", 65536)
+        try:
+            while not self.stopping:
+                head = rfile.read(REQUEST_HEAD.size)
+                if len(head) < REQUEST_HEAD.size:
+                    return  # the core closed the connection
+                environ_len, body_len = REQUEST_HEAD.unpack(head)
+                block = rfile.read(environ_len)
+                if len(block) < environ_len:
+                    return
+                with self.lock:
+                    self.in_flight += 1
+                try:
+                    self.handle(conn, rfile, block, body_len)
+                finally:
+                    with self.lock:
+                        self.in_flight -= 1
+                        if self.in_flight == 0:
+                            self.idle.notify_all()
+        finally:
+            rfile.close()
+
+    def handle(self, conn, rfile, block, body_len):
+        items = block.decode("latin-1").split("\0")
+        environ = self.base_environ.copy()
+        environ.update(zip(items[0::2], items[1::2]))
+        wsgi_input = Input(rfile, body_len)
+        environ["wsgi.input"] = wsgi_input
+        environ["wsgi.url_scheme"] = environ.pop("ferryman.url_scheme", "http")
+        request = Request(conn, environ["REQUEST_METHOD"] == "HEAD")
+        result = None
+        try:
+            result = self.app(environ, request.start_response)
+            self.send_result(request, result)
+        except BaseException as exc:  # noqa: BLE001 - report any app failure, then go on
+            if isinstance(exc, (ConnectionError, BrokenPipeError)) and request.head_sent:
+                raise  # the core went away mid-response: this connection is finished
+            self.app_failed(request)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
+        wsgi_input.drain()
+
+    def send_result(self, request, result):
+        if type(result) in (list, tuple):
+            # The whole body is known: one write, with Content-Length when the app left it out.
+            total = 0
+            for chunk in result:
+                if type(chunk) is not bytes:
+                    raise BadResponse("the app yielded %s, not bytes" % type(chunk).__name__)
+                total += len(chunk)
+            out = []
+            if not request.head_sent:
+                out.append(request.head_frame(total))
+            if not request.head_only:
+                for chunk in result:
+                    if chunk:
+                        out.extend(body_frames(chunk))
+            out.append(END_FRAME)
+            request.sock.sendall(b"".join(out))
+            return
+        for chunk in result:
+            if type(chunk) is not bytes:
+                raise BadResponse("the app yielded %s, not bytes" % type(chunk).__name__)
+            if not chunk:
+                continue
+            if request.head_only:
+                break  # HEAD: headers are set once the first chunk exists; skip the body
+            out = [] if request.head_sent else [request.head_frame()]
+            out.extend(body_frames(chunk))
+            request.sock.sendall(b"".join(out))
+        out = [] if request.head_sent else [request.head_frame()]
+        out.append(END_FRAME)
+        request.sock.sendall(b"".join(out))
+
+    def app_failed(self, request):
+        """Log the app's exception; answer 500 if nothing was sent yet, else abort the response."""
+        sys.stderr.write("Error while serving a request:\n" + traceback.format_exc())
+        sys.stderr.flush()
+        if request.head_sent:
+            request.sock.sendall(frame(FRAME_ABORT, b"the app raised mid-response"))
+        else:
+            out = [frame(FRAME_HEAD_RESPONSE, ERROR_500)]
+            if not request.head_only:
+                out.extend(body_frames(ERROR_500_BODY))
+            out.append(END_FRAME)
+            request.sock.sendall(b"".join(out))
+
+    def stop(self, core_alive):
+        """Stop accepting; finish requests in flight unless the core is gone."""
+        self.stopping = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes threads blocked in accept()
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            while self.in_flight and core_alive():
+                self.idle.wait(0.1)
+
+
+def set_process_title(title):
+    try:
+        import setproctitle  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def wait_for_owner_eof():
+    """Block until the core closes our stdin (or dies)."""
+    while True:
+        try:
+            data = os.read(0, 4096)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+
+
+def main():
+    args = json.loads(sys.argv[1])
+    parent = os.getppid()
+    handshake = Handshake(args.get("handshake_fd"))
+    handshake.step("loader_start", "performed")
+    app_root = args["app_root"]
+    # The script's own directory must not shadow the app's modules (wsgi.py, app.py...).
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
+    sys.path.insert(0, app_root)
+    os.chdir(app_root)
+    set_process_title("Ferryman WSGI: %s" % app_root)
+
+    handshake.step("load_app", "in_progress")
+    try:
+        app = load_app(app_root, args["startup_file"])
+    except AppLoadError as exc:
+        tb = "".join(traceback.format_exception(*exc.exc_info)) if exc.exc_info else ""
+        if tb:
+            sys.stderr.write(tb)
+            sys.stderr.flush()
+        handshake.send(
+            {
+                "error": {
+                    "step": "load_app",
+                    "kind": exc.kind,
+                    "message": exc.message,
+                    "traceback": tb,
+                }
+            }
+        )
+        handshake.close()
+        sys.exit(1)
+    handshake.step("load_app", "performed")
+
+    handshake.step("listen", "in_progress")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(args["socket"])
+    listener.listen(max(64, args["threads"] * 4))
+    handshake.step("listen", "performed")
+
+    threads = args["threads"]
+    base_environ = {
+        "SCRIPT_NAME": "",
+        "wsgi.version": (1, 0),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": threads > 1,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    server = Server(app, listener, threads, base_environ)
+    server.start()
+    handshake.send(
+        {
+            "ready": {
+                "socket": args["socket"],
+                "protocol": PROTOCOL,
+                "concurrency": threads,
+                "pid": os.getpid(),
+            }
+        }
+    )
+    handshake.close()
+
+    wait_for_owner_eof()
+    server.stop(core_alive=lambda: os.getppid() == parent)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

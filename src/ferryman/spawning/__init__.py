@@ -1,0 +1,1 @@
+"""Starting app processes: detection, the spawn journey, the handshake, the child's fds."""

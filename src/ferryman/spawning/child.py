@@ -1,0 +1,231 @@
+"""Child: one app OS process and every fd that belongs to it.
+
+A child owns: the write end of its *owner pipe* (its stdin; closing it tells the
+child to exit, and the kernel closes it if the core dies), a pidfd that becomes
+readable when the child exits (so it is reaped without SIGCHLD handlers), and the
+read end of its output pipe (its stdout and stderr, logged line by line).
+``release()`` frees them all; ``stop()`` and ``kill()`` end the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("ferryman")
+
+#: Lines of output kept for error reports.
+OUTPUT_LINES_KEPT = 200
+_MAX_LINE = 16 * 1024
+
+
+class OutputReader(asyncio.Protocol):
+    """Logs a child's stdout/stderr as ``App <pid> output: <line>`` and keeps the last lines."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.lines: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
+        self._partial = b""
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        data = self._partial + data
+        *complete, self._partial = data.split(b"\n")
+        if len(self._partial) > _MAX_LINE:
+            complete.append(self._partial)
+            self._partial = b""
+        for raw in complete:
+            self._emit(raw)
+
+    def _emit(self, raw: bytes) -> None:
+        line = raw.rstrip(b"\r").decode("utf-8", "replace")
+        self.lines.append(line)
+        log.info("App %d output: %s", self.pid, line)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = b""
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class Child:
+    """A running app process (see module docstring for what it owns)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], owner_fd: int) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._owner_fd: int | None = owner_fd
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = self._loop.create_future()
+        self._exit_callbacks: list[Callable[[int], None]] = []
+        self._output_transport: asyncio.ReadTransport | None = None
+        self.output: OutputReader | None = None
+        self._pidfd: int | None = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    @classmethod
+    async def launch(
+        cls,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        pass_fds: Sequence[int] = (),
+    ) -> Child:
+        """Fork+exec ``argv`` with stdin = owner pipe, stdout+stderr = output pipe.
+
+        The child runs in its own session, so the terminal's Ctrl-C reaches only
+        the core, which then stops the children in order. Raises OSError if the
+        program cannot be executed; nothing is left open in that case.
+        """
+        owner_r, owner_w = os.pipe()
+        try:
+            out_r, out_w = os.pipe()
+        except BaseException:
+            os.close(owner_r)
+            os.close(owner_w)
+            raise
+        child: Child | None = None
+        popen: subprocess.Popen[bytes] | None = None
+        try:
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=owner_r,
+                    stdout=out_w,
+                    stderr=out_w,
+                    pass_fds=tuple(pass_fds),
+                    close_fds=True,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(owner_r)
+                os.close(out_w)
+            child = cls(popen, owner_w)
+            owner_w = -1  # owned by the child object now
+            popen = None
+            reader_file = os.fdopen(out_r, "rb", buffering=0)
+            out_r = -1  # owned by the file object now
+            try:
+                pid = child.pid
+                transport, reader = await child._loop.connect_read_pipe(
+                    lambda: OutputReader(pid), reader_file
+                )
+            except BaseException:
+                reader_file.close()
+                raise
+            child._output_transport = transport
+            child.output = reader
+            return child
+        except BaseException:
+            if out_r >= 0:
+                os.close(out_r)
+            if owner_w >= 0:
+                os.close(owner_w)
+            if child is not None:
+                child.kill()
+                await child.exited
+                child.release()
+            elif popen is not None:
+                popen.kill()
+                popen.wait()
+            raise
+
+    # -- exit --------------------------------------------------------------------------------
+
+    def _on_exit(self) -> None:
+        self._close_pidfd()
+        code = self.popen.wait()  # the pidfd says it exited: this reaps without blocking
+        if not self.exited.done():
+            self.exited.set_result(code)
+        callbacks, self._exit_callbacks = self._exit_callbacks, []
+        for callback in callbacks:
+            callback(code)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def on_exit(self, callback: Callable[[int], None]) -> None:
+        if self.exited.done():
+            callback(self.exited.result())
+        else:
+            self._exit_callbacks.append(callback)
+
+    @property
+    def running(self) -> bool:
+        return not self.exited.done()
+
+    def output_lines(self) -> list[str]:
+        return list(self.output.lines) if self.output is not None else []
+
+    # -- ending it -----------------------------------------------------------------------------
+
+    def close_owner_pipe(self) -> None:
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)
+            self._owner_fd = None
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal the child's process group (the app and anything it started)."""
+        if self.running:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether the child exited within ``timeout`` seconds."""
+        if not self.exited.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def stop(self, eof_grace: float, term_grace: float) -> int:
+        """Owner pipe EOF, then SIGTERM, then SIGKILL; returns the exit status."""
+        self.close_owner_pipe()
+        if not await self.wait(eof_grace):
+            log.warning("App %d did not exit after its stdin closed; sending SIGTERM", self.pid)
+            self.signal(signal.SIGTERM)
+            if not await self.wait(term_grace):
+                log.warning("App %d ignored SIGTERM; sending SIGKILL", self.pid)
+                self.kill()
+        return await self.exited
+
+    async def finish_output(self, timeout: float = 1.0) -> None:
+        """Wait briefly for the output pipe to reach EOF, so the last lines are logged."""
+        if self.output is not None and not self.output.closed.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self.output.closed), timeout)
+            except TimeoutError:
+                pass
+
+    def release(self) -> None:
+        """Close every fd the child owns. The process must have exited (or be killed)."""
+        self.close_owner_pipe()
+        if self._output_transport is not None:
+            self._output_transport.close()
+            self._output_transport = None
+        if not self.exited.done():
+            # Still running: kill it; the pidfd reader reaps it when it dies.
+            self.kill()
+        else:
+            self._close_pidfd()

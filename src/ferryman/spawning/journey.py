@@ -1,0 +1,113 @@
+"""Journey: the named steps of one spawn, each with its state and timing.
+
+The core records its own steps; the loader reports its steps through the
+handshake. When a spawn fails, the journey says which step failed — and when the
+child died without saying, which step it must have been in.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class StepState(enum.Enum):
+    NOT_STARTED = "not started"
+    IN_PROGRESS = "in progress"
+    PERFORMED = "performed"
+    ERRORED = "errored"
+
+
+#: Steps in order; the side says who reports them.
+STEPS: tuple[tuple[str, str, str], ...] = (
+    ("prepare", "core", "Preparing the spawn (socket path, environment)"),
+    ("spawn", "core", "Starting the interpreter (fork + exec)"),
+    ("loader_start", "loader", "Starting Ferryman's loader in the app process"),
+    ("load_app", "loader", "Loading the application"),
+    ("listen", "loader", "Listening on the app socket"),
+    ("handshake", "core", "Waiting for the app process to report ready"),
+    ("finish", "core", "Registering the ready process"),
+)
+
+
+@dataclass(slots=True)
+class Step:
+    name: str
+    side: str
+    title: str
+    state: StepState = StepState.NOT_STARTED
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+
+@dataclass(slots=True)
+class Journey:
+    steps: dict[str, Step] = field(
+        default_factory=lambda: {name: Step(name, side, title) for name, side, title in STEPS}
+    )
+
+    def begin(self, name: str, at: float) -> None:
+        step = self.steps[name]
+        step.state = StepState.IN_PROGRESS
+        step.started_at = at
+
+    def done(self, name: str, at: float) -> None:
+        step = self.steps[name]
+        if step.started_at is None:
+            step.started_at = at
+        step.state = StepState.PERFORMED
+        step.ended_at = at
+
+    def fail(self, name: str, at: float) -> None:
+        step = self.steps[name]
+        if step.started_at is None:
+            step.started_at = at
+        step.state = StepState.ERRORED
+        step.ended_at = at
+
+    def report(self, name: str, state: str, at: float) -> bool:
+        """A step reported by the loader; False if the name or state is unknown."""
+        if name not in self.steps or self.steps[name].side != "loader":
+            return False
+        if state == "in_progress":
+            self.begin(name, at)
+        elif state == "performed":
+            self.done(name, at)
+        elif state == "errored":
+            self.fail(name, at)
+        else:
+            return False
+        return True
+
+    def failed_step(self) -> Step | None:
+        for step in self.steps.values():
+            if step.state is StepState.ERRORED:
+                return step
+        return None
+
+    def infer_failure(self, at: float) -> Step:
+        """Mark the step that must have failed: the one in progress, else the first not done.
+
+        Loader steps a loader never reported count as not started; the first of
+        them after the last performed step is where the child must have died.
+        """
+        failed = self.failed_step()
+        if failed is not None:
+            return failed
+        for step in self.steps.values():
+            if step.state is StepState.IN_PROGRESS:
+                self.fail(step.name, at)
+                return step
+        for step in self.steps.values():
+            if step.state is StepState.NOT_STARTED:
+                self.fail(step.name, at)
+                return step
+        last = list(self.steps.values())[-1]
+        self.fail(last.name, at)
+        return last

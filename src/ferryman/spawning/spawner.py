@@ -1,0 +1,290 @@
+"""Spawner: starts one app process and waits until it reports ready (or explains why not).
+
+Direct spawning: fork+exec of the loader under the app's interpreter. The loader
+gets its arguments as one JSON argument, reports its journey as JSON lines on a
+handshake pipe (fd ``HANDSHAKE_FD`` in the child), then ``ready`` with its socket,
+protocol and concurrency. All of it within ``start_timeout``; on any failure the
+child is killed and reaped and a SpawnError says which step failed and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import SpawnError
+from ..instance import InstanceDir
+from .child import Child
+from .detect import AppSpec
+from .journey import Journey
+
+log = logging.getLogger("ferryman")
+
+LOADERS = Path(__file__).resolve().parent.parent / "loaders"
+WSGI_LOADER = LOADERS / "wsgi_loader.py"
+#: Environment variables that carry the app's environment name (as Passenger sets them).
+ENVIRONMENT_VARIABLES = ("WSGI_ENV", "PASSENGER_APP_ENV", "RACK_ENV", "RAILS_ENV", "NODE_ENV")
+#: Grace periods when stopping a process: after its stdin closes, then after SIGTERM.
+STOP_EOF_GRACE = 5.0
+STOP_TERM_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a loader reported when it became ready."""
+
+    socket: str
+    protocol: str
+    concurrency: int
+
+
+class HandshakeReader(asyncio.Protocol):
+    """Reads the loader's JSON lines: journey steps, then ``ready`` or ``error``."""
+
+    def __init__(self, journey: Journey) -> None:
+        self.journey = journey
+        self.ready: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.malformed: str | None = None
+        self._buffer = b""
+        #: Resolved on "ready", on "error", or when the pipe closes.
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._handle(line)
+
+    def _handle(self, line: bytes) -> None:
+        now = time.time()
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self.malformed = f"not a JSON object: {line[:200]!r}"
+            return
+        if "step" in message:
+            if not self.journey.report(str(message["step"]), str(message.get("state")), now):
+                self.malformed = f"unknown step report: {line[:200]!r}"
+        elif isinstance(message.get("ready"), dict):
+            self.ready = message["ready"]
+            self._finish()
+        elif isinstance(message.get("error"), dict):
+            self.error = message["error"]
+            self._finish()
+        else:
+            self.malformed = f"unexpected message: {line[:200]!r}"
+
+    def _finish(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._buffer.strip():
+            self._handle(self._buffer)
+            self._buffer = b""
+        self._finish()
+
+
+class Spawner:
+    """Starts processes for one app."""
+
+    def __init__(self, config: Config, spec: AppSpec, instance: InstanceDir) -> None:
+        self.config = config
+        self.spec = spec
+        self.instance = instance
+        self._count = 0
+
+    def app_environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        for name in ENVIRONMENT_VARIABLES:
+            env[name] = self.config.environment
+        env.update(self.config.envvar)
+        return env
+
+    async def spawn(self) -> tuple[Child, Ready]:
+        """Start one process and return it once ready; raise SpawnError otherwise."""
+        journey = Journey()
+        journey.begin("prepare", time.time())
+        self._count += 1
+        socket_path = self.instance.app_socket(self._count)
+        args = {
+            "app_root": str(self.spec.root),
+            "startup_file": self.spec.startup_file,
+            "socket": socket_path,
+            "threads": self.config.thread_count,
+            "handshake_fd": None,
+        }
+        env = self.app_environment()
+        journey.done("prepare", time.time())
+
+        hs_r, hs_w = os.pipe()
+        child: Child | None = None
+        handshake_transport: asyncio.ReadTransport | None = None
+        try:
+            args["handshake_fd"] = hs_w
+            argv = [self.config.python, str(WSGI_LOADER), json.dumps(args)]
+            journey.begin("spawn", time.time())
+            try:
+                child = await Child.launch(
+                    argv, env=env, cwd=str(self.spec.root), pass_fds=(hs_w,)
+                )
+            except OSError as exc:
+                journey.fail("spawn", time.time())
+                raise SpawnError(
+                    f"cannot run the Python interpreter {self.config.python!r}: {exc.strerror}",
+                    category="interpreter_not_found",
+                    step="spawn",
+                    journey=journey,
+                ) from exc
+            finally:
+                os.close(hs_w)
+                hs_w = -1
+            journey.done("spawn", time.time())
+            journey.begin("handshake", time.time())
+            loop = asyncio.get_running_loop()
+            hs_file = os.fdopen(hs_r, "rb", buffering=0)
+            hs_r = -1
+            try:
+                handshake_transport, reader = await loop.connect_read_pipe(
+                    lambda: HandshakeReader(journey), hs_file
+                )
+            except BaseException:
+                hs_file.close()
+                raise
+            ready = await self._await_ready(child, reader, journey)
+            journey.done("handshake", time.time())
+            journey.done("finish", time.time())
+            log.info(
+                "App %d ready: %s (%s protocol, concurrency %d)",
+                child.pid,
+                self.spec.root,
+                ready.protocol,
+                ready.concurrency,
+            )
+            return child, ready
+        except BaseException:
+            if child is not None:
+                child.kill()
+                await asyncio.shield(child.exited)
+                await child.finish_output(0.5)
+                child.release()
+                _unlink(socket_path)
+            raise
+        finally:
+            if handshake_transport is not None:
+                handshake_transport.close()
+            for fd in (hs_r, hs_w):
+                if fd >= 0:
+                    os.close(fd)
+
+    async def _await_ready(self, child: Child, reader: HandshakeReader, journey: Journey) -> Ready:
+        timeout = self.config.start_timeout
+        done, _ = await asyncio.wait(
+            [reader.finished, child.exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if reader.finished in done and reader.ready is not None and not reader.malformed:
+            return self._check_ready(reader.ready, child, journey)
+        now = time.time()
+        if not done:
+            step = journey.infer_failure(now)
+            child.kill()
+            await asyncio.shield(child.exited)
+            await child.finish_output(0.5)
+            raise SpawnError(
+                f"the app did not become ready within {timeout:g} s"
+                f" (start_timeout) while {step.title.lower()}",
+                category="timeout",
+                step=step.name,
+                journey=journey,
+                output=child.output_lines(),
+            )
+        # The handshake closed without "ready", or the process exited: collect why.
+        if not child.exited.done():
+            await child.wait(1.0)
+        await child.finish_output(1.0)
+        if reader.error is not None:
+            error = reader.error
+            step = str(error.get("step", "load_app"))
+            if step in journey.steps:
+                journey.fail(step, now)
+            else:
+                step = journey.infer_failure(now).name
+            raise SpawnError(
+                str(error.get("message", "the app failed to load")),
+                category=str(error.get("kind", "load_error")),
+                step=step,
+                journey=journey,
+                output=child.output_lines(),
+                details=str(error.get("traceback", "")),
+            )
+        if reader.malformed:
+            journey.fail("handshake", now)
+            raise SpawnError(
+                f"the loader sent malformed handshake data: {reader.malformed}",
+                category="handshake_malformed",
+                step="handshake",
+                journey=journey,
+                output=child.output_lines(),
+            )
+        step = journey.infer_failure(now)
+        code = child.exited.result() if child.exited.done() else None
+        raise SpawnError(
+            f"the app exited during start ({_describe_exit(code)}) while {step.title.lower()}",
+            category="exited",
+            step=step.name,
+            journey=journey,
+            output=child.output_lines(),
+        )
+
+    def _check_ready(self, ready: dict[str, Any], child: Child, journey: Journey) -> Ready:
+        socket_path = ready.get("socket")
+        protocol = ready.get("protocol")
+        concurrency = ready.get("concurrency")
+        if (
+            not isinstance(socket_path, str)
+            or protocol != "session"
+            or not isinstance(concurrency, int)
+            or isinstance(concurrency, bool)
+            or concurrency < 0
+        ):
+            journey.fail("handshake", time.time())
+            raise SpawnError(
+                f"the loader sent malformed handshake data: {json.dumps(ready)[:200]}",
+                category="handshake_malformed",
+                step="handshake",
+                journey=journey,
+                output=child.output_lines(),
+            )
+        return Ready(socket_path, protocol, concurrency)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,190 @@
+"""Supervisor: carries out the pool's effects with real processes and timers.
+
+The pool decides; the supervisor does: it spawns (and reports ``spawn_done`` or
+``spawn_failed``), stops and reaps processes, grants and rejects waiting
+requests, and wakes the pool when a back-off ends. It owns every background
+task it starts and cancels or awaits them all on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+from .errors import SpawnError
+from .http.upstream import Upstream
+from .pool import Effect, Enablement, Grant, Group, Life, Pool, Process, Reject, Spawn, Stop, Wake
+from .spawning.child import Child
+from .spawning.spawner import STOP_EOF_GRACE, STOP_TERM_GRACE, Spawner
+
+log = logging.getLogger("ferryman")
+
+#: Idle keep-alive connections kept per process when its concurrency is unlimited.
+UNLIMITED_IDLE_CONNECTIONS = 64
+
+
+class ProcessHandle:
+    """The driver's side of a pool Process: its child and its connections."""
+
+    __slots__ = ("child", "group", "process", "socket_path", "upstream")
+
+    def __init__(self, child: Child, upstream: Upstream, group: Group, socket_path: str) -> None:
+        self.child = child
+        self.upstream = upstream
+        self.group = group
+        self.socket_path = socket_path
+        self.process: Process | None = None
+
+
+class Supervisor:
+    def __init__(self, pool: Pool, spawners: dict[str, Spawner]) -> None:
+        self.pool = pool
+        self.spawners = spawners
+        self.loop = asyncio.get_running_loop()
+        self.stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._spawns: dict[Group, asyncio.Task[Any]] = {}
+        self._wakes: dict[float, asyncio.TimerHandle] = {}
+        self.spawn_count = 0
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            kind = type(effect)
+            if kind is Grant:
+                assert isinstance(effect, Grant)
+                effect.waiter.token.granted(effect.session)
+            elif kind is Reject:
+                assert isinstance(effect, Reject)
+                effect.waiter.token.rejected(effect.rejected)
+            elif kind is Spawn:
+                assert isinstance(effect, Spawn)
+                self._spawns[effect.group] = self._start(self._spawn(effect.group))
+            elif kind is Stop:
+                assert isinstance(effect, Stop)
+                self._start(self._stop(effect.process))
+            elif kind is Wake:
+                assert isinstance(effect, Wake)
+                self._wake_at(effect.at)
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error in a background task", exc_info=task.exception())
+
+    # -- waking the pool -------------------------------------------------------------------
+
+    def _wake_at(self, at: float) -> None:
+        if self.stopping or at in self._wakes:
+            return
+        self._wakes[at] = self.loop.call_at(at, self._wake, at)
+
+    def _wake(self, at: float) -> None:
+        self._wakes.pop(at, None)
+        if not self.stopping:
+            self.apply(self.pool.tick(self.now()))
+
+    # -- spawning ------------------------------------------------------------------------------
+
+    async def _spawn(self, group: Group) -> None:
+        spawner = self.spawners[group.name]
+        try:
+            child, ready = await spawner.spawn()
+        except SpawnError as error:
+            self._spawns.pop(group, None)
+            self._log_spawn_error(group, error)
+            self.apply(group.spawn_failed(error, self.now()))
+            return
+        except asyncio.CancelledError:
+            self._spawns.pop(group, None)
+            self.apply(group.spawn_failed(None, self.now()))
+            raise
+        except Exception as exc:
+            self._spawns.pop(group, None)
+            log.exception("internal error while spawning a process for %s", group.name)
+            error = SpawnError(
+                f"internal error while spawning: {exc!r}", category="internal", step="spawn"
+            )
+            self.apply(group.spawn_failed(error, self.now()))
+            return
+        self._spawns.pop(group, None)
+        self.spawn_count += 1
+        idle = ready.concurrency if ready.concurrency > 0 else UNLIMITED_IDLE_CONNECTIONS
+        handle = ProcessHandle(child, Upstream(ready.socket, idle), group, ready.socket)
+        process, effects = group.spawn_done(child.pid, ready.concurrency, self.now(), handle)
+        handle.process = process
+        child.on_exit(lambda code: self._exited(handle, code))
+        self.apply(effects)
+
+    def _log_spawn_error(self, group: Group, error: SpawnError) -> None:
+        output = "".join(f"\n    {line}" for line in error.output[-20:])
+        log.error(
+            "Could not start a process for %s: %s [step: %s, category: %s]%s",
+            group.name,
+            error.summary,
+            error.step,
+            error.category,
+            f"\n  last output:{output}" if output else "",
+        )
+
+    # -- ending processes -----------------------------------------------------------------------
+
+    async def _stop(self, process: Process) -> None:
+        handle: ProcessHandle = process.handle
+        handle.upstream.close_all()
+        await handle.child.stop(STOP_EOF_GRACE, STOP_TERM_GRACE)
+
+    def _exited(self, handle: ProcessHandle, code: int) -> None:
+        """The child exited and was reaped: detach it, free its resources."""
+        process = handle.process
+        assert process is not None
+        handle.upstream.close_all()
+        if not self.stopping and process.life is Life.ALIVE:
+            log.warning(
+                "App %d exited unexpectedly (%s); it will be replaced if needed",
+                process.pid,
+                f"exit code {code}" if code >= 0 else f"signal {-code}",
+            )
+        effects = handle.group.process_died(process, self.now())
+        self._start(self._release(handle))
+        self.apply(effects)
+
+    async def _release(self, handle: ProcessHandle) -> None:
+        await handle.child.finish_output(1.0)
+        handle.child.release()
+        try:
+            os.unlink(handle.socket_path)
+        except FileNotFoundError:
+            pass
+
+    def process_unreachable(self, process: Process, exc: BaseException) -> None:
+        """A connection to ``process`` was refused: it cannot serve; retire it."""
+        if process.enablement is Enablement.ENABLED:
+            log.warning("App %d is unreachable (%s); retiring it", process.pid, exc)
+            handle: ProcessHandle = process.handle
+            self.apply(handle.group.detach(process, self.now()))
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop every process and wait for every task this supervisor started."""
+        self.stopping = True
+        for timer in self._wakes.values():
+            timer.cancel()
+        self._wakes.clear()
+        for task in list(self._spawns.values()):
+            task.cancel()
+        self.apply(self.pool.shutdown())
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
