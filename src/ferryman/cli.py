@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import uvloop
 
 from . import __version__
 from .config import flag_of, reference_markdown, resolve, settings
+from .core import Core
 from .errors import ConfigError
+from .log import setup_logging
+from .spawning.detect import detect
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -41,12 +48,19 @@ def build_parser() -> ArgumentParser:
         flags = [flag_of(name)] + ([spec.short] if spec.short else [])
         if spec.kind.boolean:
             group.add_argument(
-                *flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                *flags,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=spec.help,
             )
         elif spec.kind.repeatable:
             group.add_argument(
-                *flags, dest=name, action="append", default=None, metavar=spec.kind.metavar,
+                *flags,
+                dest=name,
+                action="append",
+                default=None,
+                metavar=spec.kind.metavar,
                 help=spec.help + " (repeatable)",
             )
         else:
@@ -69,10 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def start(args: argparse.Namespace) -> int:
-    from .core import Core
-    from .log import setup_logging
-    from .spawning.detect import detect
-
     given = {name: getattr(args, name) for name, _, _ in settings()}
     try:
         config, warnings = resolve(Path(args.app_dir), given, os.environ)
@@ -82,8 +92,6 @@ def start(args: argparse.Namespace) -> int:
         sys.stderr.write(f"ferryman: {exc}\n")
         return exc.exit_code
     try:
-        import logging
-
         log = logging.getLogger("ferryman")
         for warning in warnings:
             log.warning("%s", warning)
@@ -96,13 +104,8 @@ def start(args: argparse.Namespace) -> int:
         sink.close()
 
 
-def run(main_coroutine: object) -> int:
-    import asyncio
-
-    import uvloop
-
-    result = uvloop.run(main_coroutine)  # type: ignore[arg-type]
-    assert isinstance(result, int)
+def run(main_coroutine: Coroutine[Any, Any, int]) -> int:
+    result: int = uvloop.run(main_coroutine)
     asyncio.set_event_loop(None)
     return result
 

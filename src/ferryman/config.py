@@ -173,7 +173,7 @@ def _networks_parse(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     entries = raw.replace(",", " ").split() if isinstance(raw, str) else raw
     if not isinstance(entries, Sequence):
         raise ValueError
-    nets = []
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for entry in entries:
         if not isinstance(entry, str):
             raise ValueError
@@ -206,9 +206,7 @@ class Spec:
 
 def setting(default: Any, kind: Kind, help: str, section: str, short: str | None = None) -> Any:
     """Declare a setting: the one place its default, validation and help are written."""
-    return field(
-        default=default, metadata={"setting": Spec(kind, help.strip(), section, short)}
-    )
+    return field(default=default, metadata={"setting": Spec(kind, help.strip(), section, short)})
 
 
 ProxyNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -223,66 +221,89 @@ class Config:
     # Listening
     port: int = setting(3000, _port_or_zero(), "TCP port to listen on.", "Listening", "-p")
     address: str = setting(
-        "127.0.0.1", _text_kind("an IP address or host name", "HOST"),
-        "Address to listen on.", "Listening", "-a",
+        "127.0.0.1",
+        _text_kind("an IP address or host name", "HOST"),
+        "Address to listen on.",
+        "Listening",
+        "-a",
     )
     socket: str | None = setting(
-        None, _text_kind("a file path", "PATH"),
-        "Listen on this Unix domain socket instead of TCP.", "Listening", "-S",
+        None,
+        _text_kind("a file path", "PATH"),
+        "Listen on this Unix domain socket instead of TCP.",
+        "Listening",
+        "-S",
     )
 
     # Application
     environment: str = setting(
-        "development", _text_kind("a name such as development or production", "NAME"),
+        "development",
+        _text_kind("a name such as development or production", "NAME"),
         "The app's environment; exported to the app as WSGI_ENV, PASSENGER_APP_ENV, "
-        "RACK_ENV, NODE_ENV and APP_ENV.", "Application", "-e",
+        "RACK_ENV, NODE_ENV and APP_ENV.",
+        "Application",
+        "-e",
     )
     app_type: str = setting(
-        "auto", _choice_kind("auto", "wsgi"),
-        "What kind of app this is; 'auto' detects it from the startup file.", "Application",
+        "auto",
+        _choice_kind("auto", "wsgi"),
+        "What kind of app this is; 'auto' detects it from the startup file.",
+        "Application",
     )
     startup_file: str | None = setting(
-        None, _text_kind("a file path", "PATH"),
+        None,
+        _text_kind("a file path", "PATH"),
         "The app's startup file, relative to the app directory (default: passenger_wsgi.py, "
-        "wsgi.py or app.py, whichever exists first).", "Application",
+        "wsgi.py or app.py, whichever exists first).",
+        "Application",
     )
     python: str = setting(
-        sys.executable, _text_kind("a path to a Python interpreter", "PATH"),
+        sys.executable,
+        _text_kind("a path to a Python interpreter", "PATH"),
         "Python interpreter that runs the app (default: the one Ferryman runs on).",
         "Application",
     )
     envvar: tuple[tuple[str, str], ...] = setting(
-        (), ENVVARS,
-        "Set an environment variable for the app; repeat for several.", "Application",
+        (),
+        ENVVARS,
+        "Set an environment variable for the app; repeat for several.",
+        "Application",
     )
     thread_count: int = setting(
-        1, _int_kind(1, 10000),
+        1,
+        _int_kind(1, 10000),
         "Threads per WSGI process: how many requests one process serves at once.",
         "Application",
     )
     start_timeout: float = setting(
-        90.0, _seconds_kind(),
-        "How long a process may take to start before it is killed.", "Application",
+        90.0,
+        _seconds_kind(),
+        "How long a process may take to start before it is killed.",
+        "Application",
     )
 
     # Pool
-    min_instances: int = setting(
-        1, _int_kind(0), "Processes kept running even when idle.", "Pool"
-    )
+    min_instances: int = setting(1, _int_kind(0), "Processes kept running even when idle.", "Pool")
     max_pool_size: int = setting(
         6, _int_kind(1), "Most app processes in all, counting those being started.", "Pool"
     )
     max_instances: int = setting(
-        0, _int_kind(0, note="0 = only max_pool_size limits it"),
-        "Most processes for the app.", "Pool",
+        0,
+        _int_kind(0, note="0 = only max_pool_size limits it"),
+        "Most processes for the app.",
+        "Pool",
     )
     max_request_queue_size: int = setting(
-        100, _int_kind(0, note="0 = unbounded"),
-        "Requests that may wait for a process; beyond it they get 503 at once.", "Pool",
+        100,
+        _int_kind(0, note="0 = unbounded"),
+        "Requests that may wait for a process; beyond it they get 503 at once.",
+        "Pool",
     )
     graceful_timeout: float = setting(
-        30.0, _seconds_kind(),
-        "On shutdown, how long in-flight requests may take to finish.", "Pool",
+        30.0,
+        _seconds_kind(),
+        "On shutdown, how long in-flight requests may take to finish.",
+        "Pool",
     )
 
     # HTTP
@@ -290,32 +311,42 @@ class Config:
         1024**3, _size_kind("unlimited"), "Largest request body accepted (else 413).", "HTTP"
     )
     max_header_size: int = setting(
-        32 * 1024, _size_kind(), "Largest request head (request line and headers; else 431).",
+        32 * 1024,
+        _size_kind(),
+        "Largest request head (request line and headers; else 431).",
         "HTTP",
     )
     header_timeout: float = setting(
         30.0, _seconds_kind(), "How long a client may take to send a request's head.", "HTTP"
     )
     body_timeout: float = setting(
-        60.0, _seconds_kind(), "How long a request body may stall before the connection is "
-        "closed.", "HTTP",
+        60.0,
+        _seconds_kind(),
+        "How long a request body may stall before the connection is closed.",
+        "HTTP",
     )
     keepalive_timeout: float = setting(
         5.0, _seconds_kind(), "How long an idle keep-alive connection is kept open.", "HTTP"
     )
     trusted_proxies: ProxyNetworks = setting(
-        (), NETWORKS,
+        (),
+        NETWORKS,
         "Peers whose X-Forwarded-For/-Proto/-Host headers are believed (default: none). "
-        "Peers on a Unix socket are always trusted.", "HTTP",
+        "Peers on a Unix socket are always trusted.",
+        "HTTP",
     )
 
     # Logging
     log_file: str | None = setting(
-        None, _text_kind("a file path", "PATH"), "Write the log here instead of stderr.",
+        None,
+        _text_kind("a file path", "PATH"),
+        "Write the log here instead of stderr.",
         "Logging",
     )
     log_level: str = setting(
-        "info", _choice_kind("debug", "info", "warning", "error"), "Least severe level logged.",
+        "info",
+        _choice_kind("debug", "info", "warning", "error"),
+        "Least severe level logged.",
         "Logging",
     )
     access_log: bool = setting(

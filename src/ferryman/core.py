@@ -96,8 +96,9 @@ class Core:
             supervisor.apply(pool.tick(supervisor.now()))
             assert self._stop is not None
             await self._stop.wait()
-            log.info("Shutting down: finishing requests in flight (up to %gs)",
-                     config.graceful_timeout)
+            log.info(
+                "Shutting down: finishing requests in flight (up to %gs)", config.graceful_timeout
+            )
             front.stop_accepting()
             if not await front.drained(config.graceful_timeout):
                 log.warning("Graceful timeout reached; closing the remaining connections")

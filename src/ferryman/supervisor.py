@@ -113,10 +113,10 @@ class Supervisor:
         except Exception as exc:
             self._spawns.pop(group, None)
             log.exception("internal error while spawning a process for %s", group.name)
-            error = SpawnError(
+            internal = SpawnError(
                 f"internal error while spawning: {exc!r}", category="internal", step="spawn"
             )
-            self.apply(group.spawn_failed(error, self.now()))
+            self.apply(group.spawn_failed(internal, self.now()))
             return
         self._spawns.pop(group, None)
         self.spawn_count += 1

@@ -18,13 +18,15 @@ from ferryman.pool import (
     Session,
     Spawn,
     Stop,
-    Wake,
     Waiter,
+    Wake,
 )
 from ferryman.pool.effects import Effect
 
 
-def make_process(concurrency: int, sessions: int, limit: int | None = None, seq: int = 1) -> Process:
+def make_process(
+    concurrency: int, sessions: int, limit: int | None = None, seq: int = 1
+) -> Process:
     return Process(
         pid=1000 + seq,
         concurrency=concurrency,
@@ -77,9 +79,7 @@ def test_unlimited_busyness_grows_with_each_session() -> None:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def pool_with(
-    *, max_size: int = 6, **options: Any
-) -> tuple[Pool, Group]:
+def pool_with(*, max_size: int = 6, **options: Any) -> tuple[Pool, Group]:
     pool = Pool(max_size)
     group = pool.add_group("app", GroupOptions(**options))
     return pool, group
@@ -91,7 +91,9 @@ def bring_up(group: Group, concurrency: int, count: int, now: float = 0.0) -> li
     for _ in range(count):
         if not group.spawning:
             group.spawning = True
-        process, _ = group.spawn_done(pid=100 + len(group.processes), concurrency=concurrency, now=now)
+        process, _ = group.spawn_done(
+            pid=100 + len(group.processes), concurrency=concurrency, now=now
+        )
         made.append(process)
     return made
 
@@ -349,7 +351,7 @@ def test_topping_up_to_min_instances_never_evicts_another_group() -> None:
     pool = Pool(2)
     a = pool.add_group("a", GroupOptions(min_instances=2))
     bring_up(a, 1, 2)
-    b = pool.add_group("b", GroupOptions(min_instances=1))
+    pool.add_group("b", GroupOptions(min_instances=1))
     assert pool.tick(0.0) == []
     assert len(a.processes) == 2
 

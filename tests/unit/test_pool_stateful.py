@@ -21,8 +21,8 @@ from ferryman.pool import (
     Session,
     Spawn,
     Stop,
-    Wake,
     Waiter,
+    Wake,
 )
 from ferryman.pool.effects import Effect
 
@@ -128,7 +128,7 @@ class PoolMachine(RuleBasedStateMachine):
         group, process = self.stopping.pop(i % len(self.stopping))
         assert process.life is Life.SHUTTING_DOWN
         self.apply(group.process_died(process, self.now))
-        assert process.life is Life.DEAD
+        assert process.life.value == Life.DEAD.value
 
     @precondition(lambda self: any(g.processes for g in self.groups))
     @rule(data=st.data())

@@ -32,7 +32,8 @@ class RequestBody:
             return
         self._chunks.append(data)
         if self.size > SPOOL_THRESHOLD:
-            spool = tempfile.TemporaryFile(prefix="ferryman-body-")
+            # Owned by this object until close(): not a with-block on purpose.
+            spool = tempfile.TemporaryFile(prefix="ferryman-body-")  # noqa: SIM115
             try:
                 spool.writelines(self._chunks)
             except BaseException:

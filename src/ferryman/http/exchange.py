@@ -365,7 +365,9 @@ class Exchange:
         # A connection still being opened goes back to the pool when it arrives (_connected).
         self._finish(upstream_ok=False, client_gone=True)
 
-    def _finish(self, *, upstream_ok: bool, abort_client: bool = False, client_gone: bool = False) -> None:
+    def _finish(
+        self, *, upstream_ok: bool, abort_client: bool = False, client_gone: bool = False
+    ) -> None:
         if self.state == DONE:
             return
         self.state = DONE

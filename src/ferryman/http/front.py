@@ -218,9 +218,12 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(400, b"Bad Request: " + str(exc).encode("utf-8", "replace") + b"\n")
             return
-        if self.current is not None and not self.head_complete:
-            if self.head_size > self.max_header_size:
-                self._refuse(431, b"Request Header Fields Too Large\n")
+        if (
+            self.current is not None
+            and not self.head_complete
+            and (self.head_size > self.max_header_size)
+        ):
+            self._refuse(431, b"Request Header Fields Too Large\n")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -410,7 +413,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
-    # -- the one timer ------------------------------------------------------------------------------
+    # -- the one timer ---------------------------------------------------------------------
 
     def _arm(self, delay: float) -> None:
         deadline = self.loop.time() + delay

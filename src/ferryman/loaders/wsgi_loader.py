@@ -17,6 +17,8 @@ Life of the process:
   it exits at once.
 """
 
+from __future__ import annotations
+
 import importlib.util
 import json
 import os
@@ -26,6 +28,12 @@ import sys
 import threading
 import time
 import traceback
+from types import TracebackType
+from typing import IO, Any, Callable, Dict, Iterable, Optional, Tuple, Type
+
+# Spelled with typing's names: this file runs on Python 3.9.
+ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
+WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # -- session protocol (keep in step with ferryman/http/session_protocol.py) --------------
 
@@ -53,18 +61,20 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     ]
 )
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 class Handshake(object):
     """Journey steps and the final ready/error message, as JSON lines to the core."""
 
-    def __init__(self, fd):
+    def __init__(self, fd: int | None) -> None:
         self.fd = fd
         if fd is not None:
             os.set_inheritable(fd, False)  # processes the app starts must not hold it open
 
-    def send(self, message):
+    def send(self, message: dict[str, Any]) -> None:
         if self.fd is None:
             return
         data = (json.dumps(message) + "\n").encode("utf-8")
@@ -72,10 +82,10 @@ class Handshake(object):
             written = os.write(self.fd, data)
             data = data[written:]
 
-    def step(self, name, state):
+    def step(self, name: str, state: str) -> None:
         self.send({"step": name, "state": state, "at": time.time()})
 
-    def close(self):
+    def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -84,14 +94,14 @@ class Handshake(object):
 class AppLoadError(Exception):
     """The app could not be loaded; ``kind`` says how (the core words the page)."""
 
-    def __init__(self, kind, message, exc_info=None):
+    def __init__(self, kind: str, message: str, exc_info: ExcInfo | None = None) -> None:
         Exception.__init__(self, message)
         self.kind = kind
         self.message = message
         self.exc_info = exc_info
 
 
-def load_app(app_root, startup_file):
+def load_app(app_root: str, startup_file: str) -> WSGIApp:
     """Import the startup file as a module and return its WSGI callable."""
     path = os.path.join(app_root, startup_file)
     if not os.path.isfile(path):
@@ -105,31 +115,38 @@ def load_app(app_root, startup_file):
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise AppLoadError("syntax_error", "%s: %s" % (type(exc).__name__, exc), sys.exc_info())
-    except BaseException as exc:  # noqa: BLE001 - the app may raise anything, SystemExit too
-        raise AppLoadError("import_error", "%s: %s" % (type(exc).__name__, exc), sys.exc_info())
+        raise AppLoadError(
+            "syntax_error", "%s: %s" % (type(exc).__name__, exc), _exc_info(exc)
+        ) from exc
+    except BaseException as exc:  # the app may raise anything at import, SystemExit too
+        raise AppLoadError(
+            "import_error", "%s: %s" % (type(exc).__name__, exc), _exc_info(exc)
+        ) from exc
     for name in ("application", "app"):
         app = getattr(module, name, None)
         if app is not None:
             if not callable(app):
                 raise AppLoadError(
                     "app_not_callable",
-                    "%s.%s is a %s, not a callable WSGI app" % (module_name, name, type(app).__name__),
+                    "%s.%s is a %s, not a callable WSGI app"
+                    % (module_name, name, type(app).__name__),
                 )
-            return app
-    raise AppLoadError(
-        "app_missing", "%s defines neither 'application' nor 'app'" % startup_file
-    )
+            return app  # type: ignore[no-any-return]
+    raise AppLoadError("app_missing", "%s defines neither 'application' nor 'app'" % startup_file)
+
+
+def _exc_info(exc: BaseException) -> ExcInfo:
+    return (type(exc), exc, exc.__traceback__)
 
 
 class Input(object):
     """wsgi.input: the request body, read from the connection and never past its end."""
 
-    def __init__(self, rfile, length):
+    def __init__(self, rfile: IO[bytes], length: int) -> None:
         self._rfile = rfile
         self.remaining = length
 
-    def read(self, size=-1):
+    def read(self, size: int | None = -1) -> bytes:
         if self.remaining <= 0:
             return b""
         if size is None or size < 0 or size > self.remaining:
@@ -141,7 +158,7 @@ class Input(object):
         self.remaining -= len(data)
         return data
 
-    def readline(self, size=-1):
+    def readline(self, size: int | None = -1) -> bytes:
         if self.remaining <= 0:
             return b""
         if size is None or size < 0 or size > self.remaining:
@@ -150,8 +167,8 @@ class Input(object):
         self.remaining -= len(data)
         return data
 
-    def readlines(self, hint=-1):
-        lines = []
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
@@ -162,16 +179,16 @@ class Input(object):
             if 0 < hint <= total:
                 return lines
 
-    def __iter__(self):
+    def __iter__(self) -> Input:
         return self
 
-    def __next__(self):
+    def __next__(self) -> bytes:
         line = self.readline()
         if not line:
             raise StopIteration
         return line
 
-    def drain(self):
+    def drain(self) -> None:
         while self.remaining > 0:
             if not self.read(min(self.remaining, 65536)):
                 return
@@ -180,23 +197,23 @@ class Input(object):
 class FileWrapper(object):
     """wsgi.file_wrapper: iterates a file in blocks and closes it when done."""
 
-    def __init__(self, filelike, blksize=65536):
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
         self.filelike = filelike
         self.blksize = blksize
         if hasattr(filelike, "close"):
             self.close = filelike.close
 
-    def __iter__(self):
+    def __iter__(self) -> FileWrapper:
         return self
 
-    def __next__(self):
+    def __next__(self) -> bytes:
         data = self.filelike.read(self.blksize)
         if data:
-            return data
+            return data  # type: ignore[no-any-return]
         raise StopIteration
 
 
-def frame(kind, payload):
+def frame(kind: bytes, payload: bytes) -> bytes:
     return FRAME_HEAD.pack(kind, len(payload)) + payload
 
 
@@ -204,7 +221,7 @@ class BadResponse(Exception):
     """The app broke the WSGI contract (status or headers)."""
 
 
-def _check_status(status):
+def _check_status(status: Any) -> None:
     if not isinstance(status, str):
         raise BadResponse("status must be a str, got %r" % (status,))
     code = status[:3]
@@ -214,7 +231,7 @@ def _check_status(status):
         raise BadResponse("status contains a line break: %r" % (status,))
 
 
-def _head_payload(status, headers):
+def _head_payload(status: str, headers: list[Any]) -> bytes:
     """The H frame: status line, then 'Name: value' lines, CRLF-terminated, hop-by-hop dropped."""
     _check_status(status)
     parts = [status, "\r\n"]
@@ -237,7 +254,7 @@ def _head_payload(status, headers):
     try:
         return "".join(parts).encode("latin-1")
     except UnicodeEncodeError:
-        raise BadResponse("status and headers must be latin-1 text")
+        raise BadResponse("status and headers must be latin-1 text") from None
 
 
 ERROR_500 = (
@@ -252,14 +269,16 @@ class Request(object):
 
     __slots__ = ("head_only", "head_sent", "headers", "sock", "status")
 
-    def __init__(self, sock, head_only):
+    def __init__(self, sock: socket.socket, head_only: bool) -> None:
         self.sock = sock
-        self.status = None
-        self.headers = None
+        self.status: str | None = None
+        self.headers: list[Any] = []
         self.head_sent = False
         self.head_only = head_only
 
-    def start_response(self, status, headers, exc_info=None):
+    def start_response(
+        self, status: str, headers: list[Any], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.head_sent:
@@ -274,7 +293,7 @@ class Request(object):
         self.headers = headers
         return self.write
 
-    def head_frame(self, extra_length=None):
+    def head_frame(self, extra_length: int | None = None) -> bytes:
         if self.status is None:
             raise BadResponse("the app returned without calling start_response")
         headers = self.headers
@@ -283,25 +302,25 @@ class Request(object):
                 if name.lower() == "content-length":
                     break
             else:
-                headers = headers + [("Content-Length", str(extra_length))]
+                headers = [*headers, ("Content-Length", str(extra_length))]
         self.head_sent = True
         return frame(FRAME_HEAD_RESPONSE, _head_payload(self.status, headers))
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         """The legacy write() callable: sends at once."""
         if type(data) is not bytes:
             raise BadResponse("write() takes bytes, got %s" % type(data).__name__)
-        out = [] if self.head_sent else [self.head_frame()]
+        out: list[bytes | memoryview] = [] if self.head_sent else [self.head_frame()]
         if data and not self.head_only:
             out.extend(body_frames(data))
         if out:
             self.sock.sendall(b"".join(out))
 
 
-def body_frames(data):
+def body_frames(data: bytes) -> list[bytes | memoryview]:
     if len(data) <= MAX_FRAME:
         return [FRAME_HEAD.pack(FRAME_BODY, len(data)), data]
-    out = []
+    out: list[bytes | memoryview] = []
     view = memoryview(data)
     for start in range(0, len(data), MAX_FRAME):
         piece = view[start : start + MAX_FRAME]
@@ -316,7 +335,9 @@ END_FRAME = frame(FRAME_END, b"")
 class Server(object):
     """The accept-and-serve threads and the graceful exit."""
 
-    def __init__(self, app, listener, threads, base_environ):
+    def __init__(
+        self, app: WSGIApp, listener: socket.socket, threads: int, base_environ: dict[str, Any]
+    ) -> None:
         self.app = app
         self.listener = listener
         self.threads = threads
@@ -326,13 +347,13 @@ class Server(object):
         self.in_flight = 0
         self.idle = threading.Condition(self.lock)
 
-    def start(self):
+    def start(self) -> None:
         for i in range(self.threads):
             t = threading.Thread(target=self.worker, name="ferryman-worker-%d" % i)
             t.daemon = True  # interpreter exit must not wait for idle keep-alive reads
             t.start()
 
-    def worker(self):
+    def worker(self) -> None:
         while not self.stopping:
             try:
                 conn, _ = self.listener.accept()
@@ -342,13 +363,13 @@ class Server(object):
                 self.serve_connection(conn)
             except (ConnectionError, BrokenPipeError):
                 pass  # the core closed the connection mid-request; it knows
-            except Exception:  # noqa: BLE001 - one connection's failure must not end the thread
+            except Exception:
                 traceback.print_exc()
             finally:
                 conn.close()
 
-    def serve_connection(self, conn):
-        rfile = conn.makefile("rb", 65536)
+    def serve_connection(self, conn: socket.socket) -> None:
+        rfile: IO[bytes] = conn.makefile("rb", 65536)  # type: ignore[assignment]
         try:
             while not self.stopping:
                 head = rfile.read(REQUEST_HEAD.size)
@@ -370,19 +391,19 @@ class Server(object):
         finally:
             rfile.close()
 
-    def handle(self, conn, rfile, block, body_len):
+    def handle(self, conn: socket.socket, rfile: IO[bytes], block: bytes, body_len: int) -> None:
         items = block.decode("latin-1").split("\0")
         environ = self.base_environ.copy()
-        environ.update(zip(items[0::2], items[1::2]))
+        environ.update(zip(items[0::2], items[1::2]))  # noqa: B905 - zip(strict) is 3.10+
         wsgi_input = Input(rfile, body_len)
         environ["wsgi.input"] = wsgi_input
         environ["wsgi.url_scheme"] = environ.pop("ferryman.url_scheme", "http")
         request = Request(conn, environ["REQUEST_METHOD"] == "HEAD")
-        result = None
+        result: Iterable[bytes] | None = None
         try:
             result = self.app(environ, request.start_response)
             self.send_result(request, result)
-        except BaseException as exc:  # noqa: BLE001 - report any app failure, then go on
+        except BaseException as exc:
             if isinstance(exc, (ConnectionError, BrokenPipeError)) and request.head_sent:
                 raise  # the core went away mid-response: this connection is finished
             self.app_failed(request)
@@ -391,20 +412,20 @@ class Server(object):
         finally:
             if result is not None and hasattr(result, "close"):
                 try:
-                    result.close()
-                except Exception:  # noqa: BLE001
+                    result.close()  # PEP 3333: on every path
+                except Exception:
                     traceback.print_exc()
         wsgi_input.drain()
 
-    def send_result(self, request, result):
+    def send_result(self, request: Request, result: Iterable[bytes]) -> None:
         if type(result) in (list, tuple):
             # The whole body is known: one write, with Content-Length when the app left it out.
             total = 0
+            out: list[bytes | memoryview] = []
             for chunk in result:
                 if type(chunk) is not bytes:
                     raise BadResponse("the app yielded %s, not bytes" % type(chunk).__name__)
                 total += len(chunk)
-            out = []
             if not request.head_sent:
                 out.append(request.head_frame(total))
             if not request.head_only:
@@ -421,27 +442,26 @@ class Server(object):
                 continue
             if request.head_only:
                 break  # HEAD: headers are set once the first chunk exists; skip the body
-            out = [] if request.head_sent else [request.head_frame()]
-            out.extend(body_frames(chunk))
-            request.sock.sendall(b"".join(out))
-        out = [] if request.head_sent else [request.head_frame()]
-        out.append(END_FRAME)
-        request.sock.sendall(b"".join(out))
+            frames: list[bytes | memoryview] = [] if request.head_sent else [request.head_frame()]
+            frames.extend(body_frames(chunk))
+            request.sock.sendall(b"".join(frames))
+        last = END_FRAME if request.head_sent else request.head_frame() + END_FRAME
+        request.sock.sendall(last)
 
-    def app_failed(self, request):
+    def app_failed(self, request: Request) -> None:
         """Log the app's exception; answer 500 if nothing was sent yet, else abort the response."""
         sys.stderr.write("Error while serving a request:\n" + traceback.format_exc())
         sys.stderr.flush()
         if request.head_sent:
             request.sock.sendall(frame(FRAME_ABORT, b"the app raised mid-response"))
         else:
-            out = [frame(FRAME_HEAD_RESPONSE, ERROR_500)]
+            out: list[bytes | memoryview] = [frame(FRAME_HEAD_RESPONSE, ERROR_500)]
             if not request.head_only:
                 out.extend(body_frames(ERROR_500_BODY))
             out.append(END_FRAME)
             request.sock.sendall(b"".join(out))
 
-    def stop(self, core_alive):
+    def stop(self, core_alive: Callable[[], bool]) -> None:
         """Stop accepting; finish requests in flight unless the core is gone."""
         self.stopping = True
         try:
@@ -454,15 +474,15 @@ class Server(object):
                 self.idle.wait(0.1)
 
 
-def set_process_title(title):
+def set_process_title(title: str) -> None:
     try:
-        import setproctitle  # type: ignore[import-not-found]
+        import setproctitle  # type: ignore[import-not-found]  # noqa: PLC0415 - optional
     except ImportError:
         return
     setproctitle.setproctitle(title)
 
 
-def wait_for_owner_eof():
+def wait_for_owner_eof() -> None:
     """Block until the core closes our stdin (or dies)."""
     while True:
         try:
@@ -475,7 +495,7 @@ def wait_for_owner_eof():
             return
 
 
-def main():
+def main() -> None:
     args = json.loads(sys.argv[1])
     parent = os.getppid()
     handshake = Handshake(args.get("handshake_fd"))

@@ -21,6 +21,6 @@ __all__ = [
     "Session",
     "Spawn",
     "Stop",
-    "Wake",
     "Waiter",
+    "Wake",
 ]

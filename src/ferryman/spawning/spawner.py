@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,9 +138,7 @@ class Spawner:
             argv = [self.config.python, str(WSGI_LOADER), json.dumps(args)]
             journey.begin("spawn", time.time())
             try:
-                child = await Child.launch(
-                    argv, env=env, cwd=str(self.spec.root), pass_fds=(hs_w,)
-                )
+                child = await Child.launch(argv, env=env, cwd=str(self.spec.root), pass_fds=(hs_w,))
             except OSError as exc:
                 journey.fail("spawn", time.time())
                 raise SpawnError(
@@ -216,15 +215,15 @@ class Spawner:
         await child.finish_output(1.0)
         if reader.error is not None:
             error = reader.error
-            step = str(error.get("step", "load_app"))
-            if step in journey.steps:
-                journey.fail(step, now)
+            step_name = str(error.get("step", "load_app"))
+            if step_name in journey.steps:
+                journey.fail(step_name, now)
             else:
-                step = journey.infer_failure(now).name
+                step_name = journey.infer_failure(now).name
             raise SpawnError(
                 str(error.get("message", "the app failed to load")),
                 category=str(error.get("kind", "load_error")),
-                step=step,
+                step=step_name,
                 journey=journey,
                 output=child.output_lines(),
                 details=str(error.get("traceback", "")),
@@ -274,8 +273,6 @@ def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
