@@ -1,0 +1,160 @@
+"""A WSGI stub app for the end-to-end tests: one route per behaviour under test.
+
+Set STUB_VALIDATE=1 to wrap it in wsgiref.validate (with warnings turned into
+errors, so any PEP 3333 violation by the server becomes a 500 and a log line).
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+from urllib.parse import parse_qs
+
+CLOSED = []
+
+
+def _query(environ):
+    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+
+class ClosingBody:
+    """An iterable with close(), to check the server calls it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __iter__(self):
+        yield b"closing body\n"
+
+    def close(self):
+        sys.stderr.write("stub: close() called for %s\n" % self.marker)
+        sys.stderr.flush()
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    q = _query(environ)
+    text = [("Content-Type", "text/plain; charset=utf-8")]
+
+    if path == "/":
+        start_response("200 OK", text)
+        return [b"Hello from Ferryman's stub app\n"]
+    if path == "/pid":
+        start_response("200 OK", text)
+        return [str(os.getpid()).encode()]
+    if path == "/slow":
+        time.sleep(float(q.get("t", "1")))
+        start_response("200 OK", text)
+        return [str(os.getpid()).encode()]
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [body]
+    if path == "/digest":
+        # Read in pieces: checks wsgi.input streaming of big bodies.
+        h = hashlib.sha256()
+        size = 0
+        stream = environ["wsgi.input"]
+        while True:
+            chunk = stream.read(65536)
+            if not chunk:
+                break
+            h.update(chunk)
+            size += len(chunk)
+        start_response("200 OK", text)
+        return [("%d %s %s" % (size, h.hexdigest(), environ.get("CONTENT_LENGTH", ""))).encode()]
+    if path == "/lines":
+        lines = environ["wsgi.input"].readlines()
+        start_response("200 OK", text)
+        return [("%d\n" % len(lines)).encode()] + lines
+    if path == "/environ":
+        data = {k: v for k, v in environ.items() if isinstance(v, str)}
+        data["wsgi.multithread"] = environ["wsgi.multithread"]
+        data["wsgi.multiprocess"] = environ["wsgi.multiprocess"]
+        data["wsgi.run_once"] = environ["wsgi.run_once"]
+        data["wsgi.version"] = list(environ["wsgi.version"])
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(data).encode()]
+    if path == "/stream":
+        n = int(q.get("n", "5"))
+        delay = float(q.get("delay", "0"))
+        start_response("200 OK", text)
+
+        def gen():
+            for i in range(n):
+                if delay:
+                    time.sleep(delay)
+                yield b"chunk %d\n" % i
+
+        return gen()
+    if path == "/big":
+        n = int(q.get("n", "1000000"))
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        block = b"x" * 65536
+
+        def gen():
+            left = n
+            while left > 0:
+                piece = block[: min(left, len(block))]
+                left -= len(piece)
+                yield piece
+
+        return gen()
+    if path == "/write":
+        write = start_response("200 OK", text)
+        write(b"written ")
+        write(b"directly\n")
+        return [b"then returned\n"]
+    if path == "/file":
+        f = open(__file__, "rb")
+        start_response("200 OK", text)
+        return environ["wsgi.file_wrapper"](f, 1024)
+    if path == "/closing":
+        start_response("200 OK", text)
+        return ClosingBody(q.get("marker", "x"))
+    if path == "/error":
+        raise RuntimeError("stub error before start_response")
+    if path == "/error-mid":
+        start_response("200 OK", text)
+
+        def gen():
+            yield b"partial\n"
+            raise RuntimeError("stub error mid-response")
+
+        return gen()
+    if path == "/exc-info":
+        start_response("200 OK", text)
+        try:
+            raise ValueError("replaced")
+        except ValueError:
+            start_response("500 Internal Server Error", text, sys.exc_info())
+        return [b"error page from the app\n"]
+    if path == "/headers":
+        start_response(
+            "201 Created",
+            text + [("X-Custom", "one"), ("X-Custom", "two"), ("Set-Cookie", "a=1")],
+        )
+        return [b"created\n"]
+    if path == "/status":
+        code = q.get("code", "200")
+        start_response("%s Whatever" % code, text)
+        return [b"status body\n"] if code not in ("204", "304") else []
+    if path == "/exit":
+        os._exit(int(q.get("code", "3")))
+    if path == "/print":
+        print("stub says: %s" % q.get("msg", "hi"))
+        start_response("200 OK", text)
+        return [b"printed\n"]
+    start_response("404 Not Found", text)
+    return [b"not found\n"]
+
+
+if os.environ.get("STUB_VALIDATE") == "1":
+    from wsgiref.validate import validator
+
+    warnings.simplefilter("error")
+    application = validator(app)
+else:
+    application = app

@@ -1,0 +1,326 @@
+"""Running real Ferryman servers for tests: start, wait for readiness, inspect, stop by PID.
+
+Each server gets its own short temp directory as $TMPDIR (so its instance
+directory and spooled bodies can be counted), binds 127.0.0.1 on a port the
+kernel picks (``--port 0``), and is stopped by its PID at the end of the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+APPS = Path(__file__).resolve().parent.parent / "apps"
+STUB = APPS / "wsgi_stub"
+
+_LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
+_READY = re.compile(r"App (\d+) ready")
+
+
+def process_children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+def wait_until(predicate: object, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():  # type: ignore[operator]
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+class Server:
+    """A running ``ferryman start`` process and its log."""
+
+    def __init__(
+        self,
+        app_dir: Path | str = STUB,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        wait_ready: int = 1,
+    ) -> None:
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="fm-", dir="/tmp"))
+        self.env = dict(os.environ)
+        self.env["TMPDIR"] = str(self.tmpdir)
+        self.env.pop("PYTHONWARNINGS", None)
+        if env:
+            self.env.update(env)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        argv = [sys.executable, "-m", "ferryman", "start", str(app_dir), "--port", "0", *args]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
+        )
+        self.pid = self.proc.pid
+        self.app_pids: set[int] = set()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = 0
+        try:
+            match = self.wait_for_log(_LISTENING, timeout=15)
+            self.port = int(match.group(1))
+            for _ in range(wait_ready):
+                self.wait_for_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- log --------------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                ready = _READY.search(line)
+                if ready:
+                    self.app_pids.add(int(ready.group(1)))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_log(
+        self, pattern: str | re.Pattern[str], timeout: float = 10, start: int = 0
+    ) -> re.Match[str]:
+        """The first log line from index ``start`` on that matches ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.lines):
+                    match = regex.search(self.lines[index])
+                    index += 1
+                    if match:
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no log line matching {regex.pattern!r}; log:\n" + "\n".join(self.lines)
+                    )
+                self._cond.wait(min(left, 0.1))
+
+    def wait_for_ready(self, timeout: float = 15) -> int:
+        """The PID of the next process that reports ready (counting from the last one seen)."""
+        seen = getattr(self, "_ready_seen", 0)
+        with self._cond:
+            start = 0
+            count = 0
+            for i, line in enumerate(self.lines):
+                if _READY.search(line):
+                    count += 1
+                    if count == seen:
+                        start = i + 1
+        match = self.wait_for_log(_READY, timeout, start=start if seen else 0)
+        self._ready_seen = seen + 1
+        return int(match.group(1))
+
+    def log_text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def mark(self) -> int:
+        """A position in the log, for wait_for_log(start=...)."""
+        with self._cond:
+            return len(self.lines)
+
+    # -- talking to it ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = self.connection(timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+        finally:
+            conn.close()
+
+    def get(self, path: str, timeout: float = 30) -> tuple[int, bytes]:
+        status, _, body = self.request("GET", path, timeout=timeout)
+        return status, body
+
+    def raw(self, data: bytes, timeout: float = 10) -> bytes:
+        """Send raw bytes, read until the server closes the connection."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- inspecting it --------------------------------------------------------------------------
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def children(self) -> list[int]:
+        return sorted(p for p in process_children(self.pid) if alive(p))
+
+    def temp_entries(self) -> list[str]:
+        """Everything under $TMPDIR except the instance directory's fixed parts."""
+        found = []
+        for root, dirs, files in os.walk(self.tmpdir):
+            for name in dirs + files:
+                found.append(os.path.relpath(os.path.join(root, name), self.tmpdir))
+        return sorted(found)
+
+    def instance_dirs(self) -> list[Path]:
+        return sorted(self.tmpdir.glob("ferryman.*"))
+
+    # -- stopping it ------------------------------------------------------------------------------
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        self.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                "ferryman did not stop in time; log:\n" + self.log_text()
+            ) from None
+
+    def close(self) -> None:
+        """Stop the server and anything it started, by PID; remove the temp directory."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.app_pids:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def serving(
+    app_dir: Path | str = STUB,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_ready: int = 1,
+) -> Iterator[Server]:
+    server = Server(app_dir, args, env=env, wait_ready=wait_ready)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class Gates:
+    """Files that /wait requests of the gate app block on until the test opens them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, name: str) -> str:
+        return str(self.directory / name)
+
+    def open(self, name: str) -> None:
+        (self.directory / name).touch()
+
+
+GATE_APP = APPS / "wsgi_gate"
+
+
+class Request(threading.Thread):
+    """One GET in the background; keeps its status, body and completion order."""
+
+    finished: list[Request] = []
+    lock = threading.Lock()
+
+    def __init__(self, server: Server, path: str) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.path = path
+        self.status = 0
+        self.body = b""
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.status, self.body = self.server.get(self.path, timeout=60)
+        except OSError as exc:  # reported through status/body, not as a thread crash
+            self.status, self.body = -1, repr(exc).encode()
+        with Request.lock:
+            Request.finished.append(self)
+
+    @property
+    def done(self) -> bool:
+        return not self.is_alive()

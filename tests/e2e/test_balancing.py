@@ -1,0 +1,57 @@
+"""Load balancing across processes: least-busy routing, the queue and its bound."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .harness import GATE_APP, Gates, Request, serving, wait_until
+
+
+def test_slow_requests_spread_queue_and_overflow(tmp_path: Path) -> None:
+    """Four single-threaded processes take four requests; two more wait; the next gets 503."""
+    gates = Gates(tmp_path)
+    Request.finished = []
+    with serving(
+        GATE_APP,
+        "--min-instances", "4",
+        "--max-pool-size", "4",
+        "--thread-count", "1",
+        "--max-request-queue-size", "2",
+        wait_ready=4,
+    ) as server:  # fmt: skip
+        mark = server.mark()
+        slow = [Request(server, f"/wait?gate={gates.path(f'g{i}')}") for i in range(4)]
+        pids = {}
+        for _ in range(4):
+            match = server.wait_for_log(r"waiting (g\d) (\d+)", start=mark)
+            pids[match.group(1)] = int(match.group(2))
+            mark = server.lines.index(match.string) + 1
+        # Four requests in flight land on four different processes.
+        assert len(set(pids.values())) == 4, pids
+
+        # Three more arrive while all four processes are busy: two wait, one is refused.
+        extra = {name: Request(server, f"/wait?gate={gates.path(name)}") for name in "xyz"}
+        assert wait_until(lambda: any(r.done for r in extra.values()), timeout=10)
+        refused = [r for r in extra.values() if r.done]
+        assert [r.status for r in refused] == [503]
+        assert b"queue" in refused[0].body
+        # ... at once: no slow request has finished, and nothing was served from the queue.
+        assert not any(r.done for r in slow)
+        queued = [name for name, r in extra.items() if not r.done]
+        assert len(queued) == 2
+        assert not any(re.search(r"waiting [xyz]", line) for line in server.lines)
+
+        # When one process frees up, the request at the head of the queue gets it.
+        mark = server.mark()
+        gates.open("g0")
+        match = server.wait_for_log(r"waiting ([xyz]) (\d+)", start=mark)
+        assert match.group(1) in queued
+        assert int(match.group(2)) == pids["g0"]
+        assert not any(r.done for r in slow[1:])
+
+        for name in ["g1", "g2", "g3", *queued]:
+            gates.open(name)
+        for r in slow + [extra[name] for name in queued]:
+            r.join(30)
+            assert r.status == 200

@@ -1,0 +1,46 @@
+"""Crashes: a dying app process costs only its own request; a dying core leaves no app behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from .harness import GATE_APP, Gates, Request, alive, serving, wait_until
+
+
+def test_killed_app_process_fails_only_its_request_and_is_replaced(tmp_path: Path) -> None:
+    """kill -9 of a process mid-request: that request gets 502, the next 50 get 200."""
+    gates = Gates(tmp_path)
+    with serving(GATE_APP, "--min-instances", "2", "--max-pool-size", "2", wait_ready=2) as server:
+        mark = server.mark()
+        victim_request = Request(server, f"/wait?gate={gates.path('never')}")
+        victim = int(server.wait_for_log(r"waiting never (\d+)", start=mark).group(1))
+        os.kill(victim, signal.SIGKILL)
+        victim_request.join(30)
+        assert victim_request.status == 502
+        for _ in range(50):
+            status, body = server.get("/pid")
+            assert status == 200
+            assert int(body) != victim
+        server.wait_for_log(rf"App {victim} exited unexpectedly")
+        # A replacement is spawned to keep min_instances.
+        assert wait_until(lambda: len(server.children()) == 2, timeout=15)
+        assert victim not in server.children()
+
+
+def test_killed_core_leaves_no_app_process(tmp_path: Path) -> None:
+    """kill -9 of the core: every app process, even one mid-request, exits within 5 s."""
+    gates = Gates(tmp_path)
+    with serving(GATE_APP, "--min-instances", "3", "--max-pool-size", "3", wait_ready=3) as server:
+        mark = server.mark()
+        busy = Request(server, f"/wait?gate={gates.path('never')}")
+        server.wait_for_log(r"waiting never", start=mark)
+        apps = server.children()
+        assert len(apps) == 3
+        server.proc.kill()
+        server.proc.wait(10)
+        assert wait_until(lambda: not any(alive(pid) for pid in apps), timeout=5), [
+            pid for pid in apps if alive(pid)
+        ]
+        busy.join(10)
