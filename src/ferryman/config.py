@@ -240,7 +240,7 @@ class Config:
         "development",
         _text_kind("a name such as development or production", "NAME"),
         "The app's environment; exported to the app as WSGI_ENV, PASSENGER_APP_ENV, "
-        "RACK_ENV, NODE_ENV and APP_ENV.",
+        "RACK_ENV, RAILS_ENV and NODE_ENV.",
         "Application",
         "-e",
     )
