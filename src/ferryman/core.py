@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 
 from . import __version__
@@ -135,6 +136,12 @@ class Core:
         )
         for url in urls:
             log.info("Listening on %s", url)
+        if config.log_file:
+            # The log goes to a file; the terminal that started us still learns where we are.
+            for url in urls:
+                sys.stderr.write(f"Ferryman {__version__}: Listening on {url}\n")
+            sys.stderr.write(f"Ferryman {__version__}: Logging to {config.log_file}\n")
+            sys.stderr.flush()
 
 
 def _listen_target(config: Config) -> str:

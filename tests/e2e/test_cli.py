@@ -1,0 +1,176 @@
+"""The command line as a user meets it: version, bad configuration, precedence, the log."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ferryman import __version__
+
+from .harness import STUB, serving, wait_until
+
+
+def ferryman(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ferryman", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        env=full_env,
+    )
+
+
+def test_version() -> None:
+    """``ferryman --version`` prints the version and exits 0."""
+    result = ferryman("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ferryman {__version__}"
+
+
+def test_console_script_is_installed() -> None:
+    """The ``ferryman`` console script exists next to the interpreter and works."""
+    script = Path(sys.executable).with_name("ferryman")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert __version__ in result.stdout
+
+
+def app_dir(tmp_path: Path, toml: str | None = None) -> Path:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "wsgi.py").write_text(
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n"
+    )
+    if toml is not None:
+        (app / "Ferrymanfile.toml").write_text(toml)
+    return app
+
+
+BAD_FLAGS = [
+    (["--max-pool-size", "0"], ["max_pool_size", "'0'", "integer >= 1", "--max-pool-size"]),
+    (["--port", "99999"], ["port", "'99999'", "0 to 65535"]),
+    (["--thread-count", "many"], ["thread_count", "'many'", "integer"]),
+    (["--start-timeout", "-1"], ["start_timeout", "'-1'", "seconds"]),
+    (["--log-level", "loud"], ["log_level", "'loud'", "one of debug, info, warning, error"]),
+    (["--envvar", "NOEQUALS"], ["envvar", "NOEQUALS", "NAME=VALUE"]),
+    (["--max-body-size", "lots"], ["max_body_size", "'lots'", "size in bytes"]),
+    (["--trusted-proxies", "not-an-ip"], ["trusted_proxies", "not-an-ip", "IP addresses"]),
+    (["--min-instances", "8", "--max-pool-size", "2"], ["min_instances", "8", "max_pool_size"]),
+    (["--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+]
+
+
+@pytest.mark.parametrize(("flags", "words"), BAD_FLAGS)
+def test_bad_flag_is_one_line_and_exit_2(
+    tmp_path: Path, flags: list[str], words: list[str]
+) -> None:
+    """An invalid value stops the start: exit 2, one line naming setting, value and what is allowed."""
+    result = ferryman("start", str(app_dir(tmp_path)), *flags)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert result.stdout == ""
+
+
+BAD_FILES = [
+    ("port = \n", ["Ferrymanfile.toml", "invalid TOML"]),
+    ("max_pol_size = 3\n", ["unknown setting 'max_pol_size'", "did you mean 'max_pool_size'"]),
+    ('thread_count = "two"\n', ["thread_count", "two", "Ferrymanfile.toml"]),
+    ("access_log = 3\n", ["access_log", "true or false"]),
+]
+
+
+@pytest.mark.parametrize(("toml", "words"), BAD_FILES)
+def test_bad_config_file_is_one_line_and_exit_2(
+    tmp_path: Path, toml: str, words: list[str]
+) -> None:
+    """A broken Ferrymanfile.toml stops the start with one line that says where and what."""
+    result = ferryman("start", str(app_dir(tmp_path, toml)))
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_bad_environment_variable_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A bad FERRYMAN_<NAME> value names the variable."""
+    result = ferryman("start", str(app_dir(tmp_path)), env={"FERRYMAN_MAX_POOL_SIZE": "none"})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "FERRYMAN_MAX_POOL_SIZE" in result.stderr
+    assert "'none'" in result.stderr
+
+
+def test_no_app_found_lists_what_was_looked_for(tmp_path: Path) -> None:
+    """A directory without a startup file: exit 2, one line with the names tried and where."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = ferryman("start", str(empty))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    for name in ("passenger_wsgi.py", "wsgi.py", "app.py", str(empty)):
+        assert name in result.stderr
+
+
+def test_missing_app_directory(tmp_path: Path) -> None:
+    result = ferryman("start", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def test_precedence_file_then_environment_then_cli(tmp_path: Path) -> None:
+    """The same setting from file, environment and CLI: the CLI wins, then the environment."""
+    app = app_dir(tmp_path, "thread_count = 2\n")
+    banner = re.compile(r"threads per process: (\d+)")
+    with serving(app, "--thread-count", "4", env={"FERRYMAN_THREAD_COUNT": "3"}) as server:
+        assert server.wait_for_log(banner).group(1) == "4"
+    with serving(app, env={"FERRYMAN_THREAD_COUNT": "3"}) as server:
+        assert server.wait_for_log(banner).group(1) == "3"
+    with serving(app) as server:
+        assert server.wait_for_log(banner).group(1) == "2"
+
+
+def test_access_log_uses_the_combined_format() -> None:
+    """Every request is logged in the combined log format."""
+    with serving(STUB) as server:
+        status, _, _ = server.request(
+            "GET", "/?q=1", headers={"Referer": "http://ref.example/", "User-Agent": "tester/1.0"}
+        )
+        assert status == 200
+        line = server.wait_for_log(r'"GET /\?q=1 HTTP/1.1"').string
+        assert re.search(
+            r"127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "
+            r'"GET /\?q=1 HTTP/1.1" 200 \d+ "http://ref.example/" "tester/1.0"',
+            line,
+        ), line
+
+
+def test_log_file_receives_the_log(tmp_path: Path) -> None:
+    """--log-file gets the banner, app output and access log; the console still says where."""
+    log_file = tmp_path / "ferryman.log"
+    with serving(STUB, "--log-file", str(log_file), wait_ready=0) as server:
+        assert wait_until(lambda: "ready" in log_file.read_text(), timeout=15)
+        status, _ = server.get("/print?msg=to-the-file")
+        assert status == 200
+        console = server.log_text()
+    text = log_file.read_text()
+    assert "Listening on http://127.0.0.1:" in text
+    assert "output: stub says: to-the-file" in text
+    assert '"GET /print?msg=to-the-file HTTP/1.1" 200' in text
+    assert f"Logging to {log_file}" in console
+    assert "stub says" not in console
