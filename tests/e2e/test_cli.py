@@ -27,6 +27,7 @@ def ferryman(
         timeout=30,
         cwd=cwd,
         env=full_env,
+        check=False,
     )
 
 
@@ -40,7 +41,9 @@ def test_version() -> None:
 def test_console_script_is_installed() -> None:
     """The ``ferryman`` console script exists next to the interpreter and works."""
     script = Path(sys.executable).with_name("ferryman")
-    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert __version__ in result.stdout
 
@@ -76,7 +79,7 @@ BAD_FLAGS = [
 def test_bad_flag_is_one_line_and_exit_2(
     tmp_path: Path, flags: list[str], words: list[str]
 ) -> None:
-    """An invalid value stops the start: exit 2, one line naming setting, value and what is allowed."""
+    """An invalid value stops the start: exit 2, one line naming setting, value, what's allowed."""
     result = ferryman("start", str(app_dir(tmp_path)), *flags)
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
