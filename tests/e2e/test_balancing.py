@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 from .harness import GATE_APP, Gates, Request, serving, wait_until
@@ -55,3 +56,28 @@ def test_slow_requests_spread_queue_and_overflow(tmp_path: Path) -> None:
         for r in slow + [extra[name] for name in queued]:
             r.join(30)
             assert r.status == 200
+
+
+def test_a_process_stays_busy_until_the_app_finishes_an_abandoned_request(
+    tmp_path: Path,
+) -> None:
+    """When a client leaves mid-request, its process counts as busy until the app is done."""
+    gates = Gates(tmp_path)
+    with serving(
+        GATE_APP, "--min-instances", "2", "--max-pool-size", "2", "--thread-count", "1",
+        wait_ready=2,
+    ) as server:  # fmt: skip
+        mark = server.mark()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(f"GET /wait?gate={gates.path('g')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            busy = int(server.wait_for_log(r"waiting g (\d+)", start=mark).group(1))
+        # The client is gone but the app still works on the request: the next request must
+        # go to the other process, not queue behind the abandoned one.
+        status, body = server.get("/pid", timeout=10)
+        assert status == 200
+        assert int(body) != busy
+        gates.open("g")
+        # Once the app answers, the abandoned request is logged as 499 (client closed).
+        server.wait_for_log(r'"GET /wait\?gate=\S+ HTTP/1.1" 499 ')
+        status, body = server.get("/pid", timeout=10)
+        assert status == 200

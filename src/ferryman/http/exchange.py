@@ -41,6 +41,12 @@ FORWARDING = 3  # request sent, response arriving
 DONE = 4
 
 _CHUNKED_END = b"0\r\n\r\n"
+#: After the client left, an app's reply is read and dropped up to this size, so the
+#: session (the process's capacity) is returned when the app is really done. A longer
+#: reply closes the connection instead, which stops a streaming app at its next write.
+DRAIN_LIMIT = 1024 * 1024
+#: Logged as the status of a request whose client left before the response (as nginx does).
+CLIENT_CLOSED = 499
 #: Attempts to reach a process for one request when the process turns out unreachable
 #: before anything was sent (it died between checkout and connect).
 _CONNECT_ATTEMPTS = 3
@@ -55,7 +61,9 @@ class Exchange:
     __slots__ = (
         "_attempts",
         "_chunked",
+        "_client_gone",
         "_connect_task",
+        "_drained",
         "_head_sent",
         "_no_body",
         "_out",
@@ -105,6 +113,8 @@ class Exchange:
         self._no_body = False
         self._remaining = -1  # bytes left of the app's Content-Length; -1 = none given
         self._attempts = 0
+        self._client_gone = False
+        self._drained = 0
         self._connect_task: asyncio.Task[AppConnection] | None = None
 
     # -- getting a session ------------------------------------------------------------------
@@ -230,6 +240,8 @@ class Exchange:
     # -- the response, frame by frame (called by AppConnection) ------------------------------
 
     def on_head(self, payload: bytes) -> None:
+        if self._client_gone:
+            return
         status_line, _, block = payload.partition(b"\r\n")
         try:
             status = int(status_line[:3])
@@ -275,6 +287,11 @@ class Exchange:
         self._out.append(b"HTTP/1.1 " + status_line + b"\r\n" + block + date + framing + b"\r\n")
 
     def on_body(self, payload: bytes) -> None:
+        if self._client_gone:
+            self._drained += len(payload)
+            if self._drained > DRAIN_LIMIT:
+                self._finish(upstream_ok=False)
+            return
         if self._no_body or not self._head_sent or not payload:
             return
         self.bytes_sent += len(payload)
@@ -292,6 +309,10 @@ class Exchange:
         self._out.append(payload)
 
     def on_end(self) -> None:
+        if self._client_gone:
+            conn = self.upstream
+            self._finish(upstream_ok=conn is not None and conn.request_sent)
+            return
         if not self._head_sent:
             self._respond_bad_gateway(b"the app ended the response without a head")
             return
@@ -315,7 +336,7 @@ class Exchange:
         self.upstream = None
         if self.state == DONE:
             return
-        if self._head_sent:
+        if self._head_sent or self._client_gone:
             self.flush()
             self._finish(upstream_ok=False, abort_client=True)
         else:
@@ -323,7 +344,9 @@ class Exchange:
 
     def flush(self) -> None:
         out = self._out
-        if out:
+        if self._client_gone:
+            out.clear()
+        elif out:
             self.conn.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
@@ -361,15 +384,26 @@ class Exchange:
         self._finish(upstream_ok=upstream_ok)
 
     def cancel(self) -> None:
-        """The client went away: give everything back, answer nothing."""
-        # A connection still being opened goes back to the pool when it arrives (_connected).
-        self._finish(upstream_ok=False, client_gone=True)
+        """The client went away: give everything back, answer nothing.
 
-    def _finish(
-        self, *, upstream_ok: bool, abort_client: bool = False, client_gone: bool = False
-    ) -> None:
+        If the app is already working on the request, keep the session until it answers
+        (the reply is read and dropped, see DRAIN_LIMIT): the process is busy until then,
+        and the pool must go on counting it so.
+        """
         if self.state == DONE:
             return
+        self._client_gone = True
+        self._out.clear()
+        conn = self.upstream
+        if self.state == FORWARDING and conn is not None and conn.request_sent:
+            return  # on_end, on_abort or on_upstream_lost finishes it
+        # A connection still being opened goes back to the pool when it arrives (_connected).
+        self._finish(upstream_ok=False)
+
+    def _finish(self, *, upstream_ok: bool, abort_client: bool = False) -> None:
+        if self.state == DONE:
+            return
+        was_request = self.state != RECEIVING
         self.state = DONE
         app = self.app
         conn = self.upstream
@@ -388,7 +422,11 @@ class Exchange:
         session = self.session
         self.session = None
         effects = session.close(app.now()) if session is not None else None
-        if not client_gone:
+        if self._client_gone:
+            if was_request:
+                self.status = self.status or CLIENT_CLOSED
+                app.access_log.record(self)
+        else:
             app.access_log.record(self)
             self.conn.exchange_done(self, abort=abort_client)
         if effects:
