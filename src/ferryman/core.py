@@ -105,6 +105,7 @@ class Core:
                 log.warning("Graceful timeout reached; closing the remaining connections")
                 front.abort_all()
             await supervisor.shutdown()
+            front.remove_socket_file()
             log.info("Ferryman stopped")
             return 0
         finally:

@@ -25,7 +25,7 @@ from pathlib import Path
 APPS = Path(__file__).resolve().parent.parent / "apps"
 STUB = APPS / "wsgi_stub"
 
-_LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"Listening on (?:http://127\.0\.0\.1:(\d+)|unix:(\S+))")
 _READY = re.compile(r"App (\d+) ready")
 
 
@@ -85,7 +85,8 @@ class Server:
             self.env.update(env)
         self.lines: list[str] = []
         self._cond = threading.Condition()
-        argv = [sys.executable, "-m", "ferryman", "start", str(app_dir), "--port", "0", *args]
+        where = [] if "--socket" in args else ["--port", "0"]
+        argv = [sys.executable, "-m", "ferryman", "start", str(app_dir), *where, *args]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
         )
@@ -94,9 +95,13 @@ class Server:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.port = 0
+        self.unix_socket = ""
         try:
             match = self.wait_for_log(_LISTENING, timeout=15)
-            self.port = int(match.group(1))
+            if match.group(1):
+                self.port = int(match.group(1))
+            else:
+                self.unix_socket = match.group(2)
             for _ in range(wait_ready):
                 self.wait_for_ready()
         except BaseException:

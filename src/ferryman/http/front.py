@@ -19,7 +19,9 @@ Rules the code keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -130,6 +132,13 @@ class FrontServer:
         for server in self.servers:
             await server.wait_closed()
         return True
+
+    def remove_socket_file(self) -> None:
+        """Remove the Unix socket file we listened on (after the servers are closed)."""
+        path = self.config.socket
+        if path and self.servers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def abort_all(self) -> None:
         for conn in list(self.connections):
