@@ -399,3 +399,53 @@ def test_shutdown_rejects_waiters_and_stops_every_process() -> None:
 
 def effects_types(effects: list[Effect]) -> list[str]:
     return [type(e).__name__ for e in effects]
+
+
+# -- retiring and restarting ---------------------------------------------------------------------
+
+
+def test_a_retired_busy_process_is_stopped_only_after_its_last_session() -> None:
+    """Retiring never cuts a request short: the Stop comes when the last session closes."""
+    pool, group = pool_with(min_instances=1, max_instances=1)
+    (process,) = bring_up(group, 2, 1)
+    first = sessions_of(group.checkout("a", 0.0)[0])
+    second = sessions_of(group.checkout("b", 0.0)[0])
+    effects = group.detach(process, 1.0)
+    assert Stop(process) not in effects
+    assert group.retiring == [process]
+    pool.verify(1.0)
+    assert Stop(process) not in first.close(2.0)
+    assert second.close(3.0) == [Stop(process)]
+    assert group.retiring == []
+    pool.verify(3.0)
+
+
+def test_restart_retires_every_process_and_spawns_anew() -> None:
+    """A restart forgets past failures, retires current processes and starts a new one."""
+    pool, group = pool_with(min_instances=1, spawn_backoff=10.0)
+    (old,) = bring_up(group, 1, 1)
+    busy = sessions_of(group.checkout("a", 0.0)[0])
+    group.spawning = False  # the pre-emptive spawn from that checkout is not under test
+    group.failures, group.backoff_until = 3, 50.0
+    effects = group.restart(1.0)
+    assert effects == [Spawn(group)]
+    assert group.processes == [] and group.retiring == [old]
+    assert (group.failures, group.backoff_until) == (0, 0.0)
+    waiter, _ = group.checkout("b", 1.0)
+    assert isinstance(waiter, Waiter)  # requests wait for the new process, not the old one
+    _, effects = group.spawn_done(pid=9, concurrency=1, now=2.0)
+    assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
+    assert busy.close(3.0) == [Stop(old)]
+    pool.verify(3.0)
+
+
+def test_shutdown_stops_busy_and_retiring_processes_at_once() -> None:
+    """At shutdown the front has already waited for requests: every process is stopped now."""
+    pool, group = pool_with(min_instances=2, max_instances=2)
+    a, b = bring_up(group, 1, 2)
+    sessions_of(group.checkout("1", 0.0)[0])
+    sessions_of(group.checkout("2", 0.0)[0])
+    group.detach(a, 0.0)
+    effects = pool.shutdown()
+    assert sorted(e.process.pid for e in effects if isinstance(e, Stop)) == sorted([a.pid, b.pid])
+    assert group.processes == [] and group.retiring == []

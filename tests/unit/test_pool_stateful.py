@@ -49,6 +49,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.waiting: list[tuple[Group, Waiter]] = []
         self.stopping: list[tuple[Group, Process]] = []
         self.next_pid = 100
+        self.owner: dict[int, Group] = {}
         self.apply(self.pool.tick(self.now))
 
     def apply(self, effects: list[Effect]) -> None:
@@ -66,8 +67,9 @@ class PoolMachine(RuleBasedStateMachine):
                     self.waiting.remove(entry)
                 case Stop(process=process):
                     assert process.enablement is Enablement.DETACHED
-                    group = next(g for g in self.groups if process not in g.processes)
-                    self.stopping.append((group, process))
+                    assert process.sessions == 0, "a busy process was stopped"
+                    assert all(p is not process for _, p in self.stopping), "stopped twice"
+                    self.stopping.append((self.owner[process.pid], process))
                 case Wake():
                     pass
 
@@ -105,6 +107,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.pending_spawns.discard(name)
         group = self.pool.groups[name]
         self.next_pid += 1
+        self.owner[self.next_pid] = group
         _, effects = group.spawn_done(self.next_pid, concurrency, self.now)
         self.apply(effects)
 
@@ -136,6 +139,10 @@ class PoolMachine(RuleBasedStateMachine):
         live = [(g, p) for g in self.groups for p in g.processes]
         group, process = data.draw(st.sampled_from(live))
         self.apply(group.detach(process, self.now))
+
+    @rule(g=st.integers(0, 1))
+    def restart(self, g: int) -> None:
+        self.apply(self.groups[g].restart(self.now))
 
     @precondition(lambda self: self.waiting)
     @rule(i=st.integers(0, 100))

@@ -18,6 +18,8 @@ Rules the code keeps:
    exponentially; while backing off with no process, requests fail at once.
 4. A process that dies is detached; its sessions may still be closed later and
    then change nothing but its own counters.
+5. A retired process gets no new sessions and is stopped once its last session
+   closes, so retiring (restarts, eviction) never cuts a request short.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Group:
        exists whose session will close, or the pool is full and waits for capacity.
     4. Every queued waiter has ``waiting`` set; the queue is no longer than ``max_queue_size``
        (when bounded).
+    5. Every process in ``retiring`` is detached, shutting down, and still has sessions.
     """
 
     def __init__(self, name: str, pool: Pool, options: GroupOptions) -> None:
@@ -78,6 +81,8 @@ class Group:
         self.pool = pool
         self.options = options
         self.processes: list[Process] = []
+        #: Detached processes that still serve sessions; each is stopped when its last closes.
+        self.retiring: list[Process] = []
         self.queue: deque[Waiter] = deque()
         #: A spawn is in flight (counts against the pool's capacity).
         self.spawning = False
@@ -143,6 +148,9 @@ class Group:
             self._serve_queue(now, effects)
             if process.sessions == 0 and not self.queue:
                 self.pool._lend_idle_process(self, process, now, effects)
+        elif process.sessions == 0 and process.life is Life.SHUTTING_DOWN:
+            self.retiring.remove(process)
+            effects.append(Stop(process))
         return effects
 
     def _serve_queue(self, now: float, effects: list[Effect]) -> None:
@@ -252,6 +260,8 @@ class Group:
         effects: list[Effect] = []
         was_enabled = process.enablement is Enablement.ENABLED
         process.life = Life.DEAD
+        if process in self.retiring:
+            self.retiring.remove(process)
         if was_enabled:
             process.enablement = Enablement.DETACHED
             self.processes.remove(process)
@@ -267,12 +277,15 @@ class Group:
         self.pool._after_capacity_change(now, effects)
 
     def _detach(self, process: Process, effects: list[Effect]) -> None:
-        """Take an enabled process out of routing for good and have it stopped."""
+        """Take an enabled process out of routing for good; stop it once it is idle."""
         if process in self.processes:
             self.processes.remove(process)
         process.enablement = Enablement.DETACHED
         process.life = Life.SHUTTING_DOWN
-        effects.append(Stop(process))
+        if process.sessions:
+            self.retiring.append(process)
+        else:
+            effects.append(Stop(process))
 
     def detach(self, process: Process, now: float) -> list[Effect]:
         """Retire ``process``: no new sessions; the driver stops it."""
@@ -282,13 +295,31 @@ class Group:
             self._after_loss(now, effects)
         return effects
 
+    def restart(self, now: float) -> list[Effect]:
+        """Replace every process: retire the current ones, forget failures, spawn anew.
+
+        Requests keep going to nobody old: they wait in the queue for the new processes.
+        """
+        effects: list[Effect] = []
+        self.failures = 0
+        self.backoff_until = 0.0
+        for process in list(self.processes):
+            self._detach(process, effects)
+        self._maybe_spawn(now, effects)
+        self.pool._after_capacity_change(now, effects)
+        return effects
+
     def shutdown(self) -> list[Effect]:
-        """Stop all processes: no new sessions, waiters rejected, processes stopped."""
+        """Stop all processes now, busy or not: the front has already waited for requests."""
         self.shutting_down = True
         effects: list[Effect] = []
         self._reject_all(Rejected(Reason.SHUTTING_DOWN), effects)
-        for process in list(self.processes):
-            self._detach(process, effects)
+        for process in [*self.processes, *self.retiring]:
+            process.enablement = Enablement.DETACHED
+            process.life = Life.SHUTTING_DOWN
+            effects.append(Stop(process))
+        self.processes.clear()
+        self.retiring.clear()
         return effects
 
     # -- introspection ------------------------------------------------------------
@@ -315,6 +346,10 @@ class Group:
                 f"{self.name}: requests wait but nothing will serve them"
             )
         assert all(w.waiting for w in self.queue), f"{self.name}: a queued waiter is not waiting"
+        for p in self.retiring:
+            assert p.enablement is Enablement.DETACHED, f"{p}: retiring but not detached"
+            assert p.life is Life.SHUTTING_DOWN, f"{p}: retiring but not shutting down"
+            assert p.sessions > 0, f"{p}: retiring without sessions (should be stopped)"
         if self.options.max_queue_size:
             assert len(self.queue) <= self.options.max_queue_size, f"{self.name}: queue overflow"
         if self.options.max_instances:
