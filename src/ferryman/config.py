@@ -79,7 +79,9 @@ def _seconds_kind(positive: bool = True) -> Kind:
     return Kind(allowed, parse, "SECONDS")
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
+_SIZE_UNITS = {
+    "": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3
+}  # fmt: skip
 
 
 def _size_kind(zero_means: str = "") -> Kind:
@@ -125,6 +127,8 @@ def _text_kind(allowed: str = "a non-empty string", metavar: str = "TEXT") -> Ki
 def _bool_parse(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
     if isinstance(raw, str):
         text = raw.strip().lower()
         if text in ("1", "true", "yes", "on"):
@@ -202,11 +206,21 @@ class Spec:
     help: str
     section: str
     short: str | None = None
+    #: How the docs describe the default, when the value alone would not say it.
+    default_text: str | None = None
 
 
-def setting(default: Any, kind: Kind, help: str, section: str, short: str | None = None) -> Any:
+def setting(
+    default: Any,
+    kind: Kind,
+    help: str,
+    section: str,
+    short: str | None = None,
+    default_text: str | None = None,
+) -> Any:
     """Declare a setting: the one place its default, validation and help are written."""
-    return field(default=default, metadata={"setting": Spec(kind, help.strip(), section, short)})
+    spec = Spec(kind, help.strip(), section, short, default_text)
+    return field(default=default, metadata={"setting": spec})
 
 
 ProxyNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -280,6 +294,50 @@ class Config:
         _seconds_kind(),
         "How long a process may take to start before it is killed.",
         "Application",
+    )
+    stat_throttle_rate: float = setting(
+        1.0,
+        _seconds_kind(positive=False),
+        "How often, at most, tmp/restart.txt in the app directory is checked; touching it "
+        "restarts the app's processes.",
+        "Application",
+    )
+
+    # Errors
+    friendly_error_pages: bool | None = setting(
+        None,
+        BOOL,
+        "When an app cannot start, show a detailed error page (journey, traceback, output, "
+        "environment) instead of a page with only the error ID.",
+        "Errors",
+        default_text="on in the development environment, off otherwise",
+    )
+    spawn_error_status_code: int = setting(
+        500,
+        _int_kind(400, 599),
+        "HTTP status of the error page for an app that cannot start.",
+        "Errors",
+    )
+    error_report_dir: str | None = setting(
+        None,
+        _text_kind("a directory path", "DIR"),
+        "Where error reports (ferryman-error-<ID>.html) are written.",
+        "Errors",
+        default_text="the system temp directory",
+    )
+    error_report_limit: int = setting(
+        50,
+        _int_kind(0, note="0 = write no reports"),
+        "How many error reports are kept; older ones are deleted.",
+        "Errors",
+    )
+    spawn_backoff: float = setting(
+        1.0,
+        _seconds_kind(positive=False),
+        "After an app fails to start, wait this long before starting it again; the wait "
+        "doubles with each failure in a row, up to 60 s. Requests meanwhile get the error "
+        "page at once. 0 = try again on the next request.",
+        "Errors",
     )
 
     # Pool
@@ -357,6 +415,12 @@ class Config:
     def is_development(self) -> bool:
         return self.environment == "development"
 
+    @property
+    def shows_friendly_error_pages(self) -> bool:
+        if self.friendly_error_pages is None:
+            return self.is_development
+        return self.friendly_error_pages
+
 
 def settings() -> list[tuple[str, Spec, Any]]:
     """Every setting as (name, spec, default), in declaration order."""
@@ -390,6 +454,13 @@ def _parse(name: str, raw: Any, spec: Spec, source: str) -> Any:
     try:
         return spec.kind.parse(raw)
     except (ValueError, TypeError) as exc:
+        if spec.kind.repeatable and isinstance(raw, list):
+            # Name the entry that is wrong, not the whole list.
+            for item in raw:
+                try:
+                    spec.kind.parse([item])
+                except (ValueError, TypeError):
+                    raise _invalid(name, item, spec, source) from exc
         raise _invalid(name, raw, spec, source) from exc
 
 
@@ -493,7 +564,9 @@ def _check_together(config: Config) -> None:
 # -- documentation -------------------------------------------------------------------------
 
 
-def _shown_default(name: str, default: Any) -> str:
+def _shown_default(name: str, spec: Spec, default: Any) -> str:
+    if spec.default_text:
+        return spec.default_text
     if name == "python":
         return "the interpreter Ferryman runs on"
     if default is None or default == ():
@@ -540,7 +613,7 @@ def reference_markdown() -> str:
             spec.help,
             "",
             f"* Allowed: {spec.kind.allowed}",
-            f"* Default: {_shown_default(name, default)}",
+            f"* Default: {_shown_default(name, spec, default)}",
             f"* CLI: {flags}" + (" (repeatable)" if spec.kind.repeatable else ""),
             f"* Environment: `{env_of(name)}`",
             f"* {CONFIG_FILE}: `{name}`",

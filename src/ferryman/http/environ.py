@@ -44,6 +44,9 @@ class BadTarget(ValueError):
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """(PATH_INFO, QUERY_STRING) from the request target, path percent-decoded."""
+    hash_at = target.find(b"#")
+    if hash_at >= 0:
+        target = target[:hash_at]
     if target[:1] != b"/":
         if target == b"*":
             return b"*", b""
@@ -51,15 +54,15 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
         scheme_end = target.find(b"://")
         if scheme_end < 0:
             raise BadTarget("request target is neither a path nor an absolute URL")
-        slash = target.find(b"/", scheme_end + 3)
-        target = target[slash:] if slash >= 0 else b"/"
+        authority_end = len(target)
+        for stop in (b"/", b"?"):
+            at = target.find(stop, scheme_end + 3)
+            if 0 <= at < authority_end:
+                authority_end = at
+        target = target[authority_end:]
+        if target[:1] != b"/":
+            target = b"/" + target
     path, _, query = target.partition(b"?")
-    hash_at = query.find(b"#") if query else path.find(b"#")
-    if hash_at >= 0:
-        if query:
-            query = query[:hash_at]
-        else:
-            path = path[:hash_at]
     if b"%" in path:
         path = unquote_to_bytes(path)
         if b"\0" in path:

@@ -164,6 +164,9 @@ class Input(object):
         if size is None or size < 0 or size > self.remaining:
             size = self.remaining
         data = self._rfile.readline(size)
+        if len(data) < size and not data.endswith(b"\n"):
+            self.remaining = 0
+            raise ConnectionError("request body cut short")
         self.remaining -= len(data)
         return data
 
@@ -227,8 +230,8 @@ def _check_status(status: Any) -> None:
     code = status[:3]
     if len(status) < 4 or not code.isdigit() or status[3] != " " or int(code) < 100:
         raise BadResponse("status must look like '200 OK', got %r" % (status,))
-    if "\r" in status or "\n" in status:
-        raise BadResponse("status contains a line break: %r" % (status,))
+    if "\r" in status or "\n" in status or "\0" in status:
+        raise BadResponse("status contains a line break or NUL: %r" % (status,))
 
 
 def _head_payload(status: str, headers: list[Any]) -> bytes:
@@ -499,7 +502,14 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     parent = os.getppid()
     handshake = Handshake(args.get("handshake_fd"))
-    handshake.step("loader_start", "performed")
+    handshake.send(
+        {
+            "step": "loader_start",
+            "state": "performed",
+            "at": time.time(),
+            "python": "%s (%s)" % (sys.version.split()[0], sys.executable),
+        }
+    )
     app_root = args["app_root"]
     # The script's own directory must not shadow the app's modules (wsgi.py, app.py...).
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
@@ -548,6 +558,7 @@ def main() -> None:
     }
     server = Server(app, listener, threads, base_environ)
     server.start()
+    handshake.step("ready", "performed")
     handshake.send(
         {
             "ready": {

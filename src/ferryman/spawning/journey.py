@@ -25,6 +25,7 @@ STEPS: tuple[tuple[str, str, str], ...] = (
     ("loader_start", "loader", "Starting Ferryman's loader in the app process"),
     ("load_app", "loader", "Loading the application"),
     ("listen", "loader", "Listening on the app socket"),
+    ("ready", "loader", "Reporting ready to Ferryman"),
     ("handshake", "core", "Waiting for the app process to report ready"),
     ("finish", "core", "Registering the ready process"),
 )
@@ -92,22 +93,16 @@ class Journey:
         return None
 
     def infer_failure(self, at: float) -> Step:
-        """Mark the step that must have failed: the one in progress, else the first not done.
+        """Mark and return the step that must have failed, when nobody said which.
 
-        Loader steps a loader never reported count as not started; the first of
-        them after the last performed step is where the child must have died.
+        Steps are listed in the order they happen (the core's handshake step waits
+        through the loader's steps, so it comes after them): the first step not
+        performed is the one the spawn was in. If all were performed, the last fails.
         """
         failed = self.failed_step()
         if failed is not None:
             return failed
-        for step in self.steps.values():
-            if step.state is StepState.IN_PROGRESS:
-                self.fail(step.name, at)
-                return step
-        for step in self.steps.values():
-            if step.state is StepState.NOT_STARTED:
-                self.fail(step.name, at)
-                return step
-        last = list(self.steps.values())[-1]
-        self.fail(last.name, at)
-        return last
+        steps = list(self.steps.values())
+        step = next((s for s in steps if s.state is not StepState.PERFORMED), steps[-1])
+        self.fail(step.name, at)
+        return step
