@@ -215,6 +215,7 @@ def setting(
     kind: Kind,
     help: str,
     section: str,
+    *,
     short: str | None = None,
     default_text: str | None = None,
 ) -> Any:
@@ -233,20 +234,20 @@ class Config:
     app_dir: Path
 
     # Listening
-    port: int = setting(3000, _port_or_zero(), "TCP port to listen on.", "Listening", "-p")
+    port: int = setting(3000, _port_or_zero(), "TCP port to listen on.", "Listening", short="-p")
     address: str = setting(
         "127.0.0.1",
         _text_kind("an IP address or host name", "HOST"),
         "Address to listen on.",
         "Listening",
-        "-a",
+        short="-a",
     )
     socket: str | None = setting(
         None,
         _text_kind("a file path", "PATH"),
         "Listen on this Unix domain socket instead of TCP.",
         "Listening",
-        "-S",
+        short="-S",
     )
 
     # Application
@@ -256,7 +257,7 @@ class Config:
         "The app's environment; exported to the app as WSGI_ENV, PASSENGER_APP_ENV, "
         "RACK_ENV, RAILS_ENV and NODE_ENV.",
         "Application",
-        "-e",
+        short="-e",
     )
     app_type: str = setting(
         "auto",

@@ -18,11 +18,14 @@ import time
 
 from . import __version__
 from .config import Config
+from .errors import SpawnError
 from .http.front import App, FrontServer
 from .instance import InstanceDir
 from .log import AccessLog, LogSink
 from .pool import GroupOptions, Pool, Reason, Rejected
 from .spawning.detect import AppSpec
+from .spawning.error_page import page_for
+from .spawning.error_report import ErrorReports
 from .spawning.spawner import Spawner
 from .supervisor import Supervisor
 
@@ -36,18 +39,28 @@ def group_options(config: Config) -> GroupOptions:
         min_instances=config.min_instances,
         max_instances=config.max_instances,
         max_queue_size=config.max_request_queue_size,
+        spawn_backoff=config.spawn_backoff,
     )
 
 
-def rejection_response(rejected: Rejected) -> tuple[int, bytes, bytes]:
-    """Status, body and content type for a request that got no session."""
-    text = b"text/plain; charset=utf-8"
-    if rejected.reason is Reason.QUEUE_FULL:
-        return 503, b"Service Unavailable: the request queue is full.\n", text
-    if rejected.reason is Reason.SHUTTING_DOWN:
-        return 503, b"Service Unavailable: the server is shutting down.\n", text
-    summary = getattr(rejected.error, "summary", "the app could not be started")
-    return 500, f"Error starting web application: {summary}\n".encode(), text
+class Rejections:
+    """The responses for requests that get no session: 503s and the spawn error page."""
+
+    TEXT = b"text/plain; charset=utf-8"
+    HTML = b"text/html; charset=utf-8"
+
+    def __init__(self, config: Config) -> None:
+        self.friendly = config.shows_friendly_error_pages
+        self.status = config.spawn_error_status_code
+
+    def __call__(self, rejected: Rejected) -> tuple[int, bytes, bytes]:
+        if rejected.reason is Reason.QUEUE_FULL:
+            return 503, b"Service Unavailable: the request queue is full.\n", self.TEXT
+        if rejected.reason is Reason.SHUTTING_DOWN:
+            return 503, b"Service Unavailable: the server is shutting down.\n", self.TEXT
+        if isinstance(rejected.error, SpawnError):
+            return self.status, page_for(rejected.error, self.friendly), self.HTML
+        return 503, b"Service Unavailable: the app has no process to serve this.\n", self.TEXT
 
 
 class Core:
@@ -71,9 +84,18 @@ class Core:
         config = self.config
         pool = Pool(config.max_pool_size)
         group = pool.add_group(self.spec.name, group_options(config))
-        supervisor = Supervisor(pool, {group.name: Spawner(config, self.spec, instance)})
+        reports = ErrorReports(config.error_report_dir, config.error_report_limit)
+        supervisor = Supervisor(pool, {group.name: Spawner(config, self.spec, instance)}, reports)
         access_log = AccessLog(self.sink, config.access_log)
-        app = App(group, supervisor, access_log, rejection_response, supervisor.now)
+        app = App(
+            group,
+            supervisor,
+            access_log,
+            Rejections(config),
+            supervisor.now,
+            restart_file=self.spec.root / "tmp" / "restart.txt",
+            stat_throttle_rate=config.stat_throttle_rate,
+        )
         front = FrontServer(config, app)
         try:
             urls = await front.listen()

@@ -18,6 +18,7 @@ from .errors import SpawnError
 from .http.upstream import Upstream
 from .pool import Effect, Enablement, Grant, Group, Life, Pool, Process, Reject, Spawn, Stop, Wake
 from .spawning.child import Child
+from .spawning.error_report import ErrorReports
 from .spawning.spawner import STOP_EOF_GRACE, STOP_TERM_GRACE, Spawner
 
 log = logging.getLogger("ferryman")
@@ -40,9 +41,10 @@ class ProcessHandle:
 
 
 class Supervisor:
-    def __init__(self, pool: Pool, spawners: dict[str, Spawner]) -> None:
+    def __init__(self, pool: Pool, spawners: dict[str, Spawner], reports: ErrorReports) -> None:
         self.pool = pool
         self.spawners = spawners
+        self.reports = reports
         self.loop = asyncio.get_running_loop()
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,14 +130,17 @@ class Supervisor:
         self.apply(effects)
 
     def _log_spawn_error(self, group: Group, error: SpawnError) -> None:
-        output = "".join(f"\n    {line}" for line in error.output[-20:])
+        """One line: app, summary, error ID and report (the app's output is logged already)."""
+        error.report_path = self.reports.write(error)
         log.error(
-            "Could not start a process for %s: %s [step: %s, category: %s]%s",
-            group.name,
-            error.summary,
+            "Could not start a process for %s: %s [step: %s, category: %s]"
+            " (error ID %s; report: %s)",
+            error.app_root or group.name,
+            error.summary.replace("\n", "\\n"),
             error.step,
             error.category,
-            f"\n  last output:{output}" if output else "",
+            error.error_id,
+            error.report_path or "none written",
         )
 
     # -- ending processes -----------------------------------------------------------------------

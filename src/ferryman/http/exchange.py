@@ -123,6 +123,8 @@ class Exchange:
         """The request is complete and it is this exchange's turn on the connection."""
         self.state = QUEUED
         self.started_at = now
+        if now >= self.app.next_restart_check:
+            self.app.check_restart(now)
         self._checkout(now)
 
     def _checkout(self, now: float) -> None:

@@ -25,6 +25,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -47,7 +48,12 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class App:
-    """What the front needs to serve one app: its group, supervisor and responses."""
+    """What the front needs to serve one app: its group, supervisor and responses.
+
+    It also watches ``tmp/restart.txt``: at most every ``stat_throttle_rate`` seconds,
+    when a request arrives, the file's mtime is compared with the last one seen; a
+    change restarts the app's processes.
+    """
 
     def __init__(
         self,
@@ -56,12 +62,37 @@ class App:
         access_log: AccessLog,
         rejection_response: Callable[[Rejected], tuple[int, bytes, bytes]],
         now: Callable[[], float],
+        *,
+        restart_file: Path | None = None,
+        stat_throttle_rate: float = 1.0,
     ) -> None:
         self.group = group
         self.supervisor = supervisor
         self.access_log = access_log
         self.rejection_response = rejection_response
         self.now = now
+        self.restart_file = restart_file
+        self.stat_throttle_rate = stat_throttle_rate
+        #: loop time of the next restart.txt check (read on the hot path: a float compare)
+        self.next_restart_check = 0.0
+        self._restart_mtime = self._restart_file_mtime()
+
+    def _restart_file_mtime(self) -> int | None:
+        if self.restart_file is None:
+            return None
+        try:
+            return self.restart_file.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def check_restart(self, now: float) -> None:
+        self.next_restart_check = now + self.stat_throttle_rate
+        mtime = self._restart_file_mtime()
+        if mtime is None or mtime == self._restart_mtime:
+            return
+        self._restart_mtime = mtime
+        log.info("Restarting %s: %s was touched", self.group.name, self.restart_file)
+        self.supervisor.apply(self.group.restart(now))
 
 
 class _Refuse(Exception):

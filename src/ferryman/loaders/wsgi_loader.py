@@ -139,6 +139,19 @@ def _exc_info(exc: BaseException) -> ExcInfo:
     return (type(exc), exc, exc.__traceback__)
 
 
+def app_traceback(exc_info: ExcInfo) -> str:
+    """The traceback from the app's own first frame: the loader's and importlib's frames
+    before it say nothing to the app's developer."""
+    kind, value, tb = exc_info
+    here = os.path.abspath(__file__)
+    while tb is not None and (
+        os.path.abspath(tb.tb_frame.f_code.co_filename) == here
+        or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(kind, value, tb))
+
+
 class Input(object):
     """wsgi.input: the request body, read from the connection and never past its end."""
 
@@ -522,7 +535,7 @@ def main() -> None:
     try:
         app = load_app(app_root, args["startup_file"])
     except AppLoadError as exc:
-        tb = "".join(traceback.format_exception(*exc.exc_info)) if exc.exc_info else ""
+        tb = app_traceback(exc.exc_info) if exc.exc_info else ""
         if tb:
             sys.stderr.write(tb)
             sys.stderr.flush()

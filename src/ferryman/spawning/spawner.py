@@ -2,7 +2,7 @@
 
 Direct spawning: fork+exec of the loader under the app's interpreter. The loader
 gets its arguments as one JSON argument, reports its journey as JSON lines on a
-handshake pipe (fd ``HANDSHAKE_FD`` in the child), then ``ready`` with its socket,
+handshake pipe (its number is in the JSON), then ``ready`` with its socket,
 protocol and concurrency. All of it within ``start_timeout``; on any failure the
 child is killed and reaped and a SpawnError says which step failed and why.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import SpawnError
+from ..errors import SpawnError, redacted_environment
 from ..instance import InstanceDir
 from .child import Child
 from .detect import AppSpec
-from .journey import Journey
+from .journey import Journey, StepState
 
 log = logging.getLogger("ferryman")
 
@@ -54,6 +54,8 @@ class HandshakeReader(asyncio.Protocol):
         self.ready: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.malformed: str | None = None
+        #: The interpreter's version and path, as the loader reported them.
+        self.python = ""
         self._buffer = b""
         #: Resolved on "ready", on "error", or when the pipe closes.
         self.finished = asyncio.get_running_loop().create_future()
@@ -75,6 +77,8 @@ class HandshakeReader(asyncio.Protocol):
             self.malformed = f"not a JSON object: {line[:200]!r}"
             return
         if "step" in message:
+            if isinstance(message.get("python"), str):
+                self.python = message["python"]
             if not self.journey.report(str(message["step"]), str(message.get("state")), now):
                 self.malformed = f"unknown step report: {line[:200]!r}"
         elif isinstance(message.get("ready"), dict):
@@ -97,6 +101,32 @@ class HandshakeReader(asyncio.Protocol):
         self._finish()
 
 
+class Attempt:
+    """One spawn attempt: what a SpawnError needs to explain it, gathered as it goes."""
+
+    def __init__(self, spawner: Spawner, env: dict[str, str]) -> None:
+        self.spawner = spawner
+        self.env = env
+        self.journey = Journey()
+        self.child: Child | None = None
+        self.reader: HandshakeReader | None = None
+
+    def error(self, summary: str, category: str, step: str, details: str = "") -> SpawnError:
+        config = self.spawner.config
+        return SpawnError(
+            summary,
+            category=category,
+            step=step,
+            journey=self.journey,
+            output=self.child.output_lines() if self.child is not None else [],
+            details=details,
+            app_root=str(self.spawner.spec.root),
+            environment=redacted_environment(self.env),
+            interpreter=config.python,
+            interpreter_version=self.reader.python if self.reader is not None else "",
+        )
+
+
 class Spawner:
     """Starts processes for one app."""
 
@@ -116,55 +146,57 @@ class Spawner:
 
     async def spawn(self) -> tuple[Child, Ready]:
         """Start one process and return it once ready; raise SpawnError otherwise."""
-        journey = Journey()
+        attempt = Attempt(self, self.app_environment())
+        journey = attempt.journey
         journey.begin("prepare", time.time())
         self._count += 1
         socket_path = self.instance.app_socket(self._count)
-        args = {
-            "app_root": str(self.spec.root),
-            "startup_file": self.spec.startup_file,
-            "socket": socket_path,
-            "threads": self.config.thread_count,
-            "handshake_fd": None,
-        }
-        env = self.app_environment()
-        journey.done("prepare", time.time())
-
         hs_r, hs_w = os.pipe()
-        child: Child | None = None
         handshake_transport: asyncio.ReadTransport | None = None
         try:
-            args["handshake_fd"] = hs_w
+            args = {
+                "app_root": str(self.spec.root),
+                "startup_file": self.spec.startup_file,
+                "socket": socket_path,
+                "threads": self.config.thread_count,
+                "handshake_fd": hs_w,
+            }
             argv = [self.config.python, str(WSGI_LOADER), json.dumps(args)]
+            journey.done("prepare", time.time())
             journey.begin("spawn", time.time())
             try:
-                child = await Child.launch(argv, env=env, cwd=str(self.spec.root), pass_fds=(hs_w,))
+                attempt.child = await Child.launch(
+                    argv, env=attempt.env, cwd=str(self.spec.root), pass_fds=(hs_w,)
+                )
             except OSError as exc:
                 journey.fail("spawn", time.time())
-                raise SpawnError(
-                    f"cannot run the Python interpreter {self.config.python!r}: {exc.strerror}",
-                    category="interpreter_not_found",
-                    step="spawn",
-                    journey=journey,
+                raise attempt.error(
+                    f"cannot run the Python interpreter {self.config.python!r}: "
+                    f"{exc.strerror or exc}",
+                    "interpreter_not_found",
+                    "spawn",
                 ) from exc
             finally:
-                os.close(hs_w)
+                os.close(hs_w)  # the child has its copy; ours would hide the child's EOF
                 hs_w = -1
             journey.done("spawn", time.time())
             journey.begin("handshake", time.time())
-            loop = asyncio.get_running_loop()
             hs_file = os.fdopen(hs_r, "rb", buffering=0)
-            hs_r = -1
+            hs_r = -1  # owned by hs_file now
             try:
-                handshake_transport, reader = await loop.connect_read_pipe(
+                (
+                    handshake_transport,
+                    attempt.reader,
+                ) = await asyncio.get_running_loop().connect_read_pipe(
                     lambda: HandshakeReader(journey), hs_file
                 )
             except BaseException:
                 hs_file.close()
                 raise
-            ready = await self._await_ready(child, reader, journey)
+            ready = await self._await_ready(attempt)
             journey.done("handshake", time.time())
             journey.done("finish", time.time())
+            child = attempt.child
             log.info(
                 "App %d ready: %s (%s protocol, concurrency %d)",
                 child.pid,
@@ -174,11 +206,8 @@ class Spawner:
             )
             return child, ready
         except BaseException:
-            if child is not None:
-                child.kill()
-                await asyncio.shield(child.exited)
-                await child.finish_output(0.5)
-                child.release()
+            if attempt.child is not None:
+                await _kill_and_release(attempt.child)
                 _unlink(socket_path)
             raise
         finally:
@@ -188,26 +217,26 @@ class Spawner:
                 if fd >= 0:
                     os.close(fd)
 
-    async def _await_ready(self, child: Child, reader: HandshakeReader, journey: Journey) -> Ready:
+    async def _await_ready(self, attempt: Attempt) -> Ready:
+        child, reader, journey = attempt.child, attempt.reader, attempt.journey
+        assert child is not None and reader is not None
         timeout = self.config.start_timeout
         done, _ = await asyncio.wait(
             [reader.finished, child.exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         if reader.finished in done and reader.ready is not None and not reader.malformed:
-            return self._check_ready(reader.ready, child, journey)
+            return self._check_ready(reader.ready, attempt)
         now = time.time()
         if not done:
             step = journey.infer_failure(now)
             child.kill()
             await asyncio.shield(child.exited)
             await child.finish_output(0.5)
-            raise SpawnError(
+            raise attempt.error(
                 f"the app did not become ready within {timeout:g} s"
-                f" (start_timeout) while {step.title.lower()}",
-                category="timeout",
-                step=step.name,
-                journey=journey,
-                output=child.output_lines(),
+                f" (start_timeout) while {step.title.lower()}; it was killed",
+                "timeout",
+                step.name,
             )
         # The handshake closed without "ready", or the process exited: collect why.
         if not child.exited.done():
@@ -220,34 +249,36 @@ class Spawner:
                 journey.fail(step_name, now)
             else:
                 step_name = journey.infer_failure(now).name
-            raise SpawnError(
+            raise attempt.error(
                 str(error.get("message", "the app failed to load")),
-                category=str(error.get("kind", "load_error")),
-                step=step_name,
-                journey=journey,
-                output=child.output_lines(),
+                str(error.get("kind", "import_error")),
+                step_name,
                 details=str(error.get("traceback", "")),
             )
         if reader.malformed:
             journey.fail("handshake", now)
-            raise SpawnError(
+            raise attempt.error(
                 f"the loader sent malformed handshake data: {reader.malformed}",
-                category="handshake_malformed",
-                step="handshake",
-                journey=journey,
-                output=child.output_lines(),
+                "handshake_malformed",
+                "handshake",
+            )
+        code = child.exited.result() if child.exited.done() else None
+        if journey.steps["loader_start"].state is StepState.NOT_STARTED:
+            journey.fail("loader_start", now)
+            raise attempt.error(
+                f"the interpreter {self.config.python!r} exited ({_describe_exit(code)}) "
+                "before Ferryman's loader started: is it Python 3.9 or newer?",
+                "interpreter_failed",
+                "loader_start",
             )
         step = journey.infer_failure(now)
-        code = child.exited.result() if child.exited.done() else None
-        raise SpawnError(
+        raise attempt.error(
             f"the app exited during start ({_describe_exit(code)}) while {step.title.lower()}",
-            category="exited",
-            step=step.name,
-            journey=journey,
-            output=child.output_lines(),
+            "exited",
+            step.name,
         )
 
-    def _check_ready(self, ready: dict[str, Any], child: Child, journey: Journey) -> Ready:
+    def _check_ready(self, ready: dict[str, Any], attempt: Attempt) -> Ready:
         socket_path = ready.get("socket")
         protocol = ready.get("protocol")
         concurrency = ready.get("concurrency")
@@ -258,15 +289,20 @@ class Spawner:
             or isinstance(concurrency, bool)
             or concurrency < 0
         ):
-            journey.fail("handshake", time.time())
-            raise SpawnError(
+            attempt.journey.fail("handshake", time.time())
+            raise attempt.error(
                 f"the loader sent malformed handshake data: {json.dumps(ready)[:200]}",
-                category="handshake_malformed",
-                step="handshake",
-                journey=journey,
-                output=child.output_lines(),
+                "handshake_malformed",
+                "handshake",
             )
         return Ready(socket_path, protocol, concurrency)
+
+
+async def _kill_and_release(child: Child) -> None:
+    child.kill()
+    await asyncio.shield(child.exited)
+    await child.finish_output(0.5)
+    child.release()
 
 
 def _describe_exit(code: int | None) -> str:
