@@ -229,6 +229,21 @@ class Server:
                 found.append(os.path.relpath(os.path.join(root, name), self.tmpdir))
         return sorted(found)
 
+    def resources(self) -> tuple[int, list[int], list[str]]:
+        """Open fds, live child processes and files under $TMPDIR, right now."""
+        return self.fd_count(), self.children(), self.temp_entries()
+
+    def settled_resources(self, timeout: float = 5) -> tuple[int, list[int], list[str]]:
+        """resources() once two readings 100 ms apart agree (closes may lag a response)."""
+        deadline = time.monotonic() + timeout
+        last = self.resources()
+        while True:
+            time.sleep(0.1)
+            now = self.resources()
+            if now == last or time.monotonic() > deadline:
+                return now
+            last = now
+
     def instance_dirs(self) -> list[Path]:
         return sorted(self.tmpdir.glob("ferryman.*"))
 

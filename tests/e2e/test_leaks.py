@@ -18,10 +18,6 @@ def warm_every_connection(server: Server) -> None:
         t.join(30)
 
 
-def snapshot(server: Server) -> tuple[int, list[int], list[str]]:
-    return server.fd_count(), server.children(), server.temp_entries()
-
-
 def test_thousands_of_requests_leave_no_trace() -> None:
     """5,000 keep-alive and 1,000 new-connection requests, with errors and aborts mixed in."""
     with serving(
@@ -34,7 +30,7 @@ def test_thousands_of_requests_leave_no_trace() -> None:
     ) as server:  # fmt: skip
         warm_every_connection(server)
         server.request("POST", "/digest", body=b"w" * (2 * 1024 * 1024))  # spools to a temp file
-        before = snapshot(server)
+        before = server.settled_resources()
 
         conn = server.connection()
         big = b"b" * (2 * 1024 * 1024)
@@ -70,8 +66,8 @@ def test_thousands_of_requests_leave_no_trace() -> None:
             single.close()
 
         warm_every_connection(server)
-        assert wait_until(lambda: snapshot(server) == before, timeout=10), (
+        assert wait_until(lambda: server.resources() == before, timeout=10), (
             before,
-            snapshot(server),
+            server.resources(),
             server.log_text()[-3000:],
         )
