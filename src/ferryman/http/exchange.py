@@ -255,7 +255,7 @@ class Exchange:
             return
         self.status = status
         lower = block.lower()
-        close = self.close_after or not self.keep_alive or self.conn.closing
+        close = self.close_after or not self.keep_alive
         framing = b""
         if self.head_only or not status_allows_body(status):
             self._no_body = True
@@ -375,7 +375,7 @@ class Exchange:
         if self._head_sent:
             self._finish(upstream_ok=upstream_ok, abort_client=True)
             return
-        close = self.close_after or not self.keep_alive or self.conn.closing
+        close = self.close_after or not self.keep_alive
         self.close_after = close
         self.status = status
         data = simple_response(

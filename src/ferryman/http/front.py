@@ -246,6 +246,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # Upgrades (WebSocket) are not tunnelled yet: answer the request, then close.
             self.closing = True
+            if self.pipeline:
+                self.pipeline[-1].close_after = True
             self._pause_reading()
         except httptools.HttpParserCallbackError as exc:
             refusal = exc.__context__
@@ -323,12 +325,18 @@ class ClientConnection(asyncio.Protocol):
         current.head_only = current.method == b"HEAD"
         length = -1
         expect = None
+        hosts = 0
         for name, value in current.headers:
             size = len(name)
-            if size == 14 and name.lower() == b"content-length":
+            if size == 4 and name.lower() == b"host":
+                hosts += 1
+            elif size == 14 and name.lower() == b"content-length":
                 length = int(value) if value.strip().isdigit() else -1
             elif size == 6 and name.lower() == b"expect":
                 expect = value.strip().lower()
+        if hosts > 1 or (hosts == 0 and current.version == b"1.1"):
+            # RFC 9112 3.2: exactly one Host in HTTP/1.1 (at most one in 1.0).
+            raise _Refuse(400, b"Bad Request: an HTTP/1.1 request needs exactly one Host.\n")
         if self.max_body_size and length > self.max_body_size:
             raise _Refuse(413, b"Content Too Large\n")
         if expect is not None and current.version == b"1.1":

@@ -313,7 +313,12 @@ class Request(object):
         if self.status is None:
             raise BadResponse("the app returned without calling start_response")
         headers = self.headers
-        if extra_length is not None:
+        # No Content-Length where a body is not allowed (1xx, 204, 304: RFC 9110 8.6).
+        if (
+            extra_length is not None
+            and self.status[:3] not in ("204", "304")
+            and (self.status[:1] != "1")
+        ):
             for name, _ in headers:
                 if name.lower() == "content-length":
                     break

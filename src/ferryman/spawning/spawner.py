@@ -113,6 +113,11 @@ class Attempt:
 
     def error(self, summary: str, category: str, step: str, details: str = "") -> SpawnError:
         config = self.spawner.config
+        # A core step still waiting (the handshake) ended with the failure too.
+        now = time.time()
+        for other in self.journey.steps.values():
+            if other.state is StepState.IN_PROGRESS and other.name != step:
+                self.journey.fail(other.name, now)
         return SpawnError(
             summary,
             category=category,
@@ -238,9 +243,11 @@ class Spawner:
                 "timeout",
                 step.name,
             )
-        # The handshake closed without "ready", or the process exited: collect why.
+        # The handshake ended without a usable "ready", or the process exited: collect why.
+        if reader.malformed and not child.exited.done():
+            child.kill()  # it may well go on running: it cannot be trusted to serve
         if not child.exited.done():
-            await child.wait(1.0)
+            await child.wait(1.0)  # a loader that reported an error exits by itself
         await child.finish_output(1.0)
         if reader.error is not None:
             error = reader.error

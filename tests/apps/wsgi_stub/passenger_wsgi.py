@@ -69,7 +69,8 @@ def app(environ, start_response):
         lines = environ["wsgi.input"].readlines()
         start_response("200 OK", text)
         return [("%d\n" % len(lines)).encode()] + lines
-    if path == "/environ":
+    if path == "/environ" or path.startswith("/environ/"):
+        # /environ/<anything>: the same, for checks of how PATH_INFO is decoded.
         data = {k: v for k, v in environ.items() if isinstance(v, str)}
         data["wsgi.multithread"] = environ["wsgi.multithread"]
         data["wsgi.multiprocess"] = environ["wsgi.multiprocess"]
