@@ -261,8 +261,9 @@ class Config:
     )
     app_type: str = setting(
         "auto",
-        _choice_kind("auto", "wsgi"),
-        "What kind of app this is; 'auto' detects it from the startup file.",
+        _choice_kind("auto", "wsgi", "node", "generic"),
+        "What kind of app this is: a Python WSGI app, a Node.js app, or any program that "
+        "listens on $PORT (generic); 'auto' detects it from the files in the app directory.",
         "Application",
     )
     startup_file: str | None = setting(
@@ -276,6 +277,20 @@ class Config:
         sys.executable,
         _text_kind("a path to a Python interpreter", "PATH"),
         "Python interpreter that runs the app (default: the one Ferryman runs on).",
+        "Application",
+    )
+    nodejs: str = setting(
+        "node",
+        _text_kind("a path to a Node.js interpreter", "PATH"),
+        "Node.js interpreter that runs Node.js apps.",
+        "Application",
+    )
+    app_start_command: str | None = setting(
+        None,
+        _text_kind("a shell command", "COMMAND"),
+        "Run the app with this shell command (e.g. './server --port $PORT'); Ferryman picks "
+        "a free loopback port, passes it as $PORT and forwards HTTP to it. Without this, a "
+        "'web:' line in a Procfile is used when no Python or Node.js app is found.",
         "Application",
     )
     envvar: tuple[tuple[str, str], ...] = setting(
@@ -350,6 +365,14 @@ class Config:
         0,
         _int_kind(0, note="0 = only max_pool_size limits it"),
         "Most processes for the app.",
+        "Pool",
+    )
+    force_max_concurrent_requests_per_process: int = setting(
+        0,
+        _int_kind(0, note="0 = no limit"),
+        "For apps that serve any number of requests at once (Node.js, generic): count a "
+        "process as fully busy at this many, so that the pool starts more processes under "
+        "load and queues requests beyond them.",
         "Pool",
     )
     max_request_queue_size: int = setting(

@@ -31,7 +31,7 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("ferryman")
 
-APP_TYPE_NAMES = {"wsgi": "Python WSGI"}
+APP_TYPE_NAMES = {"wsgi": "Python WSGI", "node": "Node.js", "generic": "any-language app"}
 
 
 def group_options(config: Config) -> GroupOptions:
@@ -39,6 +39,7 @@ def group_options(config: Config) -> GroupOptions:
         min_instances=config.min_instances,
         max_instances=config.max_instances,
         max_queue_size=config.max_request_queue_size,
+        soft_limit=config.force_max_concurrent_requests_per_process,
         spawn_backoff=config.spawn_backoff,
     )
 
@@ -149,13 +150,20 @@ class Core:
         config = self.config
         kind = APP_TYPE_NAMES.get(self.spec.app_type, self.spec.app_type)
         log.info("Ferryman %s serving %s", __version__, self.spec.root)
-        log.info("  app type: %s (%s)", kind, self.spec.startup_file)
+        log.info("  app type: %s (%s)", kind, self.spec.entry)
+        if self.spec.app_type == "wsgi":
+            per_process = f"threads per process: {config.thread_count}"
+        elif config.force_max_concurrent_requests_per_process:
+            limit = config.force_max_concurrent_requests_per_process
+            per_process = f"requests per process: at most {limit}"
+        else:
+            per_process = "requests per process: unlimited"
         log.info(
-            "  environment: %s; processes: min %d, max pool %d; threads per process: %d",
+            "  environment: %s; processes: min %d, max pool %d; %s",
             config.environment,
             config.min_instances,
             config.max_pool_size,
-            config.thread_count,
+            per_process,
         )
         for url in urls:
             log.info("Listening on %s", url)

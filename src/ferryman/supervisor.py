@@ -19,7 +19,7 @@ from .http.upstream import Upstream
 from .pool import Effect, Enablement, Grant, Group, Life, Pool, Process, Reject, Spawn, Stop, Wake
 from .spawning.child import Child
 from .spawning.error_report import ErrorReports
-from .spawning.spawner import STOP_EOF_GRACE, STOP_TERM_GRACE, Spawner
+from .spawning.spawner import STOP_TERM_GRACE, Ready, Spawner
 
 log = logging.getLogger("ferryman")
 
@@ -30,13 +30,14 @@ UNLIMITED_IDLE_CONNECTIONS = 64
 class ProcessHandle:
     """The driver's side of a pool Process: its child and its connections."""
 
-    __slots__ = ("child", "group", "process", "socket_path", "upstream")
+    __slots__ = ("child", "group", "process", "ready", "upstream")
 
-    def __init__(self, child: Child, upstream: Upstream, group: Group, socket_path: str) -> None:
+    def __init__(self, child: Child, ready: Ready, group: Group) -> None:
         self.child = child
-        self.upstream = upstream
+        self.ready = ready
+        idle = ready.concurrency if ready.concurrency > 0 else UNLIMITED_IDLE_CONNECTIONS
+        self.upstream = Upstream(ready.address, ready.protocol, idle)
         self.group = group
-        self.socket_path = socket_path
         self.process: Process | None = None
 
 
@@ -122,8 +123,7 @@ class Supervisor:
             return
         self._spawns.pop(group, None)
         self.spawn_count += 1
-        idle = ready.concurrency if ready.concurrency > 0 else UNLIMITED_IDLE_CONNECTIONS
-        handle = ProcessHandle(child, Upstream(ready.socket, idle), group, ready.socket)
+        handle = ProcessHandle(child, ready, group)
         process, effects = group.spawn_done(child.pid, ready.concurrency, self.now(), handle)
         handle.process = process
         child.on_exit(lambda code: self._exited(handle, code))
@@ -148,7 +148,7 @@ class Supervisor:
     async def _stop(self, process: Process) -> None:
         handle: ProcessHandle = process.handle
         handle.upstream.close_all()
-        await handle.child.stop(STOP_EOF_GRACE, STOP_TERM_GRACE)
+        await handle.child.stop(handle.ready.eof_grace, STOP_TERM_GRACE)
 
     def _exited(self, handle: ProcessHandle, code: int) -> None:
         """The child exited and was reaped: detach it, free its resources."""
@@ -168,10 +168,11 @@ class Supervisor:
     async def _release(self, handle: ProcessHandle) -> None:
         await handle.child.finish_output(1.0)
         handle.child.release()
-        try:
-            os.unlink(handle.socket_path)
-        except FileNotFoundError:
-            pass
+        if isinstance(handle.ready.address, str):
+            try:
+                os.unlink(handle.ready.address)
+            except FileNotFoundError:
+                pass
 
     def process_unreachable(self, process: Process, exc: BaseException) -> None:
         """A connection to ``process`` was refused: it cannot serve; retire it."""

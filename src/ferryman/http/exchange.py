@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING
 
 from ..pool import Rejected, Session, Waiter
 from .body import RequestBody
-from .environ import BadTarget, build_environ
+from .environ import BadTarget
 from .response import DATES, simple_response, status_allows_body
-from .session_protocol import encode_request
 from .upstream import AppConnection
 
 if TYPE_CHECKING:
@@ -47,6 +46,8 @@ _CHUNKED_END = b"0\r\n\r\n"
 DRAIN_LIMIT = 1024 * 1024
 #: Logged as the status of a request whose client left before the response (as nginx does).
 CLIENT_CLOSED = 499
+#: Methods that may be sent again when a reused connection turns out dead (as nginx).
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
 #: Attempts to reach a process for one request when the process turns out unreachable
 #: before anything was sent (it died between checkout and connect).
 _CONNECT_ATTEMPTS = 3
@@ -68,6 +69,7 @@ class Exchange:
         "_no_body",
         "_out",
         "_remaining",
+        "_retried",
         "app",
         "body",
         "bytes_sent",
@@ -113,6 +115,7 @@ class Exchange:
         self._no_body = False
         self._remaining = -1  # bytes left of the app's Content-Length; -1 = none given
         self._attempts = 0
+        self._retried = False
         self._client_gone = False
         self._drained = 0
         self._connect_task: asyncio.Task[AppConnection] | None = None
@@ -165,13 +168,17 @@ class Exchange:
     def _forward(self) -> None:
         session = self.session
         assert session is not None
-        upstream = session.process.handle.upstream
-        conn = upstream.take_idle()
+        conn = session.process.handle.upstream.take_idle()
         if conn is not None:
             self._send_request(conn)
-            return
+        else:
+            self._connect()
+
+    def _connect(self) -> None:
+        session = self.session
+        assert session is not None
         self.state = CONNECTING
-        task = asyncio.ensure_future(upstream.connect())
+        task = asyncio.ensure_future(session.process.handle.upstream.connect())
         self._connect_task = task
         task.add_done_callback(self._connected)
 
@@ -210,34 +217,10 @@ class Exchange:
     def _send_request(self, conn: AppConnection) -> None:
         self.state = FORWARDING
         self.upstream = conn
-        conn.exchange = self
-        client = self.conn
-        body = self.body
         try:
-            environ = build_environ(
-                method=self.method,
-                target=self.target,
-                version=self.version,
-                headers=self.headers,
-                body_length=body.size,
-                remote_addr=client.remote_addr,
-                remote_port=client.remote_port,
-                server_name=client.server.server_name,
-                server_port=client.server.server_port,
-                scheme=b"http",
-                trusted=client.trusted,
-                networks=client.server.trusted_proxies,
-            )
+            conn.start(self)
         except BadTarget:
             self._respond_simple(400, b"Bad Request: invalid request target.\n", upstream_ok=True)
-            return
-        head = encode_request(environ, body.size)
-        if body.in_memory:
-            chunks = body.memory_chunks()
-            conn.send(head + b"".join(chunks) if chunks else head)
-        else:
-            conn.send(head)
-            conn.send_stream(body.file_chunks())
 
     # -- the response, frame by frame (called by AppConnection) ------------------------------
 
@@ -313,7 +296,7 @@ class Exchange:
     def on_end(self) -> None:
         if self._client_gone:
             conn = self.upstream
-            self._finish(upstream_ok=conn is not None and conn.request_sent)
+            self._finish(upstream_ok=conn is not None and conn.reusable())
             return
         if not self._head_sent:
             self._respond_bad_gateway(b"the app ended the response without a head")
@@ -324,23 +307,31 @@ class Exchange:
             self.close_after = True  # shorter than announced: the client must see a cut
         self.flush()
         conn = self.upstream
-        reusable = conn is not None and conn.request_sent
+        reusable = conn is not None and conn.reusable()
         self._finish(upstream_ok=reusable, abort_client=self._remaining > 0)
 
     def on_abort(self) -> None:
         """The app failed after sending the head: the client must not take it as complete."""
         self.flush()
         conn = self.upstream
-        self._finish(upstream_ok=conn is not None and conn.request_sent, abort_client=True)
+        self._finish(upstream_ok=conn is not None and conn.reusable(), abort_client=True)
 
     def on_upstream_lost(self) -> None:
         """The connection to the process closed before the response ended."""
+        conn = self.upstream
         self.upstream = None
         if self.state == DONE:
             return
         if self._head_sent or self._client_gone:
             self.flush()
             self._finish(upstream_ok=False, abort_client=True)
+        elif (
+            conn is not None and conn.uses > 1 and not self._retried and self.method in _IDEMPOTENT
+        ):
+            # A reused connection the app had just closed (its keep-alive timeout):
+            # the request did not get there. Send it again on a new connection.
+            self._retried = True
+            self._connect()
         else:
             self._respond_bad_gateway(b"the app process closed the connection")
 

@@ -1,17 +1,31 @@
 """Upstream: the keep-alive connections from the core to one app process.
 
+Two protocols, one interface towards the exchange (``on_head``, ``on_body``,
+``on_end``, ``on_abort``, ``on_upstream_lost``):
+
+* ``SessionConnection`` speaks the session protocol to Ferryman's own loaders
+  (Python): the request goes as an environ block, the reply comes in frames.
+* ``HttpConnection`` speaks HTTP/1.1 to apps that serve HTTP themselves (Node.js
+  through its loader, any program started with ``$PORT``); the reply is parsed
+  with httptools and handed on in the same shape.
+
 Connections are opened on demand and reused (last released, first reused, so
 the loader thread that served the previous request serves the next). A process
 with concurrency N never has more than N connections: each session holds at
-most one. Once the process is retired, connections are closed instead of kept.
+most one. Idle connections older than ``IDLE_MAX`` are not reused (an app may
+have timed them out), and once the process is retired they are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
+import httptools
+
+from .environ import build_environ, forwarded_client, header_key
 from .session_protocol import (
     FRAME_ABORT,
     FRAME_BODY,
@@ -19,21 +33,49 @@ from .session_protocol import (
     FRAME_HEAD_RESPONSE,
     FrameReader,
     ProtocolError,
+    encode_request,
 )
 
 if TYPE_CHECKING:
     from .exchange import Exchange
 
+#: Idle connections older than this are closed instead of reused: an app's own
+#: keep-alive timeout may be closing them right now (Node.js: 5 s by default).
+IDLE_MAX = 2.0
+
+#: Request headers that concern only the hop between client and core.
+_HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"content-length",
+        b"proxy-authorization",
+    ]
+)
+_FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
+_RESPONSE_HOP_BY_HOP = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+     b"upgrade", b"proxy-authenticate"]
+)  # fmt: skip
+
 
 class AppConnection(asyncio.Protocol):
-    """One connection to a loader; carries one exchange at a time."""
+    """One connection to an app process; carries one exchange at a time."""
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
-        self.reader = FrameReader()
         self.exchange: Exchange | None = None
         self.closed = False
+        #: Requests sent on this connection so far (a reused one may be stale).
+        self.uses = 0
+        self.idle_since = 0.0
         #: A request body still being written from a file (flow-controlled).
         self._pump: Iterator[bytes] | None = None
         self._write_paused = False
@@ -43,6 +85,102 @@ class AppConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pump = None
+        self.upstream._forget(self)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.on_upstream_lost()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._run_pump()
+
+    # -- used by the exchange ----------------------------------------------------------
+
+    def start(self, exchange: Exchange) -> None:
+        """Send ``exchange``'s request (may raise environ.BadTarget before sending anything)."""
+        raise NotImplementedError
+
+    def _send(self, head: bytes, exchange: Exchange) -> None:
+        """Send the request head, then its buffered body (streamed if spooled to a file)."""
+        assert self.transport is not None
+        self.exchange = exchange
+        self.uses += 1
+        body = exchange.body
+        if body.in_memory:
+            chunks = body.memory_chunks()
+            self.transport.write(head + b"".join(chunks) if chunks else head)
+        else:
+            self.transport.write(head)
+            self._pump = body.file_chunks()
+            self._run_pump()
+
+    def _run_pump(self) -> None:
+        pump = self._pump
+        transport = self.transport
+        while pump is not None and not self._write_paused and transport is not None:
+            chunk = next(pump, None)
+            if chunk is None:
+                self._pump = None
+                return
+            transport.write(chunk)
+
+    @property
+    def request_sent(self) -> bool:
+        """The whole request, body included, has been handed to the transport."""
+        return self._pump is None and not self.closed
+
+    def reusable(self) -> bool:
+        """Whether the connection can carry another request once this response ended."""
+        return self.request_sent
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection; an exchange on it learns through connection_lost."""
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+
+class SessionConnection(AppConnection):
+    """The session protocol (docs/session-protocol.md) to one of Ferryman's loaders."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        super().__init__(upstream)
+        self.reader = FrameReader()
+
+    def start(self, exchange: Exchange) -> None:
+        client = exchange.conn
+        server = client.server
+        environ = build_environ(
+            method=exchange.method,
+            target=exchange.target,
+            version=exchange.version,
+            headers=exchange.headers,
+            body_length=exchange.body.size,
+            remote_addr=client.remote_addr,
+            remote_port=client.remote_port,
+            server_name=server.server_name,
+            server_port=server.server_port,
+            scheme=b"http",
+            trusted=client.trusted,
+            networks=server.trusted_proxies,
+        )
+        self._send(encode_request(environ, exchange.body.size), exchange)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -70,67 +208,171 @@ class AppConnection(asyncio.Protocol):
                 return
         exchange.flush()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._pump = None
-        self.upstream._forget(self)
+
+class HttpConnection(AppConnection):
+    """HTTP/1.1 to an app that serves HTTP itself.
+
+    The request is re-sent with its body de-chunked (Content-Length), hop-by-hop
+    headers dropped, and ``X-Forwarded-For/-Proto/-Host`` set by Ferryman (kept
+    from the client only when it is a trusted proxy). The response is parsed and
+    handed to the exchange as a head (status line and end-to-end headers), body
+    pieces and an end; a response without a length ends when the app closes.
+    """
+
+    def __init__(self, upstream: Upstream) -> None:
+        super().__init__(upstream)
+        self.parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._headers: list[bytes] = []
+        self._keep_alive = True
+        self._interim = False
+        #: The response's body runs until the connection closes (no length, not chunked).
+        self._until_close = False
+        self._head_seen = False
+
+    def start(self, exchange: Exchange) -> None:
+        client = exchange.conn
+        trusted = client.trusted
+        lines = [exchange.method, b" ", exchange.target, b" HTTP/1.1\r\n"]
+        forwarded_for = forwarded_proto = forwarded_host = None
+        host = None
+        # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+        named = {
+            token.strip().lower()
+            for name, value in exchange.headers
+            if name.lower() == b"connection"
+            for token in value.split(b",")
+        }
+        for name, value in exchange.headers:
+            lower = name.lower()
+            if lower in _HOP_BY_HOP or lower in named or header_key(name) is None:
+                continue
+            if lower in _FORWARDED:
+                if not trusted:
+                    continue  # only a trusted proxy may say who the client is
+                if lower == b"x-forwarded-for":
+                    forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
+                elif lower == b"x-forwarded-proto":
+                    forwarded_proto = value
+                else:
+                    forwarded_host = value
+                continue
+            if lower == b"host":
+                host = value
+            lines += (name, b": ", value, b"\r\n")
+        if host is None:
+            host = client.server.server_name + b":" + client.server.server_port
+            lines += (b"Host: ", host, b"\r\n")
+        client_addr = client.remote_addr
+        if forwarded_for:
+            chain = forwarded_for + b", " + client_addr
+            client_addr = forwarded_client(chain, client.server.trusted_proxies) or client_addr
+        lines += (b"X-Forwarded-For: ", client_addr, b"\r\n")
+        lines += (b"X-Forwarded-Proto: ", forwarded_proto or b"http", b"\r\n")
+        lines += (b"X-Forwarded-Host: ", forwarded_host or host, b"\r\n")
+        size = exchange.body.size
+        if size or exchange.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+            lines += (b"Content-Length: ", str(size).encode(), b"\r\n")
+        lines.append(b"\r\n")
+        self._reason = b""
+        self._headers = []
+        self._head_seen = False
+        self._until_close = False
+        self._send(b"".join(lines), exchange)
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() not in _RESPONSE_HOP_BY_HOP:
+            self._headers += (name, b": ", value, b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        code = parser.get_status_code()
+        exchange = self.exchange
+        if code < 200:
+            self._interim = True  # 1xx: a final response follows on the same connection
+            self._reason = b""
+            self._headers = []
+            return
+        self._interim = False
+        self._keep_alive = parser.should_keep_alive()
+        payload = b"%d %s\r\n" % (code, self._reason or b"Unknown") + b"".join(self._headers)
+        lower = payload.lower()
+        self._until_close = (
+            b"\ncontent-length:" not in lower
+            and b"\ntransfer-encoding:" not in lower
+            and code not in (204, 304)
+        )
+        self._head_seen = True
+        if exchange is None:
+            return
+        exchange.on_head(payload)
+        if exchange.head_only:
+            # httptools cannot be told a HEAD response has no body: end here, and do not
+            # reuse a connection whose parser would wait for one.
+            self._keep_alive = False
+            self._until_close = False
+            self._end()
+
+    def on_body(self, body: bytes) -> None:
         exchange = self.exchange
         if exchange is not None:
-            self.exchange = None
-            exchange.on_upstream_lost()
+            exchange.on_body(body)
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._until_close = False
+        self._end()
 
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._run_pump()
+    def _end(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_end()
 
-    # -- used by the exchange ----------------------------------------------------------
+    def reusable(self) -> bool:
+        return self._keep_alive and super().reusable()
 
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+    # -- asyncio.Protocol ------------------------------------------------------------------------
 
-    def send_stream(self, chunks: Iterator[bytes]) -> None:
-        """Write ``chunks`` as the transport drains (large bodies spooled to a file)."""
-        self._pump = chunks
-        self._run_pump()
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # nothing was asked: the app broke the protocol
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()
+            return
+        if self.exchange is exchange:
+            exchange.flush()
 
-    def _run_pump(self) -> None:
-        pump = self._pump
-        transport = self.transport
-        while pump is not None and not self._write_paused and transport is not None:
-            chunk = next(pump, None)
-            if chunk is None:
-                self._pump = None
-                return
-            transport.write(chunk)
-
-    @property
-    def request_sent(self) -> bool:
-        return self._pump is None
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        """Close the connection; an exchange on it learns through connection_lost."""
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-        self.closed = True
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._until_close and self._head_seen and self.exchange is not None:
+            # The body of a response without a length ends with the connection.
+            self._keep_alive = False
+            self._until_close = False
+            self.closed = True
+            self.exchange.flush()
+            self._end()
+        super().connection_lost(exc)
 
 
 class Upstream:
-    """The connection pool to one app process's Unix socket."""
+    """The connection pool to one app process (Unix socket path or loopback TCP port)."""
 
-    def __init__(self, address: str, max_idle: int) -> None:
+    def __init__(self, address: str | tuple[str, int], protocol: str, max_idle: int) -> None:
         self.address = address
+        self.protocol = protocol
+        self.factory: type[AppConnection] = (
+            SessionConnection if protocol == "session" else HttpConnection
+        )
         self.max_idle = max_idle
         self.idle: list[AppConnection] = []
         self.connections: set[AppConnection] = set()
@@ -141,13 +383,22 @@ class Upstream:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                return conn
+            if conn.closed:
+                continue
+            if time.monotonic() - conn.idle_since > IDLE_MAX:
+                conn.close()
+                continue
+            return conn
         return None
 
     async def connect(self) -> AppConnection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_unix_connection(lambda: AppConnection(self), self.address)
+        factory = self.factory
+        address = self.address
+        if isinstance(address, str):
+            _, conn = await loop.create_unix_connection(lambda: factory(self), address)
+        else:
+            _, conn = await loop.create_connection(lambda: factory(self), *address)
         if not self.enabled:
             conn.close()
             raise ConnectionRefusedError("the process was retired while connecting")
@@ -157,7 +408,8 @@ class Upstream:
     def release(self, conn: AppConnection) -> None:
         """The exchange on ``conn`` ended cleanly: keep it for the next one if we can."""
         conn.exchange = None
-        if self.enabled and not conn.closed and len(self.idle) < self.max_idle:
+        if self.enabled and conn.reusable() and len(self.idle) < self.max_idle:
+            conn.idle_since = time.monotonic()
             self.idle.append(conn)
         else:
             conn.close()

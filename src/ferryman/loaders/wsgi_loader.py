@@ -525,7 +525,7 @@ def main() -> None:
             "step": "loader_start",
             "state": "performed",
             "at": time.time(),
-            "python": "%s (%s)" % (sys.version.split()[0], sys.executable),
+            "interpreter": "Python %s (%s)" % (sys.version.split()[0], sys.executable),
         }
     )
     app_root = args["app_root"]

@@ -145,6 +145,12 @@ class Child:
     def _on_exit(self) -> None:
         self._close_pidfd()
         code = self.popen.wait()  # the pidfd says it exited: this reaps without blocking
+        # Whatever the app started in its process group goes with it (e.g. the server a
+        # `sh -c` command ran, if it ignored the SIGTERM that ended the shell).
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if not self.exited.done():
             self.exited.set_result(code)
         callbacks, self._exit_callbacks = self._exit_callbacks, []
@@ -202,8 +208,9 @@ class Child:
     async def stop(self, eof_grace: float, term_grace: float) -> int:
         """Owner pipe EOF, then SIGTERM, then SIGKILL; returns the exit status."""
         self.close_owner_pipe()
-        if not await self.wait(eof_grace):
-            log.warning("App %d did not exit after its stdin closed; sending SIGTERM", self.pid)
+        if not eof_grace or not await self.wait(eof_grace):
+            if eof_grace:
+                log.warning("App %d did not exit after its stdin closed; sending SIGTERM", self.pid)
             self.signal(signal.SIGTERM)
             if not await self.wait(term_grace):
                 log.warning("App %d ignored SIGTERM; sending SIGKILL", self.pid)

@@ -29,16 +29,17 @@ class Category:
 CATEGORIES: dict[str, Category] = {
     "import_error": Category(
         "The app raised an exception while its startup file was being loaded",
-        "Read the traceback: its last lines name the file and line where the exception was "
-        "raised. Common causes are a package missing from the interpreter that runs the app "
-        "(install it there, or point --python at your virtualenv's python), a missing "
-        "environment variable (--envvar NAME=VALUE), or a service the app connects to while "
-        "it is imported.",
+        "Read the traceback: it names the file and line where the exception was raised. "
+        "Common causes are a package missing where the app's interpreter looks for it (for "
+        "Python, install it into the interpreter given by --python, e.g. your virtualenv's; "
+        "for Node.js, run npm install in the app directory), a missing environment variable "
+        "(--envvar NAME=VALUE), or a service the app connects to while it is loaded.",
     ),
     "syntax_error": Category(
-        "The startup file, or a module it imports, is not valid Python",
-        "Fix the line shown in the traceback. 'python -m py_compile FILE' checks a file "
-        "without running it. Make sure --python is the Python version the app is written for.",
+        "The startup file, or a module it loads, has a syntax error",
+        "Fix the line shown in the traceback ('python -m py_compile FILE' or 'node --check "
+        "FILE' checks a file without running it). Make sure --python or --nodejs is the "
+        "version the app is written for.",
     ),
     "app_missing": Category(
         "The startup file does not define a WSGI application",
@@ -55,14 +56,18 @@ CATEGORIES: dict[str, Category] = {
         "wsgi.py or app.py when no startup file is given.",
     ),
     "interpreter_not_found": Category(
-        "The Python interpreter could not be run",
-        "--python must name a Python 3.9 (or newer) interpreter that exists and is "
-        "executable, e.g. /srv/app/.venv/bin/python.",
+        "The interpreter could not be run",
+        "--python must name a Python 3.9 (or newer) interpreter that exists and is executable "
+        "(e.g. /srv/app/.venv/bin/python); --nodejs a Node.js 18 (or newer) one.",
     ),
     "interpreter_failed": Category(
         "The interpreter exited before Ferryman's loader could start",
-        "Make sure --python names a Python 3.9 (or newer) interpreter; the output below shows "
-        "what it printed.",
+        "Make sure --python names a Python 3.9 (or newer) interpreter, or --nodejs a Node.js "
+        "18 (or newer) one; the output below shows what it printed.",
+    ),
+    "listen_failed": Category(
+        "The app could not listen on the socket Ferryman gave it",
+        "See the error below; check that the temp directory is writable.",
     ),
     "exited": Category(
         "The app process exited while it was starting",
@@ -72,8 +77,10 @@ CATEGORIES: dict[str, Category] = {
     ),
     "timeout": Category(
         "The app did not finish starting in time",
-        "Look for slow work while the app is imported, such as connecting to a database or "
-        "service that does not answer. If the app just needs longer, raise --start-timeout.",
+        "Look for slow work while the app is loaded, such as connecting to a database or "
+        "service that does not answer. A Node.js app must call listen(); an app started with "
+        "--app-start-command must listen on 127.0.0.1:$PORT. If the app just needs longer, "
+        "raise --start-timeout.",
     ),
     "handshake_malformed": Category(
         "The app process sent data Ferryman could not understand",

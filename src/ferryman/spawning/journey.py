@@ -47,11 +47,26 @@ class Step:
         return self.ended_at - self.started_at
 
 
+#: The steps of an app started by its own command (no loader): Ferryman waits for $PORT.
+COMMAND_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("prepare", "core", "Preparing the spawn (port, environment)"),
+    ("spawn", "core", "Starting the app's command"),
+    ("listen", "app", "Waiting for the app to accept connections on $PORT"),
+    ("finish", "core", "Registering the ready process"),
+)
+
+
 @dataclass(slots=True)
 class Journey:
-    steps: dict[str, Step] = field(
-        default_factory=lambda: {name: Step(name, side, title) for name, side, title in STEPS}
-    )
+    steps: dict[str, Step] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            self.steps = {name: Step(name, side, title) for name, side, title in STEPS}
+
+    @classmethod
+    def of(cls, steps: tuple[tuple[str, str, str], ...]) -> Journey:
+        return cls({name: Step(name, side, title) for name, side, title in steps})
 
     def begin(self, name: str, at: float) -> None:
         step = self.steps[name]

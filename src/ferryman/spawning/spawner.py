@@ -1,10 +1,16 @@
-"""Spawner: starts one app process and waits until it reports ready (or explains why not).
+"""Spawner: starts one app process and waits until it is ready (or explains why not).
 
-Direct spawning: fork+exec of the loader under the app's interpreter. The loader
-gets its arguments as one JSON argument, reports its journey as JSON lines on a
-handshake pipe (its number is in the JSON), then ``ready`` with its socket,
-protocol and concurrency. All of it within ``start_timeout``; on any failure the
-child is killed and reaped and a SpawnError says which step failed and why.
+Direct spawning, by app type:
+
+* ``wsgi`` and ``node``: fork+exec of Ferryman's loader under the app's
+  interpreter. The loader gets its arguments as one JSON argument, reports its
+  journey as JSON lines on a handshake pipe (its number is in the JSON), then
+  ``ready`` with its socket, protocol and concurrency.
+* ``generic``: the app's own command under ``/bin/sh -c`` with ``$PORT`` set to a
+  free loopback port; it is ready once the port accepts connections.
+
+All of it within ``start_timeout``; on any failure the child is killed and
+reaped and a SpawnError says which step failed and why.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,26 +31,33 @@ from ..errors import SpawnError, redacted_environment
 from ..instance import InstanceDir
 from .child import Child
 from .detect import AppSpec
-from .journey import Journey, StepState
+from .journey import COMMAND_STEPS, Journey, StepState
 
 log = logging.getLogger("ferryman")
 
 LOADERS = Path(__file__).resolve().parent.parent / "loaders"
 WSGI_LOADER = LOADERS / "wsgi_loader.py"
+NODE_LOADER = LOADERS / "node_loader.js"
+#: The protocol each loader must report.
+LOADER_PROTOCOLS = {"wsgi": "session", "node": "http"}
 #: Environment variables that carry the app's environment name (as Passenger sets them).
 ENVIRONMENT_VARIABLES = ("WSGI_ENV", "PASSENGER_APP_ENV", "RACK_ENV", "RAILS_ENV", "NODE_ENV")
 #: Grace periods when stopping a process: after its stdin closes, then after SIGTERM.
 STOP_EOF_GRACE = 5.0
 STOP_TERM_GRACE = 5.0
+#: How often a generic app's port is tried while it starts.
+PORT_POLL_INTERVAL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """What a loader reported when it became ready."""
+    """Where a ready process listens, which protocol it speaks, how many requests it takes."""
 
-    socket: str
-    protocol: str
-    concurrency: int
+    address: str | tuple[str, int]  # a Unix socket path, or (host, port) on loopback
+    protocol: str  # "session" or "http"
+    concurrency: int  # 0 = unlimited
+    #: Seconds to wait after closing its stdin before SIGTERM (0: it does not watch stdin).
+    eof_grace: float = STOP_EOF_GRACE
 
 
 class HandshakeReader(asyncio.Protocol):
@@ -55,7 +69,7 @@ class HandshakeReader(asyncio.Protocol):
         self.error: dict[str, Any] | None = None
         self.malformed: str | None = None
         #: The interpreter's version and path, as the loader reported them.
-        self.python = ""
+        self.interpreter = ""
         self._buffer = b""
         #: Resolved on "ready", on "error", or when the pipe closes.
         self.finished = asyncio.get_running_loop().create_future()
@@ -77,8 +91,8 @@ class HandshakeReader(asyncio.Protocol):
             self.malformed = f"not a JSON object: {line[:200]!r}"
             return
         if "step" in message:
-            if isinstance(message.get("python"), str):
-                self.python = message["python"]
+            if isinstance(message.get("interpreter"), str):
+                self.interpreter = message["interpreter"]
             if not self.journey.report(str(message["step"]), str(message.get("state")), now):
                 self.malformed = f"unknown step report: {line[:200]!r}"
         elif isinstance(message.get("ready"), dict):
@@ -104,15 +118,17 @@ class HandshakeReader(asyncio.Protocol):
 class Attempt:
     """One spawn attempt: what a SpawnError needs to explain it, gathered as it goes."""
 
-    def __init__(self, spawner: Spawner, env: dict[str, str]) -> None:
+    def __init__(
+        self, spawner: Spawner, env: dict[str, str], interpreter: str, journey: Journey
+    ) -> None:
         self.spawner = spawner
         self.env = env
-        self.journey = Journey()
+        self.interpreter = interpreter
+        self.journey = journey
         self.child: Child | None = None
         self.reader: HandshakeReader | None = None
 
     def error(self, summary: str, category: str, step: str, details: str = "") -> SpawnError:
-        config = self.spawner.config
         # A core step still waiting (the handshake) ended with the failure too.
         now = time.time()
         for other in self.journey.steps.values():
@@ -127,8 +143,54 @@ class Attempt:
             details=details,
             app_root=str(self.spawner.spec.root),
             environment=redacted_environment(self.env),
-            interpreter=config.python,
-            interpreter_version=self.reader.python if self.reader is not None else "",
+            interpreter=self.interpreter,
+            interpreter_version=self.reader.interpreter if self.reader is not None else "",
+        )
+
+    async def launch(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> Child:
+        """Start the child (the 'spawn' step); OSError becomes interpreter_not_found."""
+        journey = self.journey
+        journey.begin("spawn", time.time())
+        try:
+            self.child = await Child.launch(
+                argv, env=self.env, cwd=str(self.spawner.spec.root), pass_fds=pass_fds
+            )
+        except OSError as exc:
+            journey.fail("spawn", time.time())
+            raise self.error(
+                f"cannot run {argv[0]!r}: {exc.strerror or exc}", "interpreter_not_found", "spawn"
+            ) from exc
+        journey.done("spawn", time.time())
+        return self.child
+
+    async def timed_out(self, step_name: str | None = None) -> SpawnError:
+        """Kill the child for running past start_timeout; the error to raise."""
+        child = self.child
+        assert child is not None
+        now = time.time()
+        step = self.journey.steps[step_name] if step_name else self.journey.infer_failure(now)
+        self.journey.fail(step.name, now)
+        child.kill()
+        await asyncio.shield(child.exited)
+        await child.finish_output(0.5)
+        timeout = self.spawner.config.start_timeout
+        return self.error(
+            f"the app did not become ready within {timeout:g} s"
+            f" (start_timeout) while {step.title.lower()}; it was killed",
+            "timeout",
+            step.name,
+        )
+
+    def exited(self) -> SpawnError:
+        """The child exited during start: the error to raise."""
+        child = self.child
+        assert child is not None
+        step = self.journey.infer_failure(time.time())
+        code = child.exited.result() if child.exited.done() else None
+        return self.error(
+            f"the app exited during start ({_describe_exit(code)}) while {step.title.lower()}",
+            "exited",
+            step.name,
         )
 
 
@@ -151,10 +213,27 @@ class Spawner:
 
     async def spawn(self) -> tuple[Child, Ready]:
         """Start one process and return it once ready; raise SpawnError otherwise."""
-        attempt = Attempt(self, self.app_environment())
+        self._count += 1
+        if self.spec.app_type == "generic":
+            child, ready = await self._spawn_command()
+        else:
+            child, ready = await self._spawn_loader()
+        log.info(
+            "App %d ready: %s (%s protocol, concurrency %s)",
+            child.pid,
+            self.spec.root,
+            ready.protocol,
+            ready.concurrency or "unlimited",
+        )
+        return child, ready
+
+    # -- apps started through one of Ferryman's loaders ---------------------------------------
+
+    async def _spawn_loader(self) -> tuple[Child, Ready]:
+        interpreter = self.config.nodejs if self.spec.app_type == "node" else self.config.python
+        attempt = Attempt(self, self.app_environment(), interpreter, Journey())
         journey = attempt.journey
         journey.begin("prepare", time.time())
-        self._count += 1
         socket_path = self.instance.app_socket(self._count)
         hs_r, hs_w = os.pipe()
         handshake_transport: asyncio.ReadTransport | None = None
@@ -166,25 +245,15 @@ class Spawner:
                 "threads": self.config.thread_count,
                 "handshake_fd": hs_w,
             }
-            argv = [self.config.python, str(WSGI_LOADER), json.dumps(args)]
+            loader = NODE_LOADER if self.spec.app_type == "node" else WSGI_LOADER
             journey.done("prepare", time.time())
-            journey.begin("spawn", time.time())
             try:
-                attempt.child = await Child.launch(
-                    argv, env=attempt.env, cwd=str(self.spec.root), pass_fds=(hs_w,)
+                child = await attempt.launch(
+                    [interpreter, str(loader), json.dumps(args)], pass_fds=(hs_w,)
                 )
-            except OSError as exc:
-                journey.fail("spawn", time.time())
-                raise attempt.error(
-                    f"cannot run the Python interpreter {self.config.python!r}: "
-                    f"{exc.strerror or exc}",
-                    "interpreter_not_found",
-                    "spawn",
-                ) from exc
             finally:
                 os.close(hs_w)  # the child has its copy; ours would hide the child's EOF
                 hs_w = -1
-            journey.done("spawn", time.time())
             journey.begin("handshake", time.time())
             hs_file = os.fdopen(hs_r, "rb", buffering=0)
             hs_r = -1  # owned by hs_file now
@@ -201,14 +270,6 @@ class Spawner:
             ready = await self._await_ready(attempt)
             journey.done("handshake", time.time())
             journey.done("finish", time.time())
-            child = attempt.child
-            log.info(
-                "App %d ready: %s (%s protocol, concurrency %d)",
-                child.pid,
-                self.spec.root,
-                ready.protocol,
-                ready.concurrency,
-            )
             return child, ready
         except BaseException:
             if attempt.child is not None:
@@ -225,24 +286,16 @@ class Spawner:
     async def _await_ready(self, attempt: Attempt) -> Ready:
         child, reader, journey = attempt.child, attempt.reader, attempt.journey
         assert child is not None and reader is not None
-        timeout = self.config.start_timeout
         done, _ = await asyncio.wait(
-            [reader.finished, child.exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            [reader.finished, child.exited],
+            timeout=self.config.start_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
         )
         if reader.finished in done and reader.ready is not None and not reader.malformed:
             return self._check_ready(reader.ready, attempt)
         now = time.time()
         if not done:
-            step = journey.infer_failure(now)
-            child.kill()
-            await asyncio.shield(child.exited)
-            await child.finish_output(0.5)
-            raise attempt.error(
-                f"the app did not become ready within {timeout:g} s"
-                f" (start_timeout) while {step.title.lower()}; it was killed",
-                "timeout",
-                step.name,
-            )
+            raise await attempt.timed_out()
         # The handshake ended without a usable "ready", or the process exited: collect why.
         if reader.malformed and not child.exited.done():
             child.kill()  # it may well go on running: it cannot be trusted to serve
@@ -269,21 +322,16 @@ class Spawner:
                 "handshake_malformed",
                 "handshake",
             )
-        code = child.exited.result() if child.exited.done() else None
         if journey.steps["loader_start"].state is StepState.NOT_STARTED:
+            code = child.exited.result() if child.exited.done() else None
             journey.fail("loader_start", now)
             raise attempt.error(
-                f"the interpreter {self.config.python!r} exited ({_describe_exit(code)}) "
-                "before Ferryman's loader started: is it Python 3.9 or newer?",
+                f"the interpreter {attempt.interpreter!r} exited ({_describe_exit(code)}) "
+                "before Ferryman's loader started: is it the right interpreter, and new enough?",
                 "interpreter_failed",
                 "loader_start",
             )
-        step = journey.infer_failure(now)
-        raise attempt.error(
-            f"the app exited during start ({_describe_exit(code)}) while {step.title.lower()}",
-            "exited",
-            step.name,
-        )
+        raise attempt.exited()
 
     def _check_ready(self, ready: dict[str, Any], attempt: Attempt) -> Ready:
         socket_path = ready.get("socket")
@@ -291,7 +339,7 @@ class Spawner:
         concurrency = ready.get("concurrency")
         if (
             not isinstance(socket_path, str)
-            or protocol != "session"
+            or protocol != LOADER_PROTOCOLS[self.spec.app_type]
             or not isinstance(concurrency, int)
             or isinstance(concurrency, bool)
             or concurrency < 0
@@ -303,6 +351,56 @@ class Spawner:
                 "handshake",
             )
         return Ready(socket_path, protocol, concurrency)
+
+    # -- apps started by their own command, listening on $PORT ------------------------------------
+
+    async def _spawn_command(self) -> tuple[Child, Ready]:
+        env = self.app_environment()
+        attempt = Attempt(self, env, "/bin/sh", Journey.of(COMMAND_STEPS))
+        journey = attempt.journey
+        journey.begin("prepare", time.time())
+        port = _free_port()
+        env["PORT"] = str(port)
+        journey.done("prepare", time.time())
+        try:
+            child = await attempt.launch(["/bin/sh", "-c", self.spec.start_command])
+            journey.begin("listen", time.time())
+            await self._await_port(attempt, port)
+            journey.done("listen", time.time())
+            journey.done("finish", time.time())
+            return child, Ready(("127.0.0.1", port), "http", 0, eof_grace=0.0)
+        except BaseException:
+            if attempt.child is not None:
+                await _kill_and_release(attempt.child)
+            raise
+
+    async def _await_port(self, attempt: Attempt, port: int) -> None:
+        child = attempt.child
+        assert child is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.start_timeout
+        while True:
+            try:
+                transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            except OSError:
+                pass
+            else:
+                transport.close()
+                return
+            if child.exited.done():
+                await child.finish_output(1.0)
+                raise attempt.exited()
+            if loop.time() >= deadline:
+                raise await attempt.timed_out("listen")
+            await child.wait(PORT_POLL_INTERVAL)
+
+
+def _free_port() -> int:
+    """A loopback port nobody listens on now (the app binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 async def _kill_and_release(child: Child) -> None:

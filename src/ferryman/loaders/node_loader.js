@@ -1,0 +1,176 @@
+// Ferryman's Node.js loader: runs inside an app process, under the app's own node.
+//
+// It loads the app and makes the app's first `server.listen(...)` — whatever port
+// or arguments it passes — listen on a Unix socket that Ferryman chose instead.
+// Ferryman then speaks plain HTTP/1.1 to it, many requests at once (concurrency 0:
+// unlimited). No npm dependencies: only Node's own modules (Node >= 18).
+//
+// Life of the process:
+// * process.argv[2] is a JSON object: app root, startup file, socket path and the
+//   handshake fd, on which the loader reports its journey as JSON lines, then
+//   {"ready": ...} or {"error": ...}.
+// * `cluster` is made inert: the app behaves as a worker and never forks, because
+//   Ferryman does the multi-processing.
+// * stdin is the owner pipe: at EOF the loader stops accepting, lets in-flight
+//   requests finish, and exits; if Ferryman itself is gone it exits at once.
+"use strict";
+
+const fs = require("fs");
+const net = require("net");
+const path = require("path");
+const cluster = require("cluster");
+const { pathToFileURL } = require("url");
+
+const args = JSON.parse(process.argv[2]);
+const parentPid = process.ppid;
+let handshakeFd = args.handshake_fd;
+
+function send(message) {
+  if (handshakeFd === null || handshakeFd === undefined) return;
+  const data = Buffer.from(JSON.stringify(message) + "\n");
+  let offset = 0;
+  while (offset < data.length) {
+    offset += fs.writeSync(handshakeFd, data, offset, data.length - offset);
+  }
+}
+
+function step(name, state) {
+  send({ step: name, state: state, at: Date.now() / 1000 });
+}
+
+function closeHandshake() {
+  if (handshakeFd !== null && handshakeFd !== undefined) {
+    try {
+      fs.closeSync(handshakeFd);
+    } catch (e) {
+      // already closed
+    }
+    handshakeFd = null;
+  }
+}
+
+function fail(stepName, kind, error) {
+  const message =
+    error && error.name && error.message !== undefined
+      ? error.name + ": " + error.message
+      : String(error);
+  // The loader's own frames and Node's module machinery say nothing to the app's developer.
+  const trace =
+    error && error.stack
+      ? String(error.stack)
+          .split("\n")
+          .filter((line) => !line.includes(__filename) && !line.includes("(node:internal/"))
+          .join("\n")
+      : "";
+  process.stderr.write((trace || message) + "\n");
+  send({ error: { step: stepName, kind: kind, message: message, traceback: trace } });
+  closeHandshake();
+  process.exitCode = 1;
+  // Let stderr drain before exiting.
+  setImmediate(() => process.exit(1));
+}
+
+// -- cluster: inert -------------------------------------------------------------------
+
+// Apps written for `cluster` take the worker branch and listen; they never fork.
+cluster.isPrimary = false;
+cluster.isMaster = false;
+cluster.isWorker = true;
+cluster.fork = function fork() {
+  throw new Error("cluster.fork() is disabled under Ferryman: Ferryman runs the processes");
+};
+
+// -- the first listen() goes to Ferryman's socket --------------------------------------------
+
+const originalListen = net.Server.prototype.listen;
+let server = null;
+
+net.Server.prototype.listen = function listen(...listenArgs) {
+  if (server !== null) {
+    // Only the first server is Ferryman's; others (e.g. a metrics port) listen as asked.
+    return originalListen.apply(this, listenArgs);
+  }
+  server = this;
+  step("listen", "in_progress");
+  // Ferryman keeps connections to the app open and reuses them; the app must not
+  // time them out from under it (Ferryman applies the client-facing timeouts).
+  if ("keepAliveTimeout" in this) this.keepAliveTimeout = 0;
+  if ("requestTimeout" in this) this.requestTimeout = 0;
+  if ("headersTimeout" in this) this.headersTimeout = 0;
+  const callback = listenArgs.find((a) => typeof a === "function");
+  if (callback) this.once("listening", callback);
+  this.once("listening", ready);
+  this.once("error", (error) => fail("listen", "listen_failed", error));
+  // exclusive: bypass cluster's handle sharing, which needs a primary process.
+  return originalListen.call(this, { path: args.socket, exclusive: true });
+};
+
+function ready() {
+  step("listen", "performed");
+  step("ready", "performed");
+  send({
+    ready: { socket: args.socket, protocol: "http", concurrency: 0, pid: process.pid },
+  });
+  closeHandshake();
+}
+
+// -- graceful exit when the owner pipe closes ---------------------------------------------
+
+function coreAlive() {
+  return process.ppid === parentPid;
+}
+
+function stop() {
+  if (server === null || !coreAlive()) {
+    process.exit(0);
+  }
+  server.close(() => process.exit(0));
+  if (typeof server.closeIdleConnections === "function") server.closeIdleConnections();
+  // Ferryman sends SIGTERM, then SIGKILL, if requests never finish; but if Ferryman
+  // itself dies meanwhile, nobody would: check for that.
+  setInterval(() => {
+    if (!coreAlive()) process.exit(0);
+  }, 200).unref();
+}
+
+process.stdin.on("data", () => {});
+process.stdin.on("end", stop);
+process.stdin.on("error", stop);
+
+// -- load the app -------------------------------------------------------------------------------
+
+async function main() {
+  send({
+    step: "loader_start",
+    state: "performed",
+    at: Date.now() / 1000,
+    interpreter: "node " + process.version + " (" + process.execPath + ")",
+  });
+  process.chdir(args.app_root);
+  const file = path.resolve(args.app_root, args.startup_file);
+  if (!fs.existsSync(file)) {
+    fail("load_app", "startup_file_missing", new Error("startup file " + file + " does not exist"));
+    return;
+  }
+  process.title = "Ferryman Node: " + args.app_root;
+  step("load_app", "in_progress");
+  try {
+    try {
+      require(file);
+    } catch (error) {
+      if (error && error.code === "ERR_REQUIRE_ESM") {
+        await import(pathToFileURL(file).href);
+      } else {
+        throw error;
+      }
+    }
+  } catch (error) {
+    const kind = error instanceof SyntaxError ? "syntax_error" : "import_error";
+    fail("load_app", kind, error);
+    return;
+  }
+  step("load_app", "performed");
+  // The app now has until start_timeout to call listen(); Ferryman waits for "ready".
+}
+
+main().catch((error) => fail("load_app", "import_error", error));

@@ -1,0 +1,71 @@
+"""App detection: which kind of app a directory holds, and how it is started."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ferryman.config import Config
+from ferryman.errors import AppNotFound
+from ferryman.spawning.detect import AppSpec, detect
+
+
+def make(root: Path, files: dict[str, str], **settings: object) -> AppSpec:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return detect(Config(app_dir=root, **settings))  # type: ignore[arg-type]
+
+
+CASES = [
+    # (files, settings, expected (type, startup file, command))
+    ({"passenger_wsgi.py": "", "wsgi.py": "", "app.js": ""}, {}, ("wsgi", "passenger_wsgi.py", "")),
+    ({"wsgi.py": "", "app.py": ""}, {}, ("wsgi", "wsgi.py", "")),
+    ({"app.py": "", "server.js": ""}, {}, ("wsgi", "app.py", "")),
+    ({"app.js": "", "index.js": ""}, {}, ("node", "app.js", "")),
+    ({"package.json": json.dumps({"main": "lib/main.js"}), "lib/main.js": "", "index.js": ""},
+     {}, ("node", "lib/main.js", "")),
+    ({"package.json": json.dumps({"main": "missing.js"}), "server.js": ""}, {},
+     ("node", "server.js", "")),
+    ({"package.json": "not json", "index.js": ""}, {}, ("node", "index.js", "")),
+    ({"Procfile": "worker: x\nweb: ./serve --port $PORT\n"}, {},
+     ("generic", "", "./serve --port $PORT")),
+    ({"app.js": "", "Procfile": "web: x"}, {}, ("node", "app.js", "")),
+    ({"wsgi.py": ""}, {"app_start_command": "run $PORT"}, ("generic", "", "run $PORT")),
+    ({"app.py": "", "app.js": ""}, {"app_type": "node"}, ("node", "app.js", "")),
+    ({"main.mjs": ""}, {"startup_file": "main.mjs"}, ("node", "main.mjs", "")),
+    ({"serve.py": ""}, {"startup_file": "serve.py"}, ("wsgi", "serve.py", "")),
+    ({"x.js": ""}, {"startup_file": "x.js", "app_type": "wsgi"}, ("wsgi", "x.js", "")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("files", "settings", "expected"), CASES)
+def test_detection_order(
+    tmp_path: Path, files: dict[str, str], settings: dict[str, object], expected: tuple[str, ...]
+) -> None:
+    """Python first, then Node.js, then a Procfile; explicit settings win."""
+    spec = make(tmp_path, files, **settings)
+    assert (spec.app_type, spec.startup_file, spec.start_command) == expected
+    assert spec.root == tmp_path
+
+
+def test_nothing_found_lists_everything_looked_for(tmp_path: Path) -> None:
+    with pytest.raises(AppNotFound) as info:
+        make(tmp_path, {"README": ""})
+    message = str(info.value)
+    for name in ("passenger_wsgi.py", "app.js", "package.json main", "Procfile web: line"):
+        assert name in message
+    assert str(tmp_path) in message
+
+
+def test_a_missing_startup_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(AppNotFound, match=r"'nope\.py' not found"):
+        make(tmp_path, {}, startup_file="nope.py")
+
+
+def test_generic_without_a_command_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AppNotFound, match="app_start_command"):
+        make(tmp_path, {"app.py": ""}, app_type="generic")
