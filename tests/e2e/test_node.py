@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -247,3 +248,23 @@ def test_stopping_leaves_no_node_process_even_if_it_ignores_sigterm() -> None:
         assert server.stop() == 0
         assert not any(alive(pid) for pid in apps)
         assert time.monotonic() - start < 10
+
+
+def test_sigterm_lets_node_requests_in_flight_finish(tmp_path: Path) -> None:
+    """Graceful stop with Node.js: requests in flight complete, then the processes exit."""
+    gates = Gates(tmp_path)
+    with serving(NODE_APP, "--min-instances", "2", "--max-pool-size", "2", wait_ready=2) as server:
+        mark = server.mark()
+        requests = [Request(server, f"/wait?gate={gates.path('go')}") for _ in range(6)]
+        for _ in range(6):
+            match = server.wait_for_log(r"waiting go", start=mark)
+            mark = server.lines.index(match.string, mark) + 1
+        apps = server.children()
+        server.send_signal(signal.SIGTERM)
+        server.wait_for_log("Shutting down")
+        gates.open("go")
+        for r in requests:
+            r.join(30)
+        assert [r.status for r in requests] == [200] * 6
+        assert server.proc.wait(30) == 0
+        assert not any(alive(pid) for pid in apps)
