@@ -21,6 +21,10 @@ _SPECIAL_KEYS = {b"CONTENT_TYPE": b"CONTENT_TYPE", b"CONTENT_LENGTH": b"CONTENT_
 _CONSUMED = frozenset([b"HTTP_TRANSFER_ENCODING", b"HTTP_EXPECT", b"CONTENT_LENGTH"])
 _KEY_CACHE: dict[bytes, bytes | None] = {}
 _KEY_CACHE_LIMIT = 2048
+_MISSING = b"\0missing"
+#: (Host, scheme) → (SERVER_NAME, SERVER_PORT): most requests name the same few hosts.
+_HOST_CACHE: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+_PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
 
 
 def header_key(name: bytes) -> bytes | None:
@@ -44,6 +48,9 @@ class BadTarget(ValueError):
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """(PATH_INFO, QUERY_STRING) from the request target, path percent-decoded."""
+    if target[:1] == b"/" and b"%" not in target and b"#" not in target:
+        path, _, query = target.partition(b"?")  # the common case: nothing to decode
+        return path, query
     hash_at = target.find(b"#")
     if hash_at >= 0:
         target = target[:hash_at]
@@ -118,8 +125,11 @@ def build_environ(
     """The environ block: ``key NUL value NUL ...`` (see session_protocol)."""
     path, query = split_target(target)
     fields: dict[bytes, bytes] = {}
+    cache = _KEY_CACHE
     for name, value in headers:
-        key = header_key(name)
+        key = cache.get(name, _MISSING)
+        if key is _MISSING:
+            key = header_key(name)
         if key is None:
             continue
         if key in fields:
@@ -143,23 +153,30 @@ def build_environ(
             host = forwarded_host.split(b",")[0].strip()
             fields[b"HTTP_HOST"] = host
     if host:
-        default_port = b"443" if scheme == b"https" else b"80"
-        server_name, server_port = split_host(host, default_port)
+        host_key = (host, scheme)
+        found = _HOST_CACHE.get(host_key)
+        if found is None:
+            found = split_host(host, b"443" if scheme == b"https" else b"80")
+            if len(_HOST_CACHE) >= _KEY_CACHE_LIMIT:
+                _HOST_CACHE.clear()
+            _HOST_CACHE[host_key] = found
+        server_name, server_port = found
     parts = [
         b"REQUEST_METHOD", method,
         b"REQUEST_URI", target,
         b"PATH_INFO", path,
         b"QUERY_STRING", query,
-        b"SERVER_PROTOCOL", b"HTTP/" + version,
+        b"SERVER_PROTOCOL", _PROTOCOLS.get(version) or b"HTTP/" + version,
         b"SERVER_NAME", server_name,
         b"SERVER_PORT", server_port,
         b"REMOTE_ADDR", remote_addr,
         b"REMOTE_PORT", remote_port,
         b"ferryman.url_scheme", scheme,
     ]  # fmt: skip
+    consumed = _CONSUMED
+    for key, value in fields.items():
+        if key not in consumed:
+            parts += (key, value)
     if body_length or b"CONTENT_LENGTH" in fields or b"HTTP_TRANSFER_ENCODING" in fields:
         parts += (b"CONTENT_LENGTH", str(body_length).encode())
-    for key, value in fields.items():
-        if key not in _CONSUMED:
-            parts += (key, value)
     return b"\0".join(parts)

@@ -58,6 +58,62 @@ def _has_header(lower_block: bytes, name: bytes) -> bool:
     return lower_block.startswith(name) or (b"\n" + name) in lower_block
 
 
+#: What a response head becomes on the wire, for each (payload, HEAD?, version, close?):
+#: most responses of an app repeat the same few heads, so each is worked out once.
+HeadPlan = tuple[int, bytes, bool, bool, bytes, bool, int, bool, bool]
+_HEAD_PLANS: dict[tuple[bytes, bool, bytes, bool], HeadPlan] = {}
+_HEAD_PLANS_LIMIT = 512
+
+
+def plan_head(payload: bytes, head_only: bool, version: bytes, close: bool) -> HeadPlan:
+    """(status, head up to the Date line, add Date?, add Server?, framing lines and the
+    blank line, no body?, Content-Length or -1, chunked?, close after?) for an H frame."""
+    status_line, _, block = payload.partition(b"\r\n")
+    try:
+        status = int(status_line[:3])
+    except ValueError:
+        status = 0
+    if status < 200:
+        return (status, b"", False, False, b"", True, -1, False, False)
+    lower = block.lower()
+    framing = b""
+    remaining = -1
+    chunked = no_body = False
+    length_at = lower.find(b"content-length:")
+    if length_at > 0 and lower[length_at - 1] != 10:  # not at a line start: look further
+        length_at = lower.find(b"\ncontent-length:") + 1 or -1
+    if head_only or not status_allows_body(status):
+        no_body = True
+        if version == b"1.0" and not close:
+            framing = b"Connection: keep-alive\r\n"
+    elif length_at >= 0:
+        end = lower.find(b"\r\n", length_at)
+        try:
+            remaining = int(lower[length_at + 15 : end])
+        except ValueError:
+            close = True
+        if version == b"1.0" and not close:
+            framing = b"Connection: keep-alive\r\n"
+    elif version == b"1.1":
+        chunked = True
+        framing = b"Transfer-Encoding: chunked\r\n"
+    else:
+        close = True  # HTTP/1.0 without a length: the body ends when the connection does
+    if close:
+        framing += b"Connection: close\r\n"
+    return (
+        status,
+        b"HTTP/1.1 " + status_line + b"\r\n" + block,
+        not _has_header(lower, b"date:"),
+        not _has_header(lower, b"server:"),
+        framing + b"\r\n",
+        no_body,
+        remaining,
+        chunked,
+        close,
+    )
+
+
 class Exchange:
     __slots__ = (
         "_attempts",
@@ -227,49 +283,27 @@ class Exchange:
     def on_head(self, payload: bytes) -> None:
         if self._client_gone:
             return
-        status_line, _, block = payload.partition(b"\r\n")
-        try:
-            status = int(status_line[:3])
-        except ValueError:
-            status = 0
+        close = self.close_after or not self.keep_alive
+        key = (payload, self.head_only, self.version, close)
+        plan = _HEAD_PLANS.get(key)
+        if plan is None:
+            plan = plan_head(*key)
+            if len(_HEAD_PLANS) >= _HEAD_PLANS_LIMIT:
+                _HEAD_PLANS.clear()
+            _HEAD_PLANS[key] = plan
+        status, prefix, date, server, suffix, no_body, remaining, chunked, close = plan
         if status < 200:  # 1xx interim responses are not forwarded; a final one must follow
             if status < 100:
                 self.on_upstream_lost()
             return
         self.status = status
-        lower = block.lower()
-        close = self.close_after or not self.keep_alive
-        framing = b""
-        if self.head_only or not status_allows_body(status):
-            self._no_body = True
-            if self.version == b"1.0" and not close:
-                framing = b"Connection: keep-alive\r\n"
-        elif _has_header(lower, b"content-length:"):
-            start = lower.find(b"content-length:")
-            end = lower.find(b"\r\n", start)
-            try:
-                self._remaining = int(lower[start + 15 : end])
-            except ValueError:
-                self._remaining = -1
-                close = True
-            if self.version == b"1.0" and not close:
-                framing = b"Connection: keep-alive\r\n"
-        elif self.version == b"1.1":
-            self._chunked = True
-            framing = b"Transfer-Encoding: chunked\r\n"
-        else:
-            close = True  # HTTP/1.0 without a length: the body ends when the connection does
+        self._no_body = no_body
+        self._remaining = remaining
+        self._chunked = chunked
         if close:
             self.close_after = True
-            framing += b"Connection: close\r\n"
-        if b"date:" in lower or b"server:" in lower:  # rare: the app set its own
-            date = DATES.lines(
-                date=not _has_header(lower, b"date:"), server=not _has_header(lower, b"server:")
-            )
-        else:
-            date = DATES.lines()
         self._head_sent = True
-        self._out.append(b"HTTP/1.1 " + status_line + b"\r\n" + block + date + framing + b"\r\n")
+        self._out.append(prefix + DATES.lines(date, server) + suffix)
 
     def on_body(self, payload: bytes) -> None:
         if self._client_gone:

@@ -10,8 +10,8 @@ Rules the code keeps:
 2. A request head larger than ``max_header_size`` gets 431, a body larger than
    ``max_body_size`` gets 413 (at once when Content-Length says so), malformed
    input gets 400; each of these closes the connection.
-3. One timer per connection, re-armed lazily: header timeout while a head
-   arrives, body timeout between body pieces, keep-alive timeout when idle.
+3. One timer per connection, re-armed lazily (see ``_arm``): header timeout while
+   a head arrives, body timeout between body pieces, keep-alive timeout when idle.
 4. On shutdown, idle connections close at once; busy ones close after the
    response they are working on.
 """
@@ -116,6 +116,8 @@ class FrontServer:
         self.trusted_proxies: ProxyNetworks = config.trusted_proxies
         self.server_name = b"localhost"
         self.server_port = b"80"
+        #: A connection's timer fires at least this often while a deadline is set.
+        self.check_every = min(config.header_timeout, config.body_timeout, config.keepalive_timeout)
         self.closing = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -190,6 +192,14 @@ class ClientConnection(asyncio.Protocol):
         config = server.config
         self.max_header_size = config.max_header_size
         self.max_body_size = config.max_body_size
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.keepalive_timeout = config.keepalive_timeout
+        # What the parser callbacks note about the request head being parsed.
+        self._head_bytes = 0
+        self._hosts = 0
+        self._length = -1
+        self._expect: bytes | None = None
         self.loop = server.loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -211,7 +221,6 @@ class ClientConnection(asyncio.Protocol):
         self._refusal: tuple[int, bytes] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -234,7 +243,7 @@ class ClientConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.connections.add(self)
-        self._arm(self.server.config.header_timeout)
+        self._arm(self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -297,56 +306,63 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.current = Exchange(self, self.app)
         self.head_complete = False
+        self._head_bytes = 0
+        self._hosts = 0
+        self._length = -1
+        self._expect = None
         if not self.pipeline:
-            self._arm(self.server.config.header_timeout)
+            self._arm(self.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         current = self.current
         assert current is not None
         current.target += url
+        self._head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         current = self.current
         assert current is not None
         current.headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        # Note the few headers the front itself acts on (by length first: it is cheap).
+        size = len(name)
+        if size in {4, 6, 14}:
+            lower = name.lower()
+            if lower == b"host":
+                self._hosts += 1
+            elif lower == b"content-length":
+                self._length = int(value) if value.strip().isdigit() else -1
+            elif lower == b"expect":
+                self._expect = value.strip().lower()
 
     def on_headers_complete(self) -> None:
         current = self.current
         assert current is not None
         parser = self.parser
         self.head_complete = True
-        size = len(current.target) + sum(len(n) + len(v) + 4 for n, v in current.headers)
-        if size > self.max_header_size:
+        if self._head_bytes > self.max_header_size:
             raise _Refuse(431, b"Request Header Fields Too Large\n")
         current.method = parser.get_method()
-        version = parser.get_http_version()
-        current.version = b"1.1" if version == "1.1" else b"1.0"
+        version = b"1.1" if parser.get_http_version() == "1.1" else b"1.0"
+        current.version = version
         current.keep_alive = parser.should_keep_alive()
         current.head_only = current.method == b"HEAD"
-        length = -1
-        expect = None
-        hosts = 0
-        for name, value in current.headers:
-            size = len(name)
-            if size == 4 and name.lower() == b"host":
-                hosts += 1
-            elif size == 14 and name.lower() == b"content-length":
-                length = int(value) if value.strip().isdigit() else -1
-            elif size == 6 and name.lower() == b"expect":
-                expect = value.strip().lower()
-        if hosts > 1 or (hosts == 0 and current.version == b"1.1"):
+        hosts = self._hosts
+        if hosts > 1 or (hosts == 0 and version == b"1.1"):
             # RFC 9112 3.2: exactly one Host in HTTP/1.1 (at most one in 1.0).
             raise _Refuse(400, b"Bad Request: an HTTP/1.1 request needs exactly one Host.\n")
+        length = self._length
         if self.max_body_size and length > self.max_body_size:
             raise _Refuse(413, b"Content Too Large\n")
-        if expect is not None and current.version == b"1.1":
+        expect = self._expect
+        if expect is not None and version == b"1.1":
             if expect != b"100-continue":
                 raise _Refuse(417, b"Expectation Failed\n")
             if length != 0 and self.transport is not None:
                 self.transport.write(_CONTINUE)
         self.head_size = 0
         if not self.pipeline:
-            self._arm(self.server.config.body_timeout)
+            self._arm(self.body_timeout)
 
     def on_body(self, body: bytes) -> None:
         current = self.current
@@ -355,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
         if self.max_body_size and current.body.size > self.max_body_size:
             raise _Refuse(413, b"Content Too Large\n")
         if not self.pipeline:
-            self._arm(self.server.config.body_timeout)
+            self._arm(self.body_timeout)
 
     def on_message_complete(self) -> None:
         exchange = self.current
@@ -407,7 +423,7 @@ class ClientConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.resume_reading()
         if self.current is None:
-            self._arm(self.server.config.keepalive_timeout)
+            self._arm(self.keepalive_timeout)
 
     # -- policy helpers -------------------------------------------------------------------------
 
@@ -464,14 +480,17 @@ class ClientConnection(asyncio.Protocol):
     # -- the one timer ---------------------------------------------------------------------
 
     def _arm(self, delay: float) -> None:
-        deadline = self.loop.time() + delay
+        """Set the deadline. Cheap on purpose (it runs per request): the timer is created
+        only if none is pending; a pending one fires no later than ``_check_every`` after
+        it was set, which is no later than any deadline set since (deadlines are at least
+        ``_check_every`` away), and then re-arms itself for the current deadline."""
+        now = self.loop.time()
+        deadline = now + delay
         self._deadline = deadline
-        timer = self._timer
-        if timer is None or deadline < self._timer_at:
-            if timer is not None:
-                timer.cancel()
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        if self._timer is None:
+            self._timer = self.loop.call_at(
+                min(deadline, now + self.server.check_every), self._on_timer
+            )
 
     def _disarm(self) -> None:
         self._deadline = 0.0
@@ -486,10 +505,12 @@ class ClientConnection(asyncio.Protocol):
         self._timer = None
         deadline = self._deadline
         if not deadline or self.closed:
-            return
-        if self.loop.time() < deadline:
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            return  # busy or gone: the next _arm starts a timer again
+        now = self.loop.time()
+        if now < deadline:
+            self._timer = self.loop.call_at(
+                min(deadline, now + self.server.check_every), self._on_timer
+            )
             return
         if self.current is not None and not self.pipeline:
             log.info("408: %s was too slow sending a request", self.remote_addr.decode())

@@ -247,26 +247,38 @@ def _check_status(status: Any) -> None:
         raise BadResponse("status contains a line break or NUL: %r" % (status,))
 
 
+#: Statuses and header names already checked, so that each is checked once, not per request
+#: (a name maps to False when it is hop-by-hop and must be dropped). Bounded in size.
+_GOOD_STATUSES: set[str] = set()
+_GOOD_NAMES: dict[str, bool] = {}
+_CACHE_LIMIT = 1024
+
+
 def _head_payload(status: str, headers: list[Any]) -> bytes:
     """The H frame: status line, then 'Name: value' lines, CRLF-terminated, hop-by-hop dropped."""
-    _check_status(status)
+    if status not in _GOOD_STATUSES:
+        _check_status(status)
+        if len(_GOOD_STATUSES) < _CACHE_LIMIT:
+            _GOOD_STATUSES.add(status)
     parts = [status, "\r\n"]
+    good_names = _GOOD_NAMES
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise BadResponse("headers must be (name, value) tuples, got %r" % (item,))
         name, value = item
-        if type(name) is not str or type(value) is not str:
-            raise BadResponse("header names and values must be str, got %r" % (item,))
-        if not name or not _TOKEN_CHARS.issuperset(name):
-            raise BadResponse("invalid header name %r" % (name,))
+        keep = good_names.get(name)
+        if keep is None:
+            if type(name) is not str or not name or not _TOKEN_CHARS.issuperset(name):
+                raise BadResponse("invalid header name %r" % (name,))
+            keep = name.lower() not in HOP_BY_HOP  # PEP 3333: the server owns those
+            if len(good_names) < _CACHE_LIMIT:
+                good_names[name] = keep
+        if type(value) is not str:
+            raise BadResponse("header values must be str, got %r" % (item,))
         if "\n" in value or "\r" in value or "\0" in value:
             raise BadResponse("header %s has a line break in its value" % name)
-        if name.lower() in HOP_BY_HOP:
-            continue  # PEP 3333: the server owns hop-by-hop headers
-        parts.append(name)
-        parts.append(": ")
-        parts.append(value)
-        parts.append("\r\n")
+        if keep:
+            parts += (name, ": ", value, "\r\n")
     try:
         return "".join(parts).encode("latin-1")
     except UnicodeEncodeError:

@@ -103,7 +103,9 @@ class Group:
             process = self._route()
             if process is not None:
                 session = self._open_session(process, now)
-                self._maybe_spawn(now, effects)
+                # Only a process that is now full can have made every process full.
+                if process.totally_busy() or len(self.processes) < self.options.min_instances:
+                    self._maybe_spawn(now, effects)
                 return session, effects
         if not self.processes and not self.spawning and now < self.backoff_until:
             return Rejected(Reason.SPAWN_FAILED, self.last_error), effects

@@ -89,7 +89,7 @@ class Pool:
         self, group: Group, process: Process, now: float, effects: list[Effect]
     ) -> None:
         """``process`` just went idle; if another group starves for capacity, give it up."""
-        if not self.is_full():
+        if len(self.groups) == 1 or not self.is_full():
             return
         for other in self.groups.values():
             if other is not group and other.queue and other.wants_process(now):
