@@ -116,7 +116,12 @@ class AppConnection(asyncio.Protocol):
         body = exchange.body
         if body.in_memory:
             chunks = body.memory_chunks()
-            self.transport.write(head + b"".join(chunks) if chunks else head)
+            if not chunks:
+                self.transport.write(head)
+            elif len(chunks) == 1 and len(chunks[0]) < 65536:
+                self.transport.write(head + chunks[0])  # one small write: the common case
+            else:
+                self.transport.writelines([head, *chunks])  # no copy into one big buffer
         else:
             self.transport.write(head)
             self._pump = body.file_chunks()
