@@ -97,7 +97,7 @@ class Handle:
         self.upstream = upstream
 
 
-async def run(requests: int, profile: bool) -> float:
+async def run(requests: int, profile: bool, queued: bool) -> float:
     loop = asyncio.get_running_loop()
     config = Config(app_dir=Path("."), access_log=False)
     pool = Pool(1)
@@ -120,10 +120,24 @@ async def run(requests: int, profile: bool) -> float:
     client = ClientConnection(front)
     client_transport = Sink()
     client.connection_made(client_transport)  # type: ignore[arg-type]
+    other = ClientConnection(front)
+    other.connection_made(Sink())  # type: ignore[arg-type]
 
     def once() -> None:
         client.data_received(REQUEST)
         app_conn.data_received(REPLY)
+
+    def twice_one_queued() -> None:
+        # The second request finds the only process busy, waits in the queue, and gets
+        # the process when the first one's reply ends: the path of a loaded server.
+        client.data_received(REQUEST)
+        other.data_received(REQUEST)
+        app_conn.data_received(REPLY)
+        app_conn.data_received(REPLY)
+
+    if queued:
+        once = twice_one_queued
+        requests //= 2
 
     for _ in range(1000):  # warm caches
         once()
@@ -138,7 +152,7 @@ async def run(requests: int, profile: bool) -> float:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     assert client_transport.written == requests + 1000, client_transport.written
-    return elapsed * 1e6 / requests
+    return elapsed * 1e6 / (requests * (2 if queued else 1))
 
 
 def main() -> int:
@@ -146,10 +160,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--profile", action="store_true", help="print the top functions")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--queued", action="store_true", help="every other request waits in the queue"
+    )
     args = parser.parse_args()
     results = []
     for _ in range(1 if args.profile else args.repeats):
-        results.append(uvloop.run(run(args.requests, args.profile)))
+        results.append(uvloop.run(run(args.requests, args.profile, args.queued)))
     results.sort()
     print(
         f"request path: {results[len(results) // 2]:.2f} µs/request (median of {len(results)};"

@@ -66,7 +66,7 @@ class Pool:
         """Whether ``group`` may spawn now; retires an idle process elsewhere if needed."""
         if not self.is_full():
             return True
-        if not group.has_demand():
+        if len(self.groups) == 1 or not group.has_demand():
             return False  # topping up to min_instances never evicts another app
         victim = self._oldest_idle_process(exclude=group)
         if victim is None:
