@@ -379,6 +379,17 @@ def passenger_argv(kind: str) -> Callable[[Setup], list[str]]:
     return argv
 
 
+def gunicorn_argv(gunicorn: str, worker: list[str]) -> Callable[[Setup], list[str]]:
+    def argv(s: Setup) -> list[str]:
+        threads = ["--threads", str(s.threads)] if worker else []
+        return [
+            gunicorn, *worker, *threads, "-w", str(s.procs), "-b", f"127.0.0.1:{s.port}",
+            "--chdir", str(s.app), "passenger_wsgi:application",
+        ]  # fmt: skip
+
+    return argv
+
+
 def passenger_daemon(cmd: str) -> bool:
     """Passenger Standalone daemonizes its watchdog (and with it core and apps)."""
     return cmd.startswith(("Passenger watchdog", "Passenger core")) or "temp-dir-toucher" in cmd
@@ -424,16 +435,7 @@ def servers() -> dict[str, Server]:
             "gunicorn-sync",
             "wsgi",
             "peer",
-            lambda s: [
-                gunicorn,
-                "-w",
-                str(s.procs),
-                "-b",
-                f"127.0.0.1:{s.port}",
-                "--chdir",
-                str(s.app),
-                "passenger_wsgi:application",
-            ],
+            gunicorn_argv(gunicorn, []),
             lambda pid, cmd, root: pid != root,
             threads=False,
         ),
@@ -441,20 +443,7 @@ def servers() -> dict[str, Server]:
             "gunicorn-gthread",
             "wsgi",
             "peer",
-            lambda s: [
-                gunicorn,
-                "-k",
-                "gthread",
-                "--threads",
-                str(s.threads),
-                "-w",
-                str(s.procs),
-                "-b",
-                f"127.0.0.1:{s.port}",
-                "--chdir",
-                str(s.app),
-                "passenger_wsgi:application",
-            ],
+            gunicorn_argv(gunicorn, ["-k", "gthread"]),
             lambda pid, cmd, root: pid != root,
         ),
         "uwsgi": Server(
