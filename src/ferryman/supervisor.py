@@ -106,8 +106,11 @@ class Supervisor:
             child, ready = await spawner.spawn()
         except SpawnError as error:
             self._spawns.pop(group, None)
-            self._log_spawn_error(group, error)
-            self.apply(group.spawn_failed(error, self.now()))
+            effects = group.spawn_failed(error, self.now())
+            try:
+                self._log_spawn_error(group, error)
+            finally:
+                self.apply(effects)  # whatever happened to the report, waiters learn why
             return
         except asyncio.CancelledError:
             self._spawns.pop(group, None)
@@ -154,14 +157,29 @@ class Supervisor:
         """The child exited and was reaped: detach it, free its resources."""
         process = handle.process
         assert process is not None
+        group = handle.group
         handle.upstream.close_all()
+        now = self.now()
+        error = None
         if not self.stopping and process.life is Life.ALIVE:
+            status = f"exit code {code}" if code >= 0 else f"signal {-code}"
+            lived = now - process.spawned_at
             log.warning(
                 "App %d exited unexpectedly (%s); it will be replaced if needed",
                 process.pid,
-                f"exit code {code}" if code >= 0 else f"signal {-code}",
+                status,
             )
-        effects = handle.group.process_died(process, self.now())
+            if lived < group.options.early_death:
+                error = SpawnError(
+                    f"the app exited {lived:.1f} s after it started ({status}): it crashes"
+                    " right after starting; starting it again after a back-off",
+                    category="exited",
+                    step="finish",
+                    output=handle.child.output_lines(),
+                    app_root=str(self.spawners[group.name].spec.root),
+                )
+                self._log_spawn_error(group, error)
+        effects = group.process_died(process, now, error)
         self._start(self._release(handle))
         self.apply(effects)
 

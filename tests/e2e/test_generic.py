@@ -104,3 +104,18 @@ def _descendants(pid: int) -> list[str]:
                 next_frontier.add(int(entry))
         frontier = next_frontier
     return found
+
+
+def test_a_chunked_response_cut_short_by_the_app_is_not_passed_off_as_complete() -> None:
+    """If the app dies inside a chunked body, the client sees a cut, not a clean end."""
+    import socket
+
+    with serving(APPS / "generic_cut") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert b"hello" in data
+        assert not data.endswith(b"0\r\n\r\n")  # no terminating chunk: visibly incomplete

@@ -54,3 +54,21 @@ def _refused(port: int) -> bool:
             return False
     except OSError:
         return True
+
+
+def test_a_second_signal_cuts_requests_short_without_internal_errors(tmp_path: Path) -> None:
+    """Two SIGTERMs while a request hangs: the server stops at once and cleanly (exit 0)."""
+    gates = Gates(tmp_path)
+    with serving(GATE_APP) as server:
+        mark = server.mark()
+        hanging = Request(server, f"/wait?gate={gates.path('never')}")
+        server.wait_for_log("waiting never", start=mark)
+        apps = server.children()
+        server.send_signal(signal.SIGTERM)
+        server.wait_for_log("Shutting down")
+        server.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        hanging.join(10)
+        log = server.log_text()
+        assert "Traceback" not in log and "internal error" not in log, log
+        assert not any(alive(pid) for pid in apps)

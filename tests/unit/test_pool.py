@@ -317,12 +317,25 @@ def test_a_dead_process_is_detached_and_replaced() -> None:
     a, b = bring_up(group, 1, 2)
     session = sessions_of(group.checkout("x", 0.0)[0])
     assert session.process is a
-    effects = group.process_died(a, 1.0)
+    effects = group.process_died(a, 10.0)
     assert a not in group.processes
     assert Spawn(group) in effects
-    session.close(2.0)  # closing a session of a dead process changes nothing else
+    session.close(11.0)  # closing a session of a dead process changes nothing else
     assert b.sessions == 0
-    pool.verify(2.0)
+    pool.verify(11.0)
+
+
+def test_a_process_dying_right_after_it_started_is_a_crash_loop() -> None:
+    """A death within early_death of becoming ready backs off like a failed spawn."""
+    pool, group = pool_with(min_instances=1, spawn_backoff=3.0, early_death=2.0)
+    (a,) = bring_up(group, 1, 1, now=100.0)
+    effects = group.process_died(a, 101.0, "it crashed")
+    assert effects == [Wake(104.0)]
+    assert group.last_error == "it crashed"
+    # Requests meanwhile get the error at once; no spawn until the back-off is over.
+    assert group.checkout("r", 102.0)[0] == Rejected(Reason.SPAWN_FAILED, "it crashed")
+    assert pool.tick(104.0) == [Spawn(group)]
+    pool.verify(104.0)
 
 
 # -- capacity across groups -------------------------------------------------------------------
@@ -449,3 +462,13 @@ def test_shutdown_stops_busy_and_retiring_processes_at_once() -> None:
     effects = pool.shutdown()
     assert sorted(e.process.pid for e in effects if isinstance(e, Stop)) == sorted([a.pid, b.pid])
     assert group.processes == [] and group.retiring == []
+
+
+def test_sessions_closing_after_shutdown_change_nothing() -> None:
+    """Shutdown stopped every process already: their last sessions closing stop nothing twice."""
+    pool, group = pool_with(min_instances=1, max_instances=1)
+    (process,) = bring_up(group, 2, 1)
+    session = sessions_of(group.checkout("a", 0.0)[0])
+    effects = pool.shutdown()
+    assert effects == [Stop(process)]
+    assert session.close(1.0) == []

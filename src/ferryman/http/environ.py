@@ -2,8 +2,10 @@
 
 Header names with characters outside ``[A-Za-z0-9-]`` are dropped, so that
 ``X_Foo`` cannot pose as ``X-Foo`` once both become ``HTTP_X_FOO``. Forwarded
-headers (``X-Forwarded-For/-Proto/-Host``) change the environ only when the peer
-is a trusted proxy; otherwise they pass through to the app as plain headers.
+headers (``X-Forwarded-For/-Proto/-Host``, ``Forwarded``, ``X-Real-IP``...) are
+believed only from a trusted proxy; from any other peer they are dropped, so an
+app that trusts them (Werkzeug's ProxyFix, Django's SECURE_PROXY_SSL_HEADER)
+cannot be lied to.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from urllib.parse import unquote_to_bytes
 from ..config import ProxyNetworks
 
 _VALID_NAME = re.compile(rb"[A-Za-z0-9-]+\Z")
+#: Headers in which a client says who it is or how it came (lower case). Believed only
+#: from trusted proxies; from anyone else they are dropped before the app sees them.
+CLIENT_CLAIMS = frozenset(
+    [b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+     b"x-forwarded-port", b"x-forwarded-ssl", b"x-real-ip"]
+)  # fmt: skip
+_CLAIM_KEYS = frozenset(b"HTTP_" + name.upper().replace(b"-", b"_") for name in CLIENT_CLAIMS)
 _SPECIAL_KEYS = {b"CONTENT_TYPE": b"CONTENT_TYPE", b"CONTENT_LENGTH": b"CONTENT_LENGTH"}
 #: Headers the core consumed: the body arrives de-chunked, 100-continue was answered.
 _CONSUMED = frozenset([b"HTTP_TRANSFER_ENCODING", b"HTTP_EXPECT", b"CONTENT_LENGTH"])
@@ -90,7 +99,7 @@ def split_host(host: bytes, default_port: bytes) -> tuple[bytes, bytes]:
     return host, default_port
 
 
-def _is_trusted(address: str, networks: ProxyNetworks) -> bool:
+def is_trusted(address: str, networks: ProxyNetworks) -> bool:
     try:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
@@ -102,7 +111,7 @@ def forwarded_client(xff: bytes, networks: ProxyNetworks) -> bytes | None:
     """The client address in X-Forwarded-For: the rightmost hop that is not a trusted proxy."""
     hops = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
     for hop in reversed(hops):
-        if not _is_trusted(hop, networks):
+        if not is_trusted(hop, networks):
             return hop.encode("latin-1")
     return hops[0].encode("latin-1") if hops else None
 
@@ -130,7 +139,7 @@ def build_environ(
         key = cache.get(name, _MISSING)
         if key is _MISSING:
             key = header_key(name)
-        if key is None:
+        if key is None or (not trusted and key in _CLAIM_KEYS):
             continue
         if key in fields:
             fields[key] += (b"; " if key == b"HTTP_COOKIE" else b", ") + value

@@ -63,6 +63,7 @@ def _has_header(lower_block: bytes, name: bytes) -> bool:
 HeadPlan = tuple[int, bytes, bool, bool, bytes, bool, int, bool, bool]
 _HEAD_PLANS: dict[tuple[bytes, bool, bytes, bool], HeadPlan] = {}
 _HEAD_PLANS_LIMIT = 512
+_HEAD_PLAN_MAX_SIZE = 256
 
 
 def plan_head(payload: bytes, head_only: bool, version: bytes, close: bool) -> HeadPlan:
@@ -82,16 +83,19 @@ def plan_head(payload: bytes, head_only: bool, version: bytes, close: bool) -> H
     length_at = lower.find(b"content-length:")
     if length_at > 0 and lower[length_at - 1] != 10:  # not at a line start: look further
         length_at = lower.find(b"\ncontent-length:") + 1 or -1
+    if length_at >= 0 and lower.find(b"\ncontent-length:", length_at) >= 0:
+        close = True  # two lengths: trust neither; the body ends with the connection
+        length_at = -1
     if head_only or not status_allows_body(status):
         no_body = True
         if version == b"1.0" and not close:
             framing = b"Connection: keep-alive\r\n"
     elif length_at >= 0:
-        end = lower.find(b"\r\n", length_at)
-        try:
-            remaining = int(lower[length_at + 15 : end])
-        except ValueError:
-            close = True
+        value = lower[length_at + 15 : lower.find(b"\r\n", length_at)].strip()
+        if value.isdigit():
+            remaining = int(value)
+        else:
+            close = True  # not a length (e.g. "-1"): the body ends with the connection
         if version == b"1.0" and not close:
             framing = b"Connection: keep-alive\r\n"
     elif version == b"1.1":
@@ -120,6 +124,7 @@ class Exchange:
         "_chunked",
         "_client_gone",
         "_connect_task",
+        "_drain_head",
         "_drained",
         "_head_sent",
         "_no_body",
@@ -173,7 +178,9 @@ class Exchange:
         self._attempts = 0
         self._retried = False
         self._client_gone = False
+        self._drain_head = False
         self._drained = 0
+        #: Holds the connect task while it runs (asyncio keeps only weak references to tasks).
         self._connect_task: asyncio.Task[AppConnection] | None = None
 
     # -- getting a session ------------------------------------------------------------------
@@ -255,14 +262,22 @@ class Exchange:
         self._send_request(task.result())
 
     def _unreachable(self, exc: BaseException) -> None:
-        """The process refused the connection: it is gone. Retire it and try another."""
+        """Connecting to the process failed. If it refused (its socket is gone), retire it
+        and try another; other failures (no fds left, a timeout) are not the process's
+        fault and get a 502 without retiring anything."""
         session = self.session
         self.session = None
         assert session is not None
         supervisor = self.app.supervisor
-        supervisor.process_unreachable(session.process, exc)
+        gone = isinstance(exc, ConnectionRefusedError | FileNotFoundError)
+        if gone:
+            supervisor.process_unreachable(session.process, exc)
         now = self.app.now()
         supervisor.apply(session.close(now))
+        if not gone:
+            log.warning("Cannot connect to app process %d: %r", session.process.pid, exc)
+            self._respond_simple(502, b"Bad Gateway: the app process could not be reached.\n")
+            return
         self._attempts += 1
         if self._attempts >= _CONNECT_ATTEMPTS:
             self._respond_simple(502, b"Bad Gateway: the app process could not be reached.\n")
@@ -277,24 +292,31 @@ class Exchange:
             conn.start(self)
         except BadTarget:
             self._respond_simple(400, b"Bad Request: invalid request target.\n", upstream_ok=True)
+            return
+        if self.conn.writing_paused:
+            conn.pause_reading()  # the client is still taking in an earlier response
 
     # -- the response, frame by frame (called by AppConnection) ------------------------------
 
     def on_head(self, payload: bytes) -> None:
+        if self.state == DONE:
+            return
         if self._client_gone:
+            self._drain_head = True  # the app is sending a reply nobody will read
             return
         close = self.close_after or not self.keep_alive
         key = (payload, self.head_only, self.version, close)
         plan = _HEAD_PLANS.get(key)
         if plan is None:
             plan = plan_head(*key)
-            if len(_HEAD_PLANS) >= _HEAD_PLANS_LIMIT:
-                _HEAD_PLANS.clear()
-            _HEAD_PLANS[key] = plan
+            if len(payload) <= _HEAD_PLAN_MAX_SIZE:  # per-response heads (cookies) churn
+                if len(_HEAD_PLANS) >= _HEAD_PLANS_LIMIT:
+                    _HEAD_PLANS.clear()
+                _HEAD_PLANS[key] = plan
         status, prefix, date, server, suffix, no_body, remaining, chunked, close = plan
         if status < 200:  # 1xx interim responses are not forwarded; a final one must follow
             if status < 100:
-                self.on_upstream_lost()
+                self._respond_bad_gateway(b"the app sent an invalid status")
             return
         self.status = status
         self._no_body = no_body
@@ -306,6 +328,8 @@ class Exchange:
         self._out.append(prefix + DATES.lines(date, server) + suffix)
 
     def on_body(self, payload: bytes) -> None:
+        if self.state == DONE:
+            return
         if self._client_gone:
             self._drained += len(payload)
             if self._drained > DRAIN_LIMIT:
@@ -328,6 +352,8 @@ class Exchange:
         self._out.append(payload)
 
     def on_end(self) -> None:
+        if self.state == DONE:
+            return
         if self._client_gone:
             conn = self.upstream
             self._finish(upstream_ok=conn is not None and conn.reusable())
@@ -346,6 +372,8 @@ class Exchange:
 
     def on_abort(self) -> None:
         """The app failed after sending the head: the client must not take it as complete."""
+        if self.state == DONE:
+            return
         self.flush()
         conn = self.upstream
         self._finish(upstream_ok=conn is not None and conn.reusable(), abort_client=True)
@@ -370,9 +398,14 @@ class Exchange:
             self._respond_bad_gateway(b"the app process closed the connection")
 
     def flush(self) -> None:
+        """Send what the app's last batch of data produced (called after each batch)."""
         out = self._out
         if self._client_gone:
             out.clear()
+            if self._drain_head and self.state != DONE:
+                # The reply did not end with this batch: it streams. Closing the connection
+                # stops the app at its next write, so its capacity is not held for nothing.
+                self._finish(upstream_ok=False)
         elif out:
             self.conn.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
@@ -397,6 +430,8 @@ class Exchange:
         upstream_ok: bool = False,
     ) -> None:
         """Answer with a response of the core's own, unless part of one was already sent."""
+        if self.state == DONE:
+            return
         if self._head_sent:
             self._finish(upstream_ok=upstream_ok, abort_client=True)
             return
@@ -423,7 +458,9 @@ class Exchange:
         self._out.clear()
         conn = self.upstream
         if self.state == FORWARDING and conn is not None and conn.request_sent:
-            return  # on_end, on_abort or on_upstream_lost finishes it
+            self._drain_head = self._head_sent  # a reply already streaming is cut at once
+            conn.resume_reading()  # it may be paused for the client, who is gone now
+            return  # on_end, on_abort, on_upstream_lost or flush finishes it
         # A connection still being opened goes back to the pool when it arrives (_connected).
         self._finish(upstream_ok=False)
 

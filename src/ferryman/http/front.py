@@ -32,7 +32,7 @@ import httptools
 
 from ..config import Config, ProxyNetworks
 from ..pool import Group, Rejected
-from .environ import _is_trusted
+from .environ import is_trusted
 from .exchange import Exchange
 from .response import simple_response
 
@@ -199,7 +199,12 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._hosts = 0
         self._length = -1
+        self._chunked_body = False
         self._expect: bytes | None = None
+        #: A 100 Continue owed to the request being parsed, once earlier responses are out.
+        self._continue_owed = False
+        #: We closed (or aborted) the transport; nothing more may be written.
+        self._write_closed = False
         self.loop = server.loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -233,7 +238,7 @@ class ClientConnection(asyncio.Protocol):
             self.remote_addr = peer[0].encode()
             self.remote_port = str(peer[1]).encode()
             networks = self.server.trusted_proxies
-            self.trusted = bool(networks) and _is_trusted(peer[0], networks)
+            self.trusted = bool(networks) and is_trusted(peer[0], networks)
         else:
             # Unix socket: the peer is a local process, normally the reverse proxy.
             self.remote_addr = b"127.0.0.1"
@@ -309,6 +314,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._hosts = 0
         self._length = -1
+        self._chunked_body = False
         self._expect = None
         if not self.pipeline:
             self._arm(self.header_timeout)
@@ -326,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         # Note the few headers the front itself acts on (by length first: it is cheap).
         size = len(name)
-        if size in {4, 6, 14}:
+        if size in {4, 6, 14, 17}:
             lower = name.lower()
             if lower == b"host":
                 self._hosts += 1
@@ -334,6 +340,8 @@ class ClientConnection(asyncio.Protocol):
                 self._length = int(value) if value.strip().isdigit() else -1
             elif lower == b"expect":
                 self._expect = value.strip().lower()
+            elif lower == b"transfer-encoding":
+                self._chunked_body = True
 
     def on_headers_complete(self) -> None:
         current = self.current
@@ -358,8 +366,11 @@ class ClientConnection(asyncio.Protocol):
         if expect is not None and version == b"1.1":
             if expect != b"100-continue":
                 raise _Refuse(417, b"Expectation Failed\n")
-            if length != 0 and self.transport is not None:
-                self.transport.write(_CONTINUE)
+            if length > 0 or self._chunked_body:  # no body, no 100 (RFC 9110 10.1.1)
+                if self.pipeline:
+                    self._continue_owed = True  # not in the middle of an earlier response
+                else:
+                    self.write(_CONTINUE)
         self.head_size = 0
         if not self.pipeline:
             self._arm(self.body_timeout)
@@ -377,6 +388,9 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.current
         assert exchange is not None
         self.current = None
+        if self._write_closed:
+            exchange.cancel()  # pipelined after a response that closed the connection
+            return
         self.head_complete = False
         self.head_size = 0
         if self.server.closing:
@@ -391,7 +405,7 @@ class ClientConnection(asyncio.Protocol):
     # -- called by exchanges ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self._write_closed:
             self.transport.write(data)
 
     def exchange_done(self, exchange: Exchange, *, abort: bool = False) -> None:
@@ -402,7 +416,9 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         if abort:
-            self.abort()
+            # Close, not reset: earlier responses still buffered must reach the client;
+            # the cut-short one is recognisable as such by its framing.
+            self._close()
             return
         if exchange.close_after or not exchange.keep_alive:
             # Requests pipelined after a "close" are dropped unanswered, as RFC 9112 allows.
@@ -422,13 +438,22 @@ class ClientConnection(asyncio.Protocol):
             self.reading_paused = False
             assert self.transport is not None
             self.transport.resume_reading()
-        if self.current is None:
+        current = self.current
+        if current is None:
             self._arm(self.keepalive_timeout)
+        else:
+            # The next request is on its way: its head or body gets its own deadline now.
+            self._arm(self.body_timeout if self.head_complete else self.header_timeout)
+            if self._continue_owed:
+                self._continue_owed = False
+                self.write(_CONTINUE)
 
     # -- policy helpers -------------------------------------------------------------------------
 
     def _refuse(self, status: int, message: bytes) -> None:
         """Answer a bad request with ``status`` and close, after answering earlier requests."""
+        if self._write_closed:
+            return  # bytes that came after we closed: nobody to answer
         self.closing = True
         current = self.current
         self.current = None
@@ -467,12 +492,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closing = True
+        self._write_closed = True
         self._cancel_timer()
         if self.transport is not None and not self.closed:
             self.transport.close()
 
     def abort(self) -> None:
         self.closing = True
+        self._write_closed = True
         self._cancel_timer()
         if self.transport is not None and not self.closed:
             self.transport.abort()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from .environ import build_environ, forwarded_client, header_key
+from .environ import CLIENT_CLAIMS, build_environ, forwarded_client, header_key
 from .session_protocol import (
     FRAME_ABORT,
     FRAME_BODY,
@@ -40,8 +40,11 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 #: Idle connections older than this are closed instead of reused: an app's own
-#: keep-alive timeout may be closing them right now (Node.js: 5 s by default).
+#: keep-alive timeout may be closing them right now (generic apps: Ferryman's Node.js
+#: loader turns Node's off, and its own loaders keep connections as long as asked).
 IDLE_MAX = 2.0
+#: How long opening a connection to an app process may take.
+CONNECT_TIMEOUT = 10.0
 
 #: Request headers that concern only the hop between client and core.
 _HOP_BY_HOP = frozenset(
@@ -58,6 +61,7 @@ _HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     ]
 )
+#: The claims Ferryman sets itself for HTTP apps (merged with a trusted proxy's).
 _FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
 _RESPONSE_HOP_BY_HOP = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -76,6 +80,8 @@ class AppConnection(asyncio.Protocol):
         #: Requests sent on this connection so far (a reused one may be stale).
         self.uses = 0
         self.idle_since = 0.0
+        #: Reading is paused because the exchange's client is not keeping up.
+        self.read_paused = False
         #: A request body still being written from a file (flow-controlled).
         self._pump: Iterator[bytes] | None = None
         self._write_paused = False
@@ -131,6 +137,9 @@ class AppConnection(asyncio.Protocol):
         pump = self._pump
         transport = self.transport
         while pump is not None and not self._write_paused and transport is not None:
+            if self.closed:
+                self._pump = None
+                return
             chunk = next(pump, None)
             if chunk is None:
                 self._pump = None
@@ -147,11 +156,13 @@ class AppConnection(asyncio.Protocol):
         return self.request_sent
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.read_paused:
+            self.read_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.read_paused:
+            self.read_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -231,6 +242,8 @@ class HttpConnection(AppConnection):
         self._headers: list[bytes] = []
         self._keep_alive = True
         self._interim = False
+        #: The response announced its length (Content-Length or chunked).
+        self._framed = False
         #: The response's body runs until the connection closes (no length, not chunked).
         self._until_close = False
         self._head_seen = False
@@ -252,9 +265,12 @@ class HttpConnection(AppConnection):
             lower = name.lower()
             if lower in _HOP_BY_HOP or lower in named or header_key(name) is None:
                 continue
-            if lower in _FORWARDED:
+            if lower in CLIENT_CLAIMS:
                 if not trusted:
                     continue  # only a trusted proxy may say who the client is
+                if lower not in _FORWARDED:
+                    lines += (name, b": ", value, b"\r\n")
+                    continue
                 if lower == b"x-forwarded-for":
                     forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
                 elif lower == b"x-forwarded-proto":
@@ -283,6 +299,7 @@ class HttpConnection(AppConnection):
         self._headers = []
         self._head_seen = False
         self._until_close = False
+        self._framed = False
         self._send(b"".join(lines), exchange)
 
     # -- httptools callbacks --------------------------------------------------------------------
@@ -291,7 +308,10 @@ class HttpConnection(AppConnection):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() not in _RESPONSE_HOP_BY_HOP:
+        lower = name.lower()
+        if lower in {b"content-length", b"transfer-encoding"}:
+            self._framed = True  # noted before Transfer-Encoding is dropped below
+        if lower not in _RESPONSE_HOP_BY_HOP:
             self._headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
@@ -302,16 +322,12 @@ class HttpConnection(AppConnection):
             self._interim = True  # 1xx: a final response follows on the same connection
             self._reason = b""
             self._headers = []
+            self._framed = False
             return
         self._interim = False
         self._keep_alive = parser.should_keep_alive()
         payload = b"%d %s\r\n" % (code, self._reason or b"Unknown") + b"".join(self._headers)
-        lower = payload.lower()
-        self._until_close = (
-            b"\ncontent-length:" not in lower
-            and b"\ntransfer-encoding:" not in lower
-            and code not in (204, 304)
-        )
+        self._until_close = not self._framed and code not in (204, 304)
         self._head_seen = True
         if exchange is None:
             return
@@ -401,9 +417,10 @@ class Upstream:
         factory = self.factory
         address = self.address
         if isinstance(address, str):
-            _, conn = await loop.create_unix_connection(lambda: factory(self), address)
+            opening = loop.create_unix_connection(lambda: factory(self), address)
         else:
-            _, conn = await loop.create_connection(lambda: factory(self), *address)
+            opening = loop.create_connection(lambda: factory(self), *address)
+        _, conn = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
         if not self.enabled:
             conn.close()
             raise ConnectionRefusedError("the process was retired while connecting")
@@ -413,6 +430,7 @@ class Upstream:
     def release(self, conn: AppConnection) -> None:
         """The exchange on ``conn`` ended cleanly: keep it for the next one if we can."""
         conn.exchange = None
+        conn.resume_reading()  # the next exchange starts with the flow open
         if self.enabled and conn.reusable() and len(self.idle) < self.max_idle:
             conn.idle_since = time.monotonic()
             self.idle.append(conn)

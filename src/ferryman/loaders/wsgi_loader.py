@@ -262,6 +262,7 @@ def _head_payload(status: str, headers: list[Any]) -> bytes:
             _GOOD_STATUSES.add(status)
     parts = [status, "\r\n"]
     good_names = _GOOD_NAMES
+    seen_length = False
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise BadResponse("headers must be (name, value) tuples, got %r" % (item,))
@@ -277,6 +278,10 @@ def _head_payload(status: str, headers: list[Any]) -> bytes:
             raise BadResponse("header values must be str, got %r" % (item,))
         if "\n" in value or "\r" in value or "\0" in value:
             raise BadResponse("header %s has a line break in its value" % name)
+        if len(name) == 14 and name.lower() == "content-length":
+            if not value.isdigit() or seen_length:
+                raise BadResponse("invalid or repeated Content-Length: %r" % (value,))
+            seen_length = True
         if keep:
             parts += (name, ": ", value, "\r\n")
     try:
@@ -439,9 +444,9 @@ class Server(object):
         except BaseException as exc:
             if isinstance(exc, (ConnectionError, BrokenPipeError)) and request.head_sent:
                 raise  # the core went away mid-response: this connection is finished
+            # SystemExit and KeyboardInterrupt from a request are app errors too: ending
+            # this thread would leave the process listed with a thread fewer than it has.
             self.app_failed(request)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
         finally:
             if result is not None and hasattr(result, "close"):
                 try:

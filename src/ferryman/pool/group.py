@@ -48,6 +48,9 @@ class GroupOptions:
     #: First back-off after a failed spawn; doubles per consecutive failure.
     spawn_backoff: float = 1.0
     spawn_backoff_cap: float = 60.0
+    #: A process that dies sooner than this after it became ready counts as a failed
+    #: spawn (for the back-off): it is crash-looping.
+    early_death: float = 2.0
 
 
 class Waiter:
@@ -150,7 +153,7 @@ class Group:
             self._serve_queue(now, effects)
             if process.sessions == 0 and not self.queue:
                 self.pool._lend_idle_process(self, process, now, effects)
-        elif process.sessions == 0 and process.life is Life.SHUTTING_DOWN:
+        elif process.sessions == 0 and process in self.retiring:
             self.retiring.remove(process)
             effects.append(Stop(process))
         return effects
@@ -225,10 +228,8 @@ class Group:
         self.pool._after_capacity_change(now, effects)
         return process, effects
 
-    def spawn_failed(self, error: Any, now: float) -> list[Effect]:
-        """The spawn in flight failed: every waiter learns why; retry after a back-off."""
-        assert self.spawning, "spawn_failed without a spawn in flight"
-        self.spawning = False
+    def _note_failure(self, error: Any, now: float, effects: list[Effect]) -> None:
+        """One more failure in a row: back off exponentially before the next spawn."""
         self.failures += 1
         self.last_error = error
         delay = min(
@@ -236,29 +237,30 @@ class Group:
             self.options.spawn_backoff * 2 ** (self.failures - 1),
         )
         self.backoff_until = now + delay
+        if delay > 0:
+            effects.append(Wake(self.backoff_until))
+
+    def spawn_failed(self, error: Any, now: float) -> list[Effect]:
+        """The spawn in flight failed: every waiter learns why; retry after a back-off."""
+        assert self.spawning, "spawn_failed without a spawn in flight"
+        self.spawning = False
         effects: list[Effect] = []
+        self._note_failure(error, now, effects)
         if not self.processes:
             # With live processes the queue is still served; only the scale-up failed.
             self._reject_all(Rejected(Reason.SPAWN_FAILED, error), effects)
-        if delay > 0:
-            effects.append(Wake(self.backoff_until))
         # With no back-off the next request spawns again; never respawn from here,
         # or a broken app would spawn in a tight loop.
         self.pool._after_capacity_change(now, effects, exclude=self)
         return effects
 
-    def reset_backoff(self, now: float) -> list[Effect]:
-        """Forget past failures (e.g. the app was restarted) and spawn if wanted."""
-        self.failures = 0
-        self.backoff_until = 0.0
-        effects: list[Effect] = []
-        self._maybe_spawn(now, effects)
-        return effects
-
     # -- process loss and retirement -----------------------------------------------
 
-    def process_died(self, process: Process, now: float) -> list[Effect]:
-        """The OS process behind ``process`` exited (expectedly or not) and was reaped."""
+    def process_died(self, process: Process, now: float, error: Any = None) -> list[Effect]:
+        """The OS process behind ``process`` exited (expectedly or not) and was reaped.
+
+        ``error`` (the driver's) explains an early death, for requests during the back-off.
+        """
         effects: list[Effect] = []
         was_enabled = process.enablement is Enablement.ENABLED
         process.life = Life.DEAD
@@ -267,6 +269,10 @@ class Group:
         if was_enabled:
             process.enablement = Enablement.DETACHED
             self.processes.remove(process)
+            if now - process.spawned_at < self.options.early_death:
+                # It died right after starting: a crash loop, not bad luck. Back off as
+                # after a failed spawn, or it would be replaced in a tight loop.
+                self._note_failure(error if error is not None else self.last_error, now, effects)
             self._after_loss(now, effects)
         return effects
 

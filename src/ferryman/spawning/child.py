@@ -144,13 +144,14 @@ class Child:
 
     def _on_exit(self) -> None:
         self._close_pidfd()
-        code = self.popen.wait()  # the pidfd says it exited: this reaps without blocking
         # Whatever the app started in its process group goes with it (e.g. the server a
-        # `sh -c` command ran, if it ignored the SIGTERM that ended the shell).
+        # `sh -c` command ran, if it ignored the SIGTERM that ended the shell). Before the
+        # reap: until then the zombie keeps its PID, so the group ID names only our group.
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        code = self.popen.wait()  # the pidfd says it exited: this reaps without blocking
         if not self.exited.done():
             self.exited.set_result(code)
         callbacks, self._exit_callbacks = self._exit_callbacks, []

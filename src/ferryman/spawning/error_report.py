@@ -63,5 +63,5 @@ class ErrorReports:
         for old in existing[: max(0, len(existing) - self.limit)]:
             try:
                 old.unlink()
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone already, or not ours to delete (another user's, a directory)

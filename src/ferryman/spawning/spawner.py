@@ -127,6 +127,7 @@ class Attempt:
         self.journey = journey
         self.child: Child | None = None
         self.reader: HandshakeReader | None = None
+        self.socket_path = ""
 
     def error(self, summary: str, category: str, step: str, details: str = "") -> SpawnError:
         # A core step still waiting (the handshake) ended with the failure too.
@@ -234,7 +235,7 @@ class Spawner:
         attempt = Attempt(self, self.app_environment(), interpreter, Journey())
         journey = attempt.journey
         journey.begin("prepare", time.time())
-        socket_path = self.instance.app_socket(self._count)
+        socket_path = attempt.socket_path = self.instance.app_socket(self._count)
         hs_r, hs_w = os.pipe()
         handshake_transport: asyncio.ReadTransport | None = None
         try:
@@ -334,11 +335,11 @@ class Spawner:
         raise attempt.exited()
 
     def _check_ready(self, ready: dict[str, Any], attempt: Attempt) -> Ready:
-        socket_path = ready.get("socket")
+        socket_path = ready.get("socket")  # must be the path Ferryman chose
         protocol = ready.get("protocol")
         concurrency = ready.get("concurrency")
         if (
-            not isinstance(socket_path, str)
+            socket_path != attempt.socket_path  # the one Ferryman chose, nothing else
             or protocol != LOADER_PROTOCOLS[self.spec.app_type]
             or not isinstance(concurrency, int)
             or isinstance(concurrency, bool)
@@ -350,7 +351,7 @@ class Spawner:
                 "handshake_malformed",
                 "handshake",
             )
-        return Ready(socket_path, protocol, concurrency)
+        return Ready(attempt.socket_path, protocol, concurrency)
 
     # -- apps started by their own command, listening on $PORT ------------------------------------
 

@@ -103,6 +103,10 @@ def app(environ, start_response):
                 yield piece
 
         return gen()
+    if path == "/blob":
+        # The whole body as one bytes object: the loader sends it in one go.
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [b"b" * int(q.get("n", "1000000"))]
     if path == "/write":
         write = start_response("200 OK", text)
         write(b"written ")
@@ -144,6 +148,8 @@ def app(environ, start_response):
         return [b"status body\n"] if code not in ("204", "304") else []
     if path == "/exit":
         os._exit(int(q.get("code", "3")))
+    if path == "/sysexit":
+        raise SystemExit(0)
     if path == "/print":
         print("stub says: %s" % q.get("msg", "hi"))
         start_response("200 OK", text)
