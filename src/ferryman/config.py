@@ -413,8 +413,9 @@ class Config:
     trusted_proxies: ProxyNetworks = setting(
         (),
         NETWORKS,
-        "Peers whose X-Forwarded-For/-Proto/-Host headers are believed (default: none). "
-        "Peers on a Unix socket are always trusted.",
+        "Peers whose X-Forwarded-For/-Proto/-Host headers are believed (default: none). From "
+        "any other peer, those headers (and Forwarded, X-Real-IP, X-Forwarded-Port/-Ssl) are "
+        "dropped before the app sees them. Peers on a Unix socket are always trusted.",
         "HTTP",
     )
 
