@@ -14,11 +14,12 @@ from typing import Any, NoReturn
 import uvloop
 
 from . import __version__
-from .config import flag_of, reference_markdown, resolve, settings
+from .config import flag_of, reference_markdown, resolve, settings, shown_default
 from .core import Core
 from .errors import ConfigError
 from .log import setup_logging
 from .spawning.detect import detect
+from .spawning.error_report import ErrorReports
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -41,7 +42,9 @@ def build_parser() -> ArgumentParser:
         "app_dir", nargs="?", default=".", metavar="APP_DIR", help="the app (default: .)"
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, spec, _default in settings():
+    for name, spec, default in settings():
+        shown = shown_default(name, spec, default)
+        help_text = spec.help if shown == "(none)" else f"{spec.help} (default: {shown})"
         group = groups.get(spec.section)
         if group is None:
             group = groups[spec.section] = start.add_argument_group(spec.section)
@@ -52,7 +55,7 @@ def build_parser() -> ArgumentParser:
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=spec.help,
+                help=help_text,
             )
         elif spec.kind.repeatable:
             group.add_argument(
@@ -61,11 +64,11 @@ def build_parser() -> ArgumentParser:
                 action="append",
                 default=None,
                 metavar=spec.kind.metavar,
-                help=spec.help + " (repeatable)",
+                help=help_text + " (repeatable)",
             )
         else:
             group.add_argument(
-                *flags, dest=name, default=None, metavar=spec.kind.metavar, help=spec.help
+                *flags, dest=name, default=None, metavar=spec.kind.metavar, help=help_text
             )
     listing = commands.add_parser("settings", help="print the configuration reference")
     listing.add_argument(
@@ -87,6 +90,7 @@ def start(args: argparse.Namespace) -> int:
     try:
         config, warnings = resolve(Path(args.app_dir), given, os.environ)
         spec = detect(config)
+        ErrorReports(config.error_report_dir, config.error_report_limit).check()
         sink = setup_logging(config)
     except ConfigError as exc:
         sys.stderr.write(f"ferryman: {exc}\n")

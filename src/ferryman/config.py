@@ -166,7 +166,8 @@ def _envvars_parse(raw: Any) -> tuple[tuple[str, str], ...]:
 
 
 ENVVARS = Kind(
-    "NAME=VALUE with NAME made of letters, digits and _ (a table in Ferrymanfile.toml)",
+    "NAME=VALUE with NAME made of letters, digits and _ (in Ferrymanfile.toml: a table "
+    '[envvar] with NAME = "value" strings)',
     _envvars_parse,
     "NAME=VALUE",
     repeatable=True,
@@ -479,13 +480,19 @@ def _parse(name: str, raw: Any, spec: Spec, source: str) -> Any:
     try:
         return spec.kind.parse(raw)
     except (ValueError, TypeError) as exc:
-        if spec.kind.repeatable and isinstance(raw, list):
-            # Name the entry that is wrong, not the whole list.
-            for item in raw:
+        if spec.kind.repeatable and isinstance(raw, list | Mapping):
+            # Name the entry that is wrong, not the whole list or table.
+            entries = [{k: v} for k, v in raw.items()] if isinstance(raw, Mapping) else raw
+            for item in entries:
                 try:
-                    spec.kind.parse([item])
+                    spec.kind.parse(item if isinstance(item, Mapping) else [item])
                 except (ValueError, TypeError):
-                    raise _invalid(name, item, spec, source) from exc
+                    shown = (
+                        f"{next(iter(item))} = {next(iter(item.values()))!r}"
+                        if isinstance(item, Mapping)
+                        else item
+                    )
+                    raise _invalid(name, shown, spec, source) from exc
         raise _invalid(name, raw, spec, source) from exc
 
 
@@ -521,8 +528,11 @@ def read_environment(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]
         if not var.startswith(ENV_PREFIX):
             continue
         if var not in known:
-            unknown.append(var)
+            hint = difflib.get_close_matches(var, known, n=1)
+            unknown.append(f"{var} (did you mean {hint[0]}?)" if hint else var)
             continue
+        if raw == "":
+            continue  # set but empty: as if unset, like most tools read the environment
         name, spec = known[var]
         value: Any = raw
         if spec.kind.repeatable:
@@ -589,7 +599,7 @@ def _check_together(config: Config) -> None:
 # -- documentation -------------------------------------------------------------------------
 
 
-def _shown_default(name: str, spec: Spec, default: Any) -> str:
+def shown_default(name: str, spec: Spec, default: Any) -> str:
     if spec.default_text:
         return spec.default_text
     if name == "python":
@@ -638,7 +648,7 @@ def reference_markdown() -> str:
             spec.help,
             "",
             f"* Allowed: {spec.kind.allowed}",
-            f"* Default: {_shown_default(name, spec, default)}",
+            f"* Default: {shown_default(name, spec, default)}",
             f"* CLI: {flags}" + (" (repeatable)" if spec.kind.repeatable else ""),
             f"* Environment: `{env_of(name)}`",
             f"* {CONFIG_FILE}: `{name}`",

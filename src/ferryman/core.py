@@ -17,12 +17,12 @@ import sys
 import time
 
 from . import __version__
-from .config import Config
+from .config import CONFIG_FILE, Config
 from .errors import SpawnError
 from .http.front import App, FrontServer
 from .instance import InstanceDir
 from .log import AccessLog, LogSink
-from .pool import GroupOptions, Pool, Reason, Rejected
+from .pool import Group, GroupOptions, Pool, Reason, Rejected
 from .spawning.detect import AppSpec
 from .spawning.error_page import page_for
 from .spawning.error_report import ErrorReports
@@ -31,6 +31,8 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("ferryman")
 
+#: Signals that stop the server gracefully (a second one stops it at once).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 APP_TYPE_NAMES = {"wsgi": "Python WSGI", "node": "Node.js", "generic": "any-language app"}
 
 
@@ -104,8 +106,10 @@ class Core:
             log.error("Cannot listen on %s: %s", _listen_target(config), exc.strerror or exc)
             await supervisor.shutdown()
             return 1
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig, front)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig, front, supervisor)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup, group, supervisor)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_log, signal.SIGUSR1)
         try:
             instance.write_properties(
                 {
@@ -132,25 +136,46 @@ class Core:
             log.info("Ferryman stopped")
             return 0
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             self.sink.flush()
 
-    def _on_signal(self, sig: signal.Signals, front: FrontServer) -> None:
+    def _on_signal(self, sig: signal.Signals, front: FrontServer, supervisor: Supervisor) -> None:
         self._signals += 1
         assert self._stop is not None
         if self._signals == 1:
             log.info("Received %s", sig.name)
             self._stop.set()
         else:
-            log.warning("Received %s again: closing all connections now", sig.name)
+            log.warning("Received %s again: closing all connections and stopping now", sig.name)
+            supervisor.hurry = True
             front.abort_all()
+
+    def _reopen_log(self, sig: signal.Signals) -> None:
+        """SIGUSR1 (and SIGHUP): reopen --log-file, e.g. after logrotate moved it."""
+        if self.config.log_file:
+            self.sink.reopen()
+            log.info("Received %s: reopened the log file %s", sig.name, self.config.log_file)
+        else:
+            log.info("Received %s: logging to stderr, nothing to reopen", sig.name)
+
+    def _on_hup(self, group: Group, supervisor: Supervisor) -> None:
+        """SIGHUP: reopen the log and restart the app's processes (as tmp/restart.txt)."""
+        self._reopen_log(signal.SIGHUP)
+        log.info("Received SIGHUP: restarting the processes of %s", group.name)
+        supervisor.apply(group.restart(supervisor.now()))
 
     def _banner(self, urls: list[str]) -> None:
         config = self.config
         kind = APP_TYPE_NAMES.get(self.spec.app_type, self.spec.app_type)
         log.info("Ferryman %s serving %s", __version__, self.spec.root)
-        log.info("  app type: %s (%s)", kind, self.spec.entry)
+        if self.spec.app_type == "generic":
+            log.info("  app type: %s, started with: %s", kind, self.spec.entry)
+        else:
+            interpreter = config.nodejs if self.spec.app_type == "node" else config.python
+            log.info("  app type: %s (%s), run by %s", kind, self.spec.entry, interpreter)
+        if (self.spec.root / CONFIG_FILE).is_file():
+            log.info("  settings read from %s", self.spec.root / CONFIG_FILE)
         if self.spec.app_type == "wsgi":
             per_process = f"threads per process: {config.thread_count}"
         elif config.force_max_concurrent_requests_per_process:

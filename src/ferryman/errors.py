@@ -100,4 +100,8 @@ def looks_secret(name: str) -> bool:
     if any(part in upper for part in SECRET_NAME_PARTS):
         return True
     words = upper.split("_")
-    return upper.endswith("KEY") or any(word in words for word in SECRET_NAME_WORDS)
+    return upper.endswith(_KEY_ENDINGS) or any(word in words for word in SECRET_NAME_WORDS)
+
+
+#: Names run together with KEY (APIKEY), without matching innocent ones (MONKEY).
+_KEY_ENDINGS = ("APIKEY", "ACCESSKEY", "SECRETKEY", "PRIVATEKEY", "SIGNINGKEY", "AUTHKEY")

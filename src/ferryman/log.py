@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config
 from .errors import ConfigError
+from .http.environ import forwarded_client
 
 if TYPE_CHECKING:
     from .http.exchange import Exchange
@@ -27,9 +28,10 @@ _FLUSH_SIZE = 64 * 1024
 class LogSink:
     """Owns the log's file descriptor (when it is a file) and the access-line batch."""
 
-    def __init__(self, fd: int, owned: bool) -> None:
+    def __init__(self, fd: int, owned: bool, path: str | None = None) -> None:
         self.fd = fd
         self.owned = owned
+        self.path = path
         self._batch: list[str] = []
         self._batch_size = 0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -39,12 +41,24 @@ class LogSink:
         if path is None:
             return cls(sys.stderr.fileno(), owned=False)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = _open_log(path)
         except OSError as exc:
             raise ConfigError(
                 f"invalid value {path!r} for log_file: cannot open it: {exc.strerror}"
             ) from exc
-        return cls(fd, owned=True)
+        return cls(fd, owned=True, path=path)
+
+    def reopen(self) -> None:
+        """Open the log file anew (after logrotate moved it); keep the old one on failure."""
+        if not self.owned or self.path is None:
+            return
+        self.flush()
+        try:
+            fd = _open_log(self.path)
+        except OSError:
+            return
+        old, self.fd = self.fd, fd
+        os.close(old)
 
     def _write(self, text: str) -> None:
         data = text.encode("utf-8", "replace")
@@ -90,6 +104,10 @@ class LogSink:
         if self.owned:
             os.close(self.fd)
             self.owned = False
+
+
+def _open_log(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
 class SinkHandler(logging.Handler):
@@ -146,9 +164,15 @@ class AccessLog:
             return
         referer = exchange.header(b"referer")
         agent = exchange.header(b"user-agent")
+        conn = exchange.conn
+        client = conn.remote_addr
+        if conn.trusted:  # behind a trusted proxy: log the client it names, as the app sees
+            forwarded = exchange.header(b"x-forwarded-for")
+            if forwarded:
+                client = forwarded_client(forwarded, conn.server.trusted_proxies) or client
         request = b"%s %s HTTP/%s" % (exchange.method, exchange.target, exchange.version)
         self.sink.batch(
-            f"{exchange.conn.remote_addr.decode()} - - {self._timestamp()}"
+            f"{client.decode('latin-1')} - - {self._timestamp()}"
             f' "{_quoted(request)}" {exchange.status} {exchange.bytes_sent or "-"}'
             f' "{_quoted(referer) if referer else "-"}" "{_quoted(agent) if agent else "-"}"\n'
         )

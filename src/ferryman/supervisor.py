@@ -48,6 +48,8 @@ class Supervisor:
         self.reports = reports
         self.loop = asyncio.get_running_loop()
         self.stopping = False
+        #: A second stop signal: app processes get SIGTERM at once, not stdin EOF first.
+        self.hurry = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._spawns: dict[Group, asyncio.Task[Any]] = {}
         self._wakes: dict[float, asyncio.TimerHandle] = {}
@@ -67,6 +69,7 @@ class Supervisor:
                 effect.waiter.token.rejected(effect.rejected)
             elif kind is Spawn:
                 assert isinstance(effect, Spawn)
+                log.info("Starting a process for %s: %s", effect.group.name, _why(effect.group))
                 self._spawns[effect.group] = self._start(self._spawn(effect.group))
             elif kind is Stop:
                 assert isinstance(effect, Stop)
@@ -151,7 +154,8 @@ class Supervisor:
     async def _stop(self, process: Process) -> None:
         handle: ProcessHandle = process.handle
         handle.upstream.close_all()
-        await handle.child.stop(handle.ready.eof_grace, STOP_TERM_GRACE)
+        eof_grace = 0.0 if self.hurry else handle.ready.eof_grace
+        await handle.child.stop(eof_grace, STOP_TERM_GRACE)
 
     def _exited(self, handle: ProcessHandle, code: int) -> None:
         """The child exited and was reaped: detach it, free its resources."""
@@ -179,6 +183,8 @@ class Supervisor:
                     app_root=str(self.spawners[group.name].spec.root),
                 )
                 self._log_spawn_error(group, error)
+        else:
+            log.info("App %d stopped", process.pid)
         effects = group.process_died(process, now, error)
         self._start(self._release(handle))
         self.apply(effects)
@@ -212,3 +218,13 @@ class Supervisor:
         self.apply(self.pool.shutdown())
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _why(group: Group) -> str:
+    """Why the pool asked for one more process, for the log."""
+    count = len(group.processes)
+    if count < group.options.min_instances:
+        return f"{count} running, min_instances is {group.options.min_instances}"
+    if group.queue:
+        return f"{len(group.queue)} request(s) waiting"
+    return f"all {count} process(es) are fully busy"

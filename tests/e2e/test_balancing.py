@@ -37,6 +37,7 @@ def test_slow_requests_spread_queue_and_overflow(tmp_path: Path) -> None:
         refused = [r for r in extra.values() if r.done]
         assert [r.status for r in refused] == [503]
         assert b"queue" in refused[0].body
+        server.wait_for_log(r"request queue of \S+ is full \(max_request_queue_size 2\)")
         # ... at once: no slow request has finished, and nothing was served from the queue.
         assert not any(r.done for r in slow)
         queued = [name for name, r in extra.items() if not r.done]

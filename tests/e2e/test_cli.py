@@ -72,6 +72,7 @@ BAD_FLAGS = [
     (["--trusted-proxies", "not-an-ip"], ["trusted_proxies", "not-an-ip", "IP addresses"]),
     (["--min-instances", "8", "--max-pool-size", "2"], ["min_instances", "8", "max_pool_size"]),
     (["--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+    (["--error-report-dir", "/nonexistent/reports"], ["error_report_dir", "existing directory"]),
 ]
 
 

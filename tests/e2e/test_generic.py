@@ -21,14 +21,14 @@ def test_app_start_command_serves_http() -> None:
         assert body.endswith(b"path /some/path?q=1\n")
         status, _, body = server.request("POST", "/", body=b"posted body")
         assert (status, body) == (200, b"posted body")
-        assert "any-language app (python3 server.py)" in server.log_text()
+        assert "any-language app, started with: python3 server.py" in server.log_text()
         assert 1024 <= port <= 65535
 
 
 def test_procfile_web_line_is_used() -> None:
     """With no Python or Node.js startup file, a Procfile's web: line starts the app."""
     with serving(GENERIC) as server:
-        assert "any-language app (python3 server.py)" in server.log_text()
+        assert "any-language app, started with: python3 server.py" in server.log_text()
         conn = server.connection()
         for _ in range(5):  # keep-alive towards the client
             conn.request("GET", "/x")
@@ -66,6 +66,7 @@ def test_a_command_that_never_listens_times_out(tmp_path: Path) -> None:
         status, body = server.get("/")
         assert status == 500
         assert b"did not become ready within 1 s" in body
+        assert b"PORT=" in body  # the port it was expected on
         assert server.children() == []
 
 

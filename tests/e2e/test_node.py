@@ -222,6 +222,7 @@ def test_node_app_that_never_listens_times_out() -> None:
         status, body = server.get("/")
         assert status == 500
         assert b"Listening on the app socket &larr; failed here" in body
+        assert b"before listening on the app socket" in body
         assert b"forgot to listen" in body
         assert server.children() == []
 

@@ -71,4 +71,5 @@ def test_a_second_signal_cuts_requests_short_without_internal_errors(tmp_path: P
         hanging.join(10)
         log = server.log_text()
         assert "Traceback" not in log and "internal error" not in log, log
+        assert "did not exit after its stdin closed" not in log  # no 5 s wait: SIGTERM at once
         assert not any(alive(pid) for pid in apps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .harness import APPS, alive, process_children, serving, wait_until
 
 
@@ -27,3 +29,14 @@ def test_app_that_never_becomes_ready_is_killed_at_the_start_timeout() -> None:
         server.wait_for_log(r"did not become ready within 1 s .*while loading the application")
         assert wait_until(lambda: not alive(pid), timeout=5)
         assert pid not in process_children(server.pid)
+
+
+def test_a_directory_given_as_the_interpreter_is_explained(tmp_path: Path) -> None:
+    """--python pointing at a virtualenv's directory: the page says where the interpreter is."""
+    with serving(
+        APPS / "wsgi_broken", "--python", str(tmp_path), "--min-instances", "0", wait_ready=0
+    ) as server:
+        status, body = server.get("/")
+        assert status == 500
+        assert b"it is a directory" in body
+        assert f"{tmp_path}/bin/".encode() in body

@@ -336,7 +336,9 @@ REFUSED_TEXT = [
 ]
 
 
-@pytest.mark.parametrize(("name", "text"), REFUSED_TEXT)
+# An empty FERRYMAN_<NAME> counts as unset (test_an_empty_environment_variable_counts_as_unset);
+# empty values are refused on the command line (below).
+@pytest.mark.parametrize(("name", "text"), [(n, t) for n, t in REFUSED_TEXT if t != ""])
 def test_refused_values_name_setting_value_rule_and_source(
     tmp_path: Path, name: str, text: str
 ) -> None:
@@ -672,3 +674,23 @@ def test_docs_configuration_md_is_up_to_date() -> None:
     assert path.read_text(encoding="utf-8") == reference_markdown(), (
         "docs/configuration.md is stale; run: ferryman settings --markdown > docs/configuration.md"
     )
+
+
+def test_a_mistyped_environment_variable_gets_a_suggestion(tmp_path: Path) -> None:
+    """FERRYMAN_PROT is not a setting: the warning suggests FERRYMAN_PORT."""
+    _, warnings = resolve(tmp_path, {}, {"FERRYMAN_PROT": "8000"})
+    assert warnings == [
+        "ignoring unknown environment variable FERRYMAN_PROT (did you mean FERRYMAN_PORT?)"
+    ]
+
+
+def test_an_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
+    config, _ = resolve(tmp_path, {}, {"FERRYMAN_PORT": ""})
+    assert config.port == 3000
+
+
+def test_a_bad_envvar_table_entry_is_named(tmp_path: Path) -> None:
+    """In an [envvar] table, the entry that is not a string is the one the error shows."""
+    (tmp_path / "Ferrymanfile.toml").write_text('[envvar]\nGOOD = "yes"\nBAD = true\n')
+    with pytest.raises(ConfigError, match=r"BAD = True"):
+        resolve(tmp_path, {}, {})

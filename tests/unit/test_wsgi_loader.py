@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -307,3 +308,16 @@ def test_short_body_is_a_connection_error() -> None:
     with pytest.raises(ConnectionError):
         body.read()
     assert body.read() == b""
+
+
+def test_a_missing_application_names_the_callables_found(tmp_path: Path) -> None:
+    """An app named 'server' instead of 'application': the error says so and how to fix it."""
+    (tmp_path / "app.py").write_text(
+        "class App:\n    def __call__(self, environ, start_response):\n        return []\n"
+        "server = App()\n"
+    )
+    with pytest.raises(loader.AppLoadError) as info:
+        loader.load_app(str(tmp_path), "app.py")
+    assert info.value.kind == "app_missing"
+    assert "it has server" in info.value.message
+    assert "application = server" in info.value.message

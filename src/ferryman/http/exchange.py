@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from ..pool import Rejected, Session, Waiter
+from ..pool import Reason, Rejected, Session, Waiter
 from .body import RequestBody
 from .environ import BadTarget
 from .response import DATES, simple_response, status_allows_body
@@ -223,6 +223,8 @@ class Exchange:
             self._respond_rejected(rejected)
 
     def _respond_rejected(self, rejected: Rejected) -> None:
+        if rejected.reason is Reason.QUEUE_FULL:
+            self.app.queue_full(self.app.now())
         status, body, content_type = self.app.rejection_response(rejected)
         self._respond_simple(status, body, content_type=content_type)
 

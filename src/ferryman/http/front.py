@@ -76,6 +76,8 @@ class App:
         #: loop time of the next restart.txt check (read on the hot path: a float compare)
         self.next_restart_check = 0.0
         self._restart_mtime = self._restart_file_mtime()
+        self._queue_full_count = 0
+        self._queue_full_logged_at = -1e9
 
     def _restart_file_mtime(self) -> int | None:
         if self.restart_file is None:
@@ -84,6 +86,21 @@ class App:
             return self.restart_file.stat().st_mtime_ns
         except OSError:
             return None
+
+    def queue_full(self, now: float) -> None:
+        """A request got 503 because the queue is full: say so in the log, at most every 10 s."""
+        self._queue_full_count += 1
+        if now - self._queue_full_logged_at >= 10.0:
+            log.warning(
+                "The request queue of %s is full (max_request_queue_size %d): answered 503 "
+                "to %d request(s) since the last report. More processes (--max-pool-size), "
+                "threads (--thread-count) or a longer queue would take them.",
+                self.group.name,
+                self.group.options.max_queue_size,
+                self._queue_full_count,
+            )
+            self._queue_full_logged_at = now
+            self._queue_full_count = 0
 
     def check_restart(self, now: float) -> None:
         self.next_restart_check = now + self.stat_throttle_rate

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from types import TracebackType
 from typing import IO, Any, Callable, Dict, Iterable, Optional, Tuple, Type
 
@@ -132,7 +133,25 @@ def load_app(app_root: str, startup_file: str) -> WSGIApp:
                     % (module_name, name, type(app).__name__),
                 )
             return app  # type: ignore[no-any-return]
-    raise AppLoadError("app_missing", "%s defines neither 'application' nor 'app'" % startup_file)
+    found = [name for name, value in vars(module).items() if _maybe_app(name, value, module_name)]
+    hint = (
+        " (it has %s; to serve it, add e.g. 'application = %s')" % (", ".join(found), found[0])
+        if found
+        else ""
+    )
+    raise AppLoadError(
+        "app_missing", "%s defines neither 'application' nor 'app'%s" % (startup_file, hint)
+    )
+
+
+def _maybe_app(name: str, value: Any, module_name: str) -> bool:
+    """A public callable the startup file made itself: a function of its own, or an object
+    (a Flask or Django app is an instance of an imported class)."""
+    if name.startswith("_") or not callable(value) or isinstance(value, type):
+        return False
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)):
+        return getattr(value, "__module__", None) == module_name
+    return True
 
 
 def _exc_info(exc: BaseException) -> ExcInfo:

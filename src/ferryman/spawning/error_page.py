@@ -71,9 +71,9 @@ CATEGORIES: dict[str, Category] = {
     ),
     "exited": Category(
         "The app process exited while it was starting",
-        "Something the app runs while being loaded ended the process (sys.exit(), "
-        "os._exit(), a crash in a C extension, or being killed). The output below usually "
-        "says why.",
+        "Something the app ran while starting ended the process: an explicit exit (in "
+        "Python sys.exit(), in Node.js process.exit(), a shell command's exit code), a "
+        "crash, or being killed. The output below usually says why.",
     ),
     "timeout": Category(
         "The app did not finish starting in time",

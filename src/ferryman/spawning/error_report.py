@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import SpawnError
+from ..errors import ConfigError, SpawnError
 from .error_page import page_for
 
 log = logging.getLogger("ferryman")
@@ -26,6 +26,16 @@ class ErrorReports:
     def __init__(self, directory: str | None, limit: int) -> None:
         self.directory = Path(directory or tempfile.gettempdir())
         self.limit = limit
+
+    def check(self) -> None:
+        """Refuse a report directory that cannot take reports (a config error: exit 2)."""
+        if self.limit <= 0:
+            return
+        if not self.directory.is_dir() or not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"invalid value {str(self.directory)!r} for error_report_dir: "
+                "must be an existing directory Ferryman can write to"
+            )
 
     def write(self, error: SpawnError) -> str | None:
         """Write the report for ``error``; returns its path (None if reports are off or failed)."""

@@ -117,7 +117,11 @@ class Journey:
         failed = self.failed_step()
         if failed is not None:
             return failed
-        steps = list(self.steps.values())
-        step = next((s for s in steps if s.state is not StepState.PERFORMED), steps[-1])
+        step = self.first_unperformed()
         self.fail(step.name, at)
         return step
+
+    def first_unperformed(self) -> Step:
+        """The first step not performed (the last step if all were)."""
+        steps = list(self.steps.values())
+        return next((s for s in steps if s.state is not StepState.PERFORMED), steps[-1])

@@ -158,26 +158,31 @@ class Attempt:
             )
         except OSError as exc:
             journey.fail("spawn", time.time())
+            why = exc.strerror or str(exc)
+            if os.path.isdir(argv[0]):
+                why = f"it is a directory (the interpreter is inside it, e.g. {argv[0]}/bin/...)"
             raise self.error(
-                f"cannot run {argv[0]!r}: {exc.strerror or exc}", "interpreter_not_found", "spawn"
+                f"cannot run {argv[0]!r}: {why}", "interpreter_not_found", "spawn"
             ) from exc
         journey.done("spawn", time.time())
         return self.child
 
-    async def timed_out(self, step_name: str | None = None) -> SpawnError:
+    async def timed_out(self, step_name: str | None = None, detail: str = "") -> SpawnError:
         """Kill the child for running past start_timeout; the error to raise."""
         child = self.child
         assert child is not None
         now = time.time()
-        step = self.journey.steps[step_name] if step_name else self.journey.infer_failure(now)
-        self.journey.fail(step.name, now)
+        journey = self.journey
+        step = journey.steps[step_name] if step_name else journey.first_unperformed()
+        started = step.started_at is not None
+        journey.fail(step.name, now)
         child.kill()
         await asyncio.shield(child.exited)
         await child.finish_output(0.5)
         timeout = self.spawner.config.start_timeout
         return self.error(
-            f"the app did not become ready within {timeout:g} s"
-            f" (start_timeout) while {step.title.lower()}; it was killed",
+            f"the app did not become ready within {timeout:g} s (start_timeout)"
+            f" {'while' if started else 'before'} {step.title.lower()}{detail}; it was killed",
             "timeout",
             step.name,
         )
@@ -392,7 +397,7 @@ class Spawner:
                 await child.finish_output(1.0)
                 raise attempt.exited()
             if loop.time() >= deadline:
-                raise await attempt.timed_out("listen")
+                raise await attempt.timed_out("listen", f" (PORT={port}, on 127.0.0.1)")
             await child.wait(PORT_POLL_INTERVAL)
 
 
