@@ -382,6 +382,13 @@ class Config:
         "Requests that may wait for a process; beyond it they get 503 at once.",
         "Pool",
     )
+    pool_idle_time: float = setting(
+        300.0,
+        _seconds_kind(positive=False),
+        "Processes above min_instances that served no request for this long are stopped "
+        "(0 = never).",
+        "Pool",
+    )
     graceful_timeout: float = setting(
         30.0,
         _seconds_kind(),

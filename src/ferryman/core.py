@@ -43,6 +43,7 @@ def group_options(config: Config) -> GroupOptions:
         max_queue_size=config.max_request_queue_size,
         soft_limit=config.force_max_concurrent_requests_per_process,
         spawn_backoff=config.spawn_backoff,
+        idle_time=config.pool_idle_time,
     )
 
 
@@ -122,6 +123,7 @@ class Core:
             )
             self._banner(urls)
             supervisor.apply(pool.tick(supervisor.now()))
+            supervisor.tick_every(_tick_interval(config))
             assert self._stop is not None
             await self._stop.wait()
             log.info(
@@ -202,3 +204,10 @@ class Core:
 
 def _listen_target(config: Config) -> str:
     return f"unix:{config.socket}" if config.socket else f"{config.address}:{config.port}"
+
+
+def _tick_interval(config: Config) -> float:
+    """How often the pool looks for idle processes: often enough for pool_idle_time."""
+    if not config.pool_idle_time:
+        return 10.0
+    return min(10.0, max(0.25, config.pool_idle_time / 4))

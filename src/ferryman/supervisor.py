@@ -53,6 +53,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._spawns: dict[Group, asyncio.Task[Any]] = {}
         self._wakes: dict[float, asyncio.TimerHandle] = {}
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tick_interval = 10.0
         self.spawn_count = 0
 
     def now(self) -> float:
@@ -90,6 +92,18 @@ class Supervisor:
             log.error("internal error in a background task", exc_info=task.exception())
 
     # -- waking the pool -------------------------------------------------------------------
+
+    def tick_every(self, interval: float) -> None:
+        """Call ``Pool.tick`` every ``interval`` seconds (idle retirement) until shutdown."""
+        self._tick_interval = interval
+        self._ticker = self.loop.call_later(interval, self._periodic_tick)
+
+    def _periodic_tick(self) -> None:
+        self._ticker = None
+        if self.stopping:
+            return
+        self.apply(self.pool.tick(self.now()))
+        self._ticker = self.loop.call_later(self._tick_interval, self._periodic_tick)
 
     def _wake_at(self, at: float) -> None:
         if self.stopping or at in self._wakes:
@@ -210,6 +224,9 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every process and wait for every task this supervisor started."""
         self.stopping = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for timer in self._wakes.values():
             timer.cancel()
         self._wakes.clear()

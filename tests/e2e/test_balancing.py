@@ -82,3 +82,21 @@ def test_a_process_stays_busy_until_the_app_finishes_an_abandoned_request(
         server.wait_for_log(r'"GET /wait\?gate=\S+ HTTP/1.1" 499 ')
         status, body = server.get("/pid", timeout=10)
         assert status == 200
+
+
+def test_the_pool_shrinks_back_after_a_burst(tmp_path: Path) -> None:
+    """Processes started for a burst stop after pool_idle_time; min_instances stay."""
+    gates = Gates(tmp_path)
+    with serving(
+        GATE_APP, "--min-instances", "1", "--max-pool-size", "3", "--thread-count", "1",
+        "--pool-idle-time", "1",
+    ) as server:  # fmt: skip
+        burst = [Request(server, f"/wait?gate={gates.path('g')}") for _ in range(3)]
+        assert wait_until(lambda: len(server.children()) == 3, timeout=20)
+        gates.open("g")
+        for r in burst:
+            r.join(30)
+        assert [r.status for r in burst] == [200] * 3
+        assert wait_until(lambda: len(server.children()) == 1, timeout=15)
+        server.wait_for_log(r"App \d+ stopped")
+        assert server.get("/pid")[0] == 200

@@ -472,3 +472,44 @@ def test_sessions_closing_after_shutdown_change_nothing() -> None:
     effects = pool.shutdown()
     assert effects == [Stop(process)]
     assert session.close(1.0) == []
+
+
+# -- idle processes --------------------------------------------------------------------
+
+
+def test_idle_processes_above_the_minimum_are_retired_least_recently_used_first() -> None:
+    """After pool_idle_time without a request, extra processes stop, one per tick."""
+    pool, group = pool_with(min_instances=1, idle_time=60.0)
+    a, b, c = bring_up(group, 1, 3)
+    a.last_used, b.last_used, c.last_used = 10.0, 5.0, 30.0
+    assert pool.tick(66.0) == [Stop(b)]  # b idle 61 s, a 56 s: only b is due
+    assert pool.tick(70.0) == [Stop(a)]
+    assert pool.tick(200.0) == []  # c is the last one: min_instances stays
+    assert group.processes == [c]
+    pool.verify(200.0)
+
+
+def test_busy_processes_are_never_retired() -> None:
+    """A process with a session stays, however long ago it was last given one."""
+    pool, group = pool_with(min_instances=0, idle_time=1.0)
+    a, b, c = bring_up(group, 2, 3)
+    sessions_of(group.checkout("x", 0.0)[0])  # a is busy, with room for one more
+    assert pool.tick(100.0) == [Stop(b)]
+    assert pool.tick(100.0) == [Stop(c)]
+    assert pool.tick(200.0) == []
+    assert group.processes == [a]
+
+
+def test_an_idle_process_stays_if_the_others_are_full() -> None:
+    """Retiring it would make every process full and spawn a new one at once: it stays."""
+    pool, group = pool_with(min_instances=0, idle_time=1.0)
+    a, b = bring_up(group, 1, 2)
+    sessions_of(group.checkout("x", 0.0)[0])  # a is full
+    assert pool.tick(100.0) == []
+    assert group.processes == [a, b]
+
+
+def test_an_idle_time_of_zero_never_retires() -> None:
+    pool, group = pool_with(min_instances=0, idle_time=0.0)
+    bring_up(group, 1, 2)
+    assert pool.tick(10_000.0) == []

@@ -51,6 +51,9 @@ class GroupOptions:
     #: A process that dies sooner than this after it became ready counts as a failed
     #: spawn (for the back-off): it is crash-looping.
     early_death: float = 2.0
+    #: Processes above min_instances that served nothing for this long are retired
+    #: (0 = never).
+    idle_time: float = 300.0
 
 
 class Waiter:
@@ -302,6 +305,23 @@ class Group:
             self._detach(process, effects)
             self._after_loss(now, effects)
         return effects
+
+    def retire_idle(self, now: float, effects: list[Effect]) -> None:
+        """Retire processes above min_instances that have been idle for ``idle_time``.
+
+        The least recently used go first; one process at a time is enough per call,
+        as the driver calls this periodically.
+        """
+        idle_time = self.options.idle_time
+        if not idle_time or len(self.processes) <= self.options.min_instances:
+            return
+        idle = [p for p in self.processes if p.sessions == 0 and now - p.last_used >= idle_time]
+        if not idle or self.queue:
+            return
+        victim = min(idle, key=lambda p: p.last_used)
+        # Not if every other process is full right now: a spawn would replace it at once.
+        if any(not p.totally_busy() for p in self.processes if p is not victim):
+            self._detach(victim, effects)
 
     def restart(self, now: float) -> list[Effect]:
         """Replace every process: retire the current ones, forget failures, spawn anew.

@@ -36,9 +36,10 @@ class Pool:
         return self.capacity_used() >= self.max_size
 
     def tick(self, now: float) -> list[Effect]:
-        """Periodic/awaited check: spawn what groups want now that time has passed."""
+        """Periodic/awaited check: retire idle processes, spawn what groups want now."""
         effects: list[Effect] = []
         for group in self.groups.values():
+            group.retire_idle(now, effects)
             group._maybe_spawn(now, effects)
         return effects
 
