@@ -659,6 +659,25 @@ def test_app_error_before_start_response(stub: Server) -> None:
     ]
 
 
+def test_app_giving_an_invalid_header_gets_a_500(stub: Server) -> None:
+    """Headers that break the WSGI contract give a clean 500 (not a cut response), the
+    reason is logged, and the connection serves the next request."""
+    mark = stub.mark()
+    conn = stub.connection()
+    try:
+        conn.request("GET", "/bad-header")
+        response = conn.getresponse()
+        assert response.status == 500
+        assert response.read() == b"Internal Server Error\n"
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 200
+        response.read()
+    finally:
+        conn.close()
+    stub.wait_for_log(r"App \d+ output: .*BadResponse: invalid header name 'Bad Name'", start=mark)
+
+
 def test_app_error_mid_stream_leaves_the_response_incomplete(stub: Server) -> None:
     """An exception mid-stream ends the connection without the last chunk."""
     with Wire(stub.port) as wire:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,30 @@ def test_hop_by_hop_headers_are_dropped(name: str) -> None:
     """Hop-by-hop headers belong to the server and are dropped whatever their case."""
     headers = [("X-Before", "1"), (name, "x"), ("X-After", "2")]
     assert head_payload("200 OK", headers) == b"200 OK\r\nX-Before: 1\r\nX-After: 2\r\n"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "added"),
+    [
+        ("200 OK", [("Content-Type", "text/plain")], True),
+        ("404 Not Found", [], True),
+        ("200 OK", [("content-LENGTH", "5")], False),  # the app's own stays, no second one
+        ("204 No Content", [], False),  # no body allowed: no length either
+        ("304 Not Modified", [("ETag", '"x"')], False),
+        ("103 Early Hints", [], False),
+    ],
+)
+def test_content_length_added_for_a_known_body(
+    status: str, headers: list[Any], added: bool
+) -> None:
+    """With the whole body's length known, Content-Length is added where the app gave none
+    and the status allows a body; the headers are the same either way otherwise."""
+    with_length: bytes = loader._head_payload(status, headers, 5)
+    without = head_payload(status, headers)
+    if added:
+        assert with_length == without + b"Content-Length: 5\r\n"
+    else:
+        assert with_length == without
 
 
 @pytest.mark.parametrize(
@@ -177,19 +202,43 @@ BODY = b"first line\nsecond\n\nlast without newline"
 AFTER = b"NEXT REQUEST BYTES\n"
 
 
-def wsgi_input(body: bytes = BODY, after: bytes = AFTER) -> tuple[Any, io.BytesIO]:
-    """An Input over a stream holding the body and then bytes that belong to the next request."""
-    rfile = io.BytesIO(body + after)
-    return loader.Input(rfile, len(body)), rfile
+class Trickle:
+    """A connection that hands out at most ``step`` bytes per recv (short reads on purpose)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.stream = io.BytesIO(data)
+        self.step = step
+
+    def recv(self, size: int) -> bytes:
+        assert size > 0
+        return self.stream.read(min(size, self.step))
 
 
-def assert_rest_unread(rfile: io.BytesIO, body: bytes = BODY, after: bytes = AFTER) -> None:
-    assert rfile.tell() == len(body), "read past the body"
-    assert rfile.read() == after
+#: How the body reaches the loader: (bytes that came with the request head, recv size).
+ARRIVALS = [(0, 1 << 16), (len(BODY), 1 << 16), (5, 3), (0, 1)]
+MakeInput = Callable[..., tuple[Any, io.BytesIO]]
+
+
+@pytest.fixture(params=ARRIVALS, ids=lambda a: f"buffered{a[0]}-step{a[1]}")
+def wsgi_input(request: pytest.FixtureRequest) -> MakeInput:
+    """Makes an Input whose connection holds the rest of the body and then bytes that belong
+    to the next request; each test runs with the body arriving in several ways."""
+    buffered, step = request.param
+
+    def make(body: bytes = BODY, after: bytes = AFTER) -> tuple[Any, io.BytesIO]:
+        head = body[:buffered]
+        conn = Trickle(body[len(head) :] + after, step)
+        return loader.Input(conn, head, len(body)), conn.stream
+
+    return make
+
+
+def assert_rest_unread(stream: io.BytesIO, after: bytes = AFTER) -> None:
+    assert stream.read() == after, "read past the body"
 
 
 @pytest.mark.parametrize("size", [-1, None, len(BODY), len(BODY) + 1, 10**9])
-def test_read_all_stops_at_the_body_end(size: int | None) -> None:
+def test_read_all_stops_at_the_body_end(size: int | None, wsgi_input: MakeInput) -> None:
     """read() with no size, a negative one or one past the end returns exactly the body."""
     body, rfile = wsgi_input()
     assert body.read(size) == BODY
@@ -199,7 +248,7 @@ def test_read_all_stops_at_the_body_end(size: int | None) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 16])
-def test_read_in_pieces(size: int) -> None:
+def test_read_in_pieces(size: int, wsgi_input: MakeInput) -> None:
     """read(n) returns n bytes at a time, the last piece short, then b''."""
     body, rfile = wsgi_input()
     pieces = []
@@ -211,7 +260,7 @@ def test_read_in_pieces(size: int) -> None:
     assert_rest_unread(rfile)
 
 
-def test_read_zero() -> None:
+def test_read_zero(wsgi_input: MakeInput) -> None:
     """read(0) returns b'' and consumes nothing."""
     body, rfile = wsgi_input()
     assert body.read(0) == b""
@@ -219,7 +268,7 @@ def test_read_zero() -> None:
     assert_rest_unread(rfile)
 
 
-def test_readline_stops_at_the_body_end() -> None:
+def test_readline_stops_at_the_body_end(wsgi_input: MakeInput) -> None:
     """readline() gives each line with its newline; the last one ends at the body, not beyond."""
     body, rfile = wsgi_input()
     assert body.readline() == b"first line\n"
@@ -231,7 +280,7 @@ def test_readline_stops_at_the_body_end() -> None:
 
 
 @pytest.mark.parametrize("size", [1, 4, 5, 11, 100])
-def test_readline_with_a_size(size: int) -> None:
+def test_readline_with_a_size(size: int, wsgi_input: MakeInput) -> None:
     """readline(n) returns at most n bytes, and all lines together are the body."""
     body, rfile = wsgi_input()
     lines = []
@@ -242,7 +291,7 @@ def test_readline_with_a_size(size: int) -> None:
     assert_rest_unread(rfile)
 
 
-def test_readlines() -> None:
+def test_readlines(wsgi_input: MakeInput) -> None:
     """readlines() returns every line of the body and no line of what follows it."""
     body, rfile = wsgi_input()
     assert body.readlines() == [b"first line\n", b"second\n", b"\n", b"last without newline"]
@@ -252,7 +301,7 @@ def test_readlines() -> None:
 @pytest.mark.parametrize(
     ("hint", "count"), [(1, 1), (11, 1), (12, 2), (18, 2), (19, 3), (20, 4), (10**6, 4)]
 )
-def test_readlines_with_a_hint(hint: int, count: int) -> None:
+def test_readlines_with_a_hint(hint: int, count: int, wsgi_input: MakeInput) -> None:
     """readlines(hint) stops after the line that brings the total to the hint."""
     body, rfile = wsgi_input()
     lines = body.readlines(hint)
@@ -262,28 +311,28 @@ def test_readlines_with_a_hint(hint: int, count: int) -> None:
     assert_rest_unread(rfile)
 
 
-def test_iteration() -> None:
+def test_iteration(wsgi_input: MakeInput) -> None:
     """Iterating wsgi.input gives the body's lines and stops at its end."""
     body, rfile = wsgi_input()
     assert list(body) == [b"first line\n", b"second\n", b"\n", b"last without newline"]
     assert_rest_unread(rfile)
 
 
-def test_body_ending_in_a_newline_with_a_line_after_it() -> None:
+def test_body_ending_in_a_newline_with_a_line_after_it(wsgi_input: MakeInput) -> None:
     """A body ending at a newline does not run into the next request's line."""
     body, rfile = wsgi_input(b"a\nb\n", b"c\nd\n")
     assert list(body) == [b"a\n", b"b\n"]
-    assert_rest_unread(rfile, b"a\nb\n", b"c\nd\n")
+    assert_rest_unread(rfile, b"c\nd\n")
 
 
-def test_empty_body() -> None:
+def test_empty_body(wsgi_input: MakeInput) -> None:
     """With no body every read returns b'' and the stream is not touched."""
     body, rfile = wsgi_input(b"")
     assert (body.read(), body.readline(), body.readlines(), list(body)) == (b"", b"", [], [])
-    assert_rest_unread(rfile, b"")
+    assert_rest_unread(rfile)
 
 
-def test_mixed_reads() -> None:
+def test_mixed_reads(wsgi_input: MakeInput) -> None:
     """read, readline and iteration can be mixed and share one position."""
     body, rfile = wsgi_input()
     assert body.read(6) == b"first "
@@ -293,7 +342,7 @@ def test_mixed_reads() -> None:
     assert_rest_unread(rfile)
 
 
-def test_drain_consumes_only_the_body() -> None:
+def test_drain_consumes_only_the_body(wsgi_input: MakeInput) -> None:
     """drain() reads what the app left of the body and stops at its end."""
     body, rfile = wsgi_input()
     body.read(3)
@@ -304,10 +353,27 @@ def test_drain_consumes_only_the_body() -> None:
 
 def test_short_body_is_a_connection_error() -> None:
     """A body that ends before its announced length raises ConnectionError from read()."""
-    body = loader.Input(io.BytesIO(b"abc"), 10)
+    body = loader.Input(Trickle(b"bc", 1), b"a", 10)
     with pytest.raises(ConnectionError):
         body.read()
     assert body.read() == b""
+
+
+@pytest.mark.parametrize("step", [1, 4, 1 << 16])
+def test_short_body_is_a_connection_error_in_readline(step: int) -> None:
+    """readline() on a body cut short raises ConnectionError too, and then the body is over."""
+    body = loader.Input(Trickle(b"bc", step), b"a", 10)
+    with pytest.raises(ConnectionError):
+        body.readline()
+    assert body.readline() == b""
+
+
+def test_a_large_read_comes_whole() -> None:
+    """read(n) for more than one recv gives back n bytes, received in many pieces."""
+    data = bytes(range(256)) * 1000
+    body = loader.Input(Trickle(data[1000:], 4096), data[:1000], len(data))
+    assert body.read(200_000) == data[:200_000]
+    assert body.read() == data[200_000:]
 
 
 def test_a_missing_application_names_the_callables_found(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import time
 import traceback
 import types
 from types import TracebackType
-from typing import IO, Any, Callable, Dict, Iterable, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Type
 
 # Spelled with typing's names: this file runs on Python 3.9.
 ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
@@ -49,6 +49,7 @@ FRAME_ABORT = b"A"
 PROTOCOL = "session"
 
 MAX_FRAME = 1 << 20  # body chunks larger than this are split into several frames
+RECV_SIZE = 1 << 16
 HOP_BY_HOP = frozenset(
     [
         "connection",
@@ -172,35 +173,68 @@ def app_traceback(exc_info: ExcInfo) -> str:
 
 
 class Input(object):
-    """wsgi.input: the request body, read from the connection and never past its end."""
+    """wsgi.input: the request body, from what arrived with the request's head and then
+    from the connection, and never read past its end (the next request follows it)."""
 
-    def __init__(self, rfile: IO[bytes], length: int) -> None:
-        self._rfile = rfile
+    __slots__ = ("_buffer", "_sock", "remaining")
+
+    def __init__(self, sock: Any, buffered: bytes, length: int) -> None:
+        self._sock = sock
+        #: Received bytes of the body not yet returned (a prefix of the rest of the body).
+        self._buffer = buffered
+        #: Bytes of the body not yet returned, buffered ones included.
         self.remaining = length
 
-    def read(self, size: int | None = -1) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        if size is None or size < 0 or size > self.remaining:
-            size = self.remaining
-        data = self._rfile.read(size)
-        if len(data) < size:
+    def _receive(self, size: int) -> bytes:
+        """At most ``size`` more bytes from the connection; callers never ask past the body."""
+        data = self._sock.recv(min(size, RECV_SIZE))
+        if not data:
             self.remaining = 0
+            self._buffer = b""
             raise ConnectionError("request body cut short")
-        self.remaining -= len(data)
-        return data
+        return data  # type: ignore[no-any-return]
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self.remaining
+        if remaining <= 0:
+            return b""
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        buffer = self._buffer
+        if len(buffer) >= size:
+            self._buffer = buffer[size:]
+            self.remaining = remaining - size
+            return buffer[:size] if len(buffer) > size else buffer
+        # The buffer holds less than asked for, and never more than the body: receive the rest.
+        out = bytearray(buffer)
+        self._buffer = b""
+        while len(out) < size:
+            out += self._receive(size - len(out))
+        self.remaining = remaining - size
+        return bytes(out)
 
     def readline(self, size: int | None = -1) -> bytes:
-        if self.remaining <= 0:
+        remaining = self.remaining
+        if remaining <= 0:
             return b""
-        if size is None or size < 0 or size > self.remaining:
-            size = self.remaining
-        data = self._rfile.readline(size)
-        if len(data) < size and not data.endswith(b"\n"):
-            self.remaining = 0
-            raise ConnectionError("request body cut short")
-        self.remaining -= len(data)
-        return data
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        buffer = self._buffer
+        end = buffer.find(b"\n", 0, size) + 1
+        if not end:
+            if len(buffer) < size:
+                # No newline yet: receive until one comes, the size is reached, or the body ends.
+                out = bytearray(buffer)
+                while not end and len(out) < size:
+                    start = len(out)
+                    out += self._receive(size - start)
+                    end = out.find(b"\n", start, size) + 1
+                buffer = bytes(out)
+            if not end:
+                end = size
+        self._buffer = buffer[end:]
+        self.remaining = remaining - end
+        return buffer[:end]
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         lines: list[bytes] = []
@@ -224,9 +258,9 @@ class Input(object):
         return line
 
     def drain(self) -> None:
+        """Read and drop what the app left of the body, so the next request starts in step."""
         while self.remaining > 0:
-            if not self.read(min(self.remaining, 65536)):
-                return
+            self.read(min(self.remaining, RECV_SIZE))
 
 
 class FileWrapper(object):
@@ -266,15 +300,20 @@ def _check_status(status: Any) -> None:
         raise BadResponse("status contains a line break or NUL: %r" % (status,))
 
 
-#: Statuses and header names already checked, so that each is checked once, not per request
-#: (a name maps to False when it is hop-by-hop and must be dropped). Bounded in size.
+#: Statuses and header names already checked, so that each is checked once, not per request.
+#: A name maps to what it is: DROP (hop-by-hop), KEEP, or LENGTH (Content-Length). Bounded.
 _GOOD_STATUSES: set[str] = set()
-_GOOD_NAMES: dict[str, bool] = {}
+_GOOD_NAMES: dict[str, int] = {}
 _CACHE_LIMIT = 1024
+DROP, KEEP, LENGTH = 0, 1, 2
 
 
-def _head_payload(status: str, headers: list[Any]) -> bytes:
-    """The H frame: status line, then 'Name: value' lines, CRLF-terminated, hop-by-hop dropped."""
+def _head_payload(status: str, headers: list[Any], length: int | None = None) -> bytes:
+    """The H frame: status line, then 'Name: value' lines, CRLF-terminated, hop-by-hop dropped.
+
+    With ``length`` (the whole body's size, when the app returned it at once), a
+    Content-Length is added if the app gave none and the status allows one.
+    """
     if status not in _GOOD_STATUSES:
         _check_status(status)
         if len(_GOOD_STATUSES) < _CACHE_LIMIT:
@@ -286,29 +325,35 @@ def _head_payload(status: str, headers: list[Any]) -> bytes:
         if type(item) is not tuple or len(item) != 2:
             raise BadResponse("headers must be (name, value) tuples, got %r" % (item,))
         name, value = item
-        keep = good_names.get(name)
-        if keep is None:
+        kind = good_names.get(name)
+        if kind is None:
             if type(name) is not str or not name or not _TOKEN_CHARS.issuperset(name):
                 raise BadResponse("invalid header name %r" % (name,))
-            keep = name.lower() not in HOP_BY_HOP  # PEP 3333: the server owns those
+            lower = name.lower()
+            # PEP 3333: hop-by-hop headers are the server's own
+            kind = DROP if lower in HOP_BY_HOP else LENGTH if lower == "content-length" else KEEP
             if len(good_names) < _CACHE_LIMIT:
-                good_names[name] = keep
+                good_names[name] = kind
         if type(value) is not str:
             raise BadResponse("header values must be str, got %r" % (item,))
         if "\n" in value or "\r" in value or "\0" in value:
             raise BadResponse("header %s has a line break in its value" % name)
-        if len(name) == 14 and name.lower() == "content-length":
+        if kind == LENGTH:
             if not value.isdigit() or seen_length:
                 raise BadResponse("invalid or repeated Content-Length: %r" % (value,))
             seen_length = True
-        if keep:
+        if kind:
             parts += (name, ": ", value, "\r\n")
+    # No Content-Length where a body is not allowed (1xx, 204, 304: RFC 9110 8.6).
+    if length is not None and not seen_length and status[0] != "1" and status[:3] not in NO_BODY:
+        parts += ("Content-Length: ", str(length), "\r\n")
     try:
         return "".join(parts).encode("latin-1")
     except UnicodeEncodeError:
         raise BadResponse("status and headers must be latin-1 text") from None
 
 
+NO_BODY = ("204", "304")
 ERROR_500 = (
     b"500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 22\r\n"
@@ -345,23 +390,13 @@ class Request(object):
         self.headers = headers
         return self.write
 
-    def head_frame(self, extra_length: int | None = None) -> bytes:
+    def head_frame(self, length: int | None = None) -> bytes:
+        """The H frame; ``length`` is the whole body's size when it is known."""
         if self.status is None:
             raise BadResponse("the app returned without calling start_response")
-        headers = self.headers
-        # No Content-Length where a body is not allowed (1xx, 204, 304: RFC 9110 8.6).
-        if (
-            extra_length is not None
-            and self.status[:3] not in ("204", "304")
-            and (self.status[:1] != "1")
-        ):
-            for name, _ in headers:
-                if name.lower() == "content-length":
-                    break
-            else:
-                headers = [*headers, ("Content-Length", str(extra_length))]
-        self.head_sent = True
-        return frame(FRAME_HEAD_RESPONSE, _head_payload(self.status, headers))
+        payload = _head_payload(self.status, self.headers, length)
+        self.head_sent = True  # only now: headers the app got wrong still allow a 500
+        return FRAME_HEAD.pack(FRAME_HEAD_RESPONSE, len(payload)) + payload
 
     def write(self, data: bytes) -> None:
         """The legacy write() callable: sends at once."""
@@ -400,24 +435,24 @@ class Server(object):
         self.threads = threads
         self.base_environ = base_environ
         self.stopping = False
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.idle = threading.Condition(self.lock)
+        #: busy[i]: worker i is serving a request. Each worker writes only its own slot, so
+        #: no lock is taken per request; stop() polls the list.
+        self.busy = [False] * threads
 
     def start(self) -> None:
         for i in range(self.threads):
-            t = threading.Thread(target=self.worker, name="ferryman-worker-%d" % i)
+            t = threading.Thread(target=self.worker, args=(i,), name="ferryman-worker-%d" % i)
             t.daemon = True  # interpreter exit must not wait for idle keep-alive reads
             t.start()
 
-    def worker(self) -> None:
+    def worker(self, index: int) -> None:
         while not self.stopping:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return  # listener shut down: the process is stopping
             try:
-                self.serve_connection(conn)
+                self.serve_connection(conn, index)
             except (ConnectionError, BrokenPipeError):
                 pass  # the core closed the connection mid-request; it knows
             except Exception:
@@ -425,34 +460,40 @@ class Server(object):
             finally:
                 conn.close()
 
-    def serve_connection(self, conn: socket.socket) -> None:
-        rfile: IO[bytes] = conn.makefile("rb", 65536)  # type: ignore[assignment]
-        try:
-            while not self.stopping:
-                head = rfile.read(REQUEST_HEAD.size)
-                if len(head) < REQUEST_HEAD.size:
+    def serve_connection(self, conn: socket.socket, index: int) -> None:
+        # Straight recv() into bytes, not a buffered file: a small request arrives whole in
+        # one recv, and this loop is much of the loader's work per request.
+        recv = conn.recv
+        head_size = REQUEST_HEAD.size
+        data = b""  # received, not yet handled
+        busy = self.busy
+        while not self.stopping:
+            while len(data) < head_size:
+                more = recv(RECV_SIZE)
+                if not more:
                     return  # the core closed the connection
-                environ_len, body_len = REQUEST_HEAD.unpack(head)
-                block = rfile.read(environ_len)
-                if len(block) < environ_len:
+                data += more
+            environ_len, body_len = REQUEST_HEAD.unpack_from(data)
+            body_at = head_size + environ_len
+            while len(data) < body_at:
+                more = recv(max(RECV_SIZE, body_at - len(data)))
+                if not more:
                     return
-                with self.lock:
-                    self.in_flight += 1
-                try:
-                    self.handle(conn, rfile, block, body_len)
-                finally:
-                    with self.lock:
-                        self.in_flight -= 1
-                        if self.in_flight == 0:
-                            self.idle.notify_all()
-        finally:
-            rfile.close()
+                data += more
+            body_end = body_at + body_len
+            busy[index] = True
+            try:
+                self.handle(conn, data[head_size:body_at], data[body_at:body_end], body_len)
+            finally:
+                busy[index] = False
+            data = data[body_end:] if len(data) > body_end else b""
 
-    def handle(self, conn: socket.socket, rfile: IO[bytes], block: bytes, body_len: int) -> None:
-        items = block.decode("latin-1").split("\0")
+    def handle(self, conn: socket.socket, block: bytes, buffered: bytes, body_len: int) -> None:
+        """One request: ``buffered`` is the start of its body (all of it, if small)."""
+        items = iter(block.decode("latin-1").split("\0"))
         environ = self.base_environ.copy()
-        environ.update(zip(items[0::2], items[1::2]))  # noqa: B905 - zip(strict) is 3.10+
-        wsgi_input = Input(rfile, body_len)
+        environ.update(zip(items, items))  # noqa: B905 - pairs; zip(strict) is 3.10+
+        wsgi_input = Input(conn, buffered, body_len)
         environ["wsgi.input"] = wsgi_input
         environ["wsgi.url_scheme"] = environ.pop("ferryman.url_scheme", "http")
         request = Request(conn, environ["REQUEST_METHOD"] == "HEAD")
@@ -477,20 +518,24 @@ class Server(object):
     def send_result(self, request: Request, result: Iterable[bytes]) -> None:
         if type(result) in (list, tuple):
             # The whole body is known: one write, with Content-Length when the app left it out.
-            total = 0
-            out: list[bytes | memoryview] = []
-            for chunk in result:
-                if type(chunk) is not bytes:
-                    raise BadResponse("the app yielded %s, not bytes" % type(chunk).__name__)
-                total += len(chunk)
-            if not request.head_sent:
-                out.append(request.head_frame(total))
-            if not request.head_only:
+            if len(result) == 1:  # type: ignore[arg-type]
+                body = result[0]  # type: ignore[index]
+                if type(body) is not bytes:
+                    raise BadResponse("the app yielded %s, not bytes" % type(body).__name__)
+            else:
                 for chunk in result:
-                    if chunk:
-                        out.extend(body_frames(chunk))
-            out.append(END_FRAME)
-            request.sock.sendall(b"".join(out))
+                    if type(chunk) is not bytes:
+                        raise BadResponse("the app yielded %s, not bytes" % type(chunk).__name__)
+                body = b"".join(result)
+            head = request.head_frame(len(body)) if not request.head_sent else b""
+            if not body or request.head_only:
+                request.sock.sendall(head + END_FRAME)
+            elif len(body) <= MAX_FRAME:
+                request.sock.sendall(
+                    b"".join((head, FRAME_HEAD.pack(FRAME_BODY, len(body)), body, END_FRAME))
+                )
+            else:
+                request.sock.sendall(b"".join([head, *body_frames(body), END_FRAME]))
             return
         for chunk in result:
             if type(chunk) is not bytes:
@@ -526,9 +571,8 @@ class Server(object):
         except OSError:
             pass
         self.listener.close()
-        with self.lock:
-            while self.in_flight and core_alive():
-                self.idle.wait(0.1)
+        while any(self.busy) and core_alive():
+            time.sleep(0.02)
 
 
 def set_process_title(title: str) -> None:

@@ -142,6 +142,9 @@ def app(environ, start_response):
             text + [("X-Custom", "one"), ("X-Custom", "two"), ("Set-Cookie", "a=1")],
         )
         return [b"created\n"]
+    if path == "/bad-header":
+        start_response("200 OK", [("Bad Name", "spaces are not allowed in a header name")])
+        return [b"never sent\n"]
     if path == "/status":
         code = q.get("code", "200")
         start_response("%s Whatever" % code, text)
