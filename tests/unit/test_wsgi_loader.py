@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 
 from ferryman.http.session_protocol import FRAME_BODY, FRAME_HEAD, FrameReader
 
-from .loader_copy import wsgi_loader
+from .loader_copy import LOADER_PATH, wsgi_loader
 
 loader = wsgi_loader()
 BadResponse: type[Exception] = loader.BadResponse
@@ -387,3 +389,21 @@ def test_a_missing_application_names_the_callables_found(tmp_path: Path) -> None
     assert info.value.kind == "app_missing"
     assert "it has server" in info.value.message
     assert "application = server" in info.value.message
+
+
+def test_the_loader_imports_little() -> None:
+    """Every app process pays for the loader's imports: typing and traceback (over 1 MB
+    together) are left to the error paths and to mypy."""
+    script = (
+        "import importlib.util, sys\n"
+        "before = set(sys.modules)\n"
+        f"spec = importlib.util.spec_from_file_location('loader', {str(LOADER_PATH)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
+    )
+    imported = set(result.stdout.split())
+    assert "socket" in imported, "the check must see the loader's own imports"
+    assert not imported & {"typing", "traceback"}
