@@ -19,6 +19,8 @@ def test_app_start_command_serves_http() -> None:
         assert status == 200
         assert body.startswith(b"generic pid ")
         assert body.endswith(b"path /some/path?q=1\n")
+        # A simple command is exec'd: the process Ferryman started is the app itself.
+        assert server.children() == [int(body.split()[2])]
         status, _, body = server.request("POST", "/", body=b"posted body")
         assert (status, body) == (200, b"posted body")
         assert "any-language app, started with: python3 server.py" in server.log_text()

@@ -6,8 +6,9 @@ Direct spawning, by app type:
   interpreter. The loader gets its arguments as one JSON argument, reports its
   journey as JSON lines on a handshake pipe (its number is in the JSON), then
   ``ready`` with its socket, protocol and concurrency.
-* ``generic``: the app's own command under ``/bin/sh -c`` with ``$PORT`` set to a
-  free loopback port; it is ready once the port accepts connections.
+* ``generic``: the app's own command under ``/bin/sh -c`` (``exec``-ing it when it is
+  one simple command) with ``$PORT`` set to a free loopback port; it is ready once the
+  port accepts connections.
 
 All of it within ``start_timeout``; on any failure the child is killed and
 reaped and a SpawnError says which step failed and why.
@@ -19,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -47,6 +49,29 @@ STOP_EOF_GRACE = 5.0
 STOP_TERM_GRACE = 5.0
 #: How often a generic app's port is tried while it starts.
 PORT_POLL_INTERVAL = 0.05
+#: What makes a command more than one simple command (lists, pipes, redirections,
+#: subshells, substitutions, several lines), or one the shell must run itself.
+_NOT_SIMPLE = re.compile(r"[;&|<>()`\n]|\$\(")
+_ASSIGNMENT = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*=")
+_SHELL_WORDS = frozenset(
+    ["!", ".", ":", "{", "case", "cd", "exec", "exit", "export", "for", "if", "set", "source",
+     "trap", "ulimit", "umask", "unset", "until", "while"]
+)  # fmt: skip
+
+
+def command_argv(command: str) -> list[str]:
+    """How to run a generic app's command: ``/bin/sh -c``, and when the command is one
+    simple command, with ``exec`` in front, so that the process Ferryman tracks, logs and
+    signals is the app itself rather than a shell waiting for it."""
+    words = command.split()
+    if (
+        not words
+        or _NOT_SIMPLE.search(command)
+        or _ASSIGNMENT.match(command)
+        or words[0] in _SHELL_WORDS
+    ):
+        return ["/bin/sh", "-c", command]
+    return ["/bin/sh", "-c", "exec " + command]
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +394,7 @@ class Spawner:
         env["PORT"] = str(port)
         journey.done("prepare", time.time())
         try:
-            child = await attempt.launch(["/bin/sh", "-c", self.spec.start_command])
+            child = await attempt.launch(command_argv(self.spec.start_command))
             journey.begin("listen", time.time())
             await self._await_port(attempt, port)
             journey.done("listen", time.time())
