@@ -211,9 +211,17 @@ class Trickle:
         self.stream = io.BytesIO(data)
         self.step = step
 
-    def recv(self, size: int) -> bytes:
-        assert size > 0
-        return self.stream.read(min(size, self.step))
+    def recv_into(self, buffer: memoryview, size: int) -> int:
+        assert 0 < size <= len(buffer)
+        data = self.stream.read(min(size, self.step))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def body_input(conn: Trickle, head: bytes, length: int) -> Any:
+    """wsgi.input as the loader makes it: ``head`` came with the request, the rest of the
+    body is in ``conn``."""
+    return loader.Bodies(conn).input(head, 0, length)
 
 
 #: How the body reaches the loader: (bytes that came with the request head, recv size).
@@ -230,7 +238,7 @@ def wsgi_input(request: pytest.FixtureRequest) -> MakeInput:
     def make(body: bytes = BODY, after: bytes = AFTER) -> tuple[Any, io.BytesIO]:
         head = body[:buffered]
         conn = Trickle(body[len(head) :] + after, step)
-        return loader.Input(conn, head, len(body)), conn.stream
+        return body_input(conn, head, len(body)), conn.stream
 
     return make
 
@@ -355,7 +363,7 @@ def test_drain_consumes_only_the_body(wsgi_input: MakeInput) -> None:
 
 def test_short_body_is_a_connection_error() -> None:
     """A body that ends before its announced length raises ConnectionError from read()."""
-    body = loader.Input(Trickle(b"bc", 1), b"a", 10)
+    body = body_input(Trickle(b"bc", 1), b"a", 10)
     with pytest.raises(ConnectionError):
         body.read()
     assert body.read() == b""
@@ -364,7 +372,7 @@ def test_short_body_is_a_connection_error() -> None:
 @pytest.mark.parametrize("step", [1, 4, 1 << 16])
 def test_short_body_is_a_connection_error_in_readline(step: int) -> None:
     """readline() on a body cut short raises ConnectionError too, and then the body is over."""
-    body = loader.Input(Trickle(b"bc", step), b"a", 10)
+    body = body_input(Trickle(b"bc", step), b"a", 10)
     with pytest.raises(ConnectionError):
         body.readline()
     assert body.readline() == b""
@@ -373,7 +381,7 @@ def test_short_body_is_a_connection_error_in_readline(step: int) -> None:
 def test_a_large_read_comes_whole() -> None:
     """read(n) for more than one recv gives back n bytes, received in many pieces."""
     data = bytes(range(256)) * 1000
-    body = loader.Input(Trickle(data[1000:], 4096), data[:1000], len(data))
+    body = body_input(Trickle(data[1000:], 4096), data[:1000], len(data))
     assert body.read(200_000) == data[:200_000]
     assert body.read() == data[200_000:]
 

@@ -20,6 +20,7 @@ Life of the process:
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import socket
@@ -188,27 +189,72 @@ def print_exception(header: str = "") -> None:
     sys.stderr.flush()
 
 
-class Input(object):
-    """wsgi.input: the request body, from what arrived with the request's head and then
-    from the connection, and never read past its end (the next request follows it)."""
+class BodySource(io.RawIOBase):
+    """A request body that did not come whole with its head, as a raw stream: first the
+    bytes that did come (``pending``), then the connection, ending where the body does
+    (``left``), so that a buffered reader over it never reads into what follows."""
 
-    __slots__ = ("_buffer", "_sock", "remaining")
-
-    def __init__(self, sock: Any, buffered: bytes, length: int) -> None:
+    def __init__(self, sock: Any) -> None:
+        io.RawIOBase.__init__(self)
         self._sock = sock
-        #: Received bytes of the body not yet returned (a prefix of the rest of the body).
-        self._buffer = buffered
-        #: Bytes of the body not yet returned, buffered ones included.
+        self.pending: memoryview | None = None
+        #: Bytes of the current body still in the connection.
+        self.left = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        pending = self.pending
+        if pending is not None:
+            count = min(len(view), len(pending))
+            view[:count] = pending[:count]
+            self.pending = pending[count:] if count < len(pending) else None
+            return count
+        if self.left <= 0:
+            return 0
+        received: int = self._sock.recv_into(view, min(len(view), self.left))
+        self.left -= received
+        return received  # 0: the core closed the connection
+
+
+class Bodies(object):
+    """The request bodies on one connection: each one's wsgi.input."""
+
+    def __init__(self, sock: Any) -> None:
+        self._source = BodySource(sock)
+        self._reader = io.BufferedReader(self._source, RECV_SIZE)
+
+    def input(self, data: bytes, start: int, length: int) -> Input:
+        """wsgi.input for a body of ``length`` bytes, the first of which are ``data[start:]``."""
+        end = start + length
+        if end <= len(data):
+            return Input(self._reader, data[start:end], length)  # small: it came whole
+        self._source.pending = memoryview(data)[start:] if start < len(data) else None
+        self._source.left = end - len(data)
+        return Input(self._reader, b"", length)
+
+
+class Input(object):
+    """wsgi.input: the request body, never read past its end (the next request follows it).
+
+    A body that came whole with the request head is served from memory (``buffer``);
+    a larger one streams through the connection's buffered reader.
+    """
+
+    __slots__ = ("_buffer", "_reader", "remaining")
+
+    def __init__(self, reader: io.BufferedReader[Any], buffer: bytes, length: int) -> None:
+        self._reader = reader
+        #: The rest of the body when it came whole; else empty.
+        self._buffer = buffer
+        #: Bytes of the body not yet returned.
         self.remaining = length
 
-    def _receive(self, size: int) -> bytes:
-        """At most ``size`` more bytes from the connection; callers never ask past the body."""
-        data = self._sock.recv(min(size, RECV_SIZE))
-        if not data:
-            self.remaining = 0
-            self._buffer = b""
-            raise ConnectionError("request body cut short")
-        return data  # type: ignore[no-any-return]
+    def _cut_short(self) -> ConnectionError:
+        self.remaining = 0
+        return ConnectionError("request body cut short")
 
     def read(self, size: int | None = -1) -> bytes:
         remaining = self.remaining
@@ -217,17 +263,15 @@ class Input(object):
         if size is None or size < 0 or size > remaining:
             size = remaining
         buffer = self._buffer
-        if len(buffer) >= size:
+        if buffer:
             self._buffer = buffer[size:]
             self.remaining = remaining - size
             return buffer[:size] if len(buffer) > size else buffer
-        # The buffer holds less than asked for, and never more than the body: receive the rest.
-        out = bytearray(buffer)
-        self._buffer = b""
-        while len(out) < size:
-            out += self._receive(size - len(out))
+        data = self._reader.read(size)
+        if len(data) < size:
+            raise self._cut_short()
         self.remaining = remaining - size
-        return bytes(out)
+        return data
 
     def readline(self, size: int | None = -1) -> bytes:
         remaining = self.remaining
@@ -236,21 +280,16 @@ class Input(object):
         if size is None or size < 0 or size > remaining:
             size = remaining
         buffer = self._buffer
-        end = buffer.find(b"\n", 0, size) + 1
-        if not end:
-            if len(buffer) < size:
-                # No newline yet: receive until one comes, the size is reached, or the body ends.
-                out = bytearray(buffer)
-                while not end and len(out) < size:
-                    start = len(out)
-                    out += self._receive(size - start)
-                    end = out.find(b"\n", start, size) + 1
-                buffer = bytes(out)
-            if not end:
-                end = size
-        self._buffer = buffer[end:]
-        self.remaining = remaining - end
-        return buffer[:end]
+        if buffer:
+            end = buffer.find(b"\n", 0, size) + 1 or size
+            self._buffer = buffer[end:]
+            self.remaining = remaining - end
+            return buffer[:end]
+        data = self._reader.readline(size)
+        if len(data) < size and not data.endswith(b"\n"):
+            raise self._cut_short()
+        self.remaining = remaining - len(data)
+        return data
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         lines: list[bytes] = []
@@ -482,6 +521,7 @@ class Server(object):
         recv = conn.recv
         head_size = REQUEST_HEAD.size
         data = b""  # received, not yet handled
+        bodies = Bodies(conn)
         busy = self.busy
         while not self.stopping:
             while len(data) < head_size:
@@ -499,17 +539,16 @@ class Server(object):
             body_end = body_at + body_len
             busy[index] = True
             try:
-                self.handle(conn, data[head_size:body_at], data[body_at:body_end], body_len)
+                self.handle(conn, data[head_size:body_at], bodies.input(data, body_at, body_len))
             finally:
                 busy[index] = False
             data = data[body_end:] if len(data) > body_end else b""
 
-    def handle(self, conn: socket.socket, block: bytes, buffered: bytes, body_len: int) -> None:
-        """One request: ``buffered`` is the start of its body (all of it, if small)."""
+    def handle(self, conn: socket.socket, block: bytes, wsgi_input: Input) -> None:
+        """One request: its environ block, and its body as wsgi.input."""
         items = iter(block.decode("latin-1").split("\0"))
         environ = self.base_environ.copy()
         environ.update(zip(items, items))  # noqa: B905 - pairs; zip(strict) is 3.10+
-        wsgi_input = Input(conn, buffered, body_len)
         environ["wsgi.input"] = wsgi_input
         environ["wsgi.url_scheme"] = environ.pop("ferryman.url_scheme", "http")
         request = Request(conn, environ["REQUEST_METHOD"] == "HEAD")
