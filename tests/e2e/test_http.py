@@ -448,6 +448,18 @@ def test_head_on_a_streaming_route_has_no_body(stub: Server) -> None:
     assert get.body == HELLO
 
 
+def test_head_answered_with_an_empty_list_claims_no_length(stub: Server) -> None:
+    """An app returning [] for HEAD does not know GET's length: no Content-Length: 0."""
+    with Wire(stub.port) as wire:
+        wire.send(req("HEAD", "/head-aware") + req("GET", "/head-aware"))
+        head = wire.read_response("HEAD")
+        get = wire.read_response()
+    assert head.status == get.status == 200
+    assert head.header("Content-Length") is None
+    assert get.header("Content-Length") == "13"
+    assert get.body == b"the GET body\n"
+
+
 # -- Expect: 100-continue -----------------------------------------------------------------
 
 

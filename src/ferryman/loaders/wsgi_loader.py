@@ -223,32 +223,40 @@ class Bodies(object):
     """The request bodies on one connection: each one's wsgi.input."""
 
     def __init__(self, sock: Any) -> None:
-        self._source = BodySource(sock)
-        self._reader = io.BufferedReader(self._source, RECV_SIZE)
+        self._sock = sock
+        # Made for the first body that does not come whole: its 64 KiB buffer would stay
+        # resident for every kept-alive connection otherwise.
+        self._source: BodySource | None = None
+        self._reader: io.BufferedReader[Any] | None = None
 
     def input(self, data: bytes, start: int, length: int) -> Input:
         """wsgi.input for a body of ``length`` bytes, the first of which are ``data[start:]``."""
         end = start + length
         if end <= len(data):
-            return Input(self._reader, data[start:end], length)  # small: it came whole
+            return Input(None, data[start:end], length)  # small: it came whole
+        if self._source is None or self._reader is None:
+            self._source = BodySource(self._sock)
+            self._reader = io.BufferedReader(self._source, RECV_SIZE)
         self._source.pending = memoryview(data)[start:] if start < len(data) else None
         self._source.left = end - len(data)
-        return Input(self._reader, b"", length)
+        return Input(self._reader, None, length)
 
 
 class Input(object):
     """wsgi.input: the request body, never read past its end (the next request follows it).
 
-    A body that came whole with the request head is served from memory (``buffer``);
-    a larger one streams through the connection's buffered reader.
+    A body that came whole with the request head is served from memory (``body``); a
+    larger one streams through the connection's buffered reader.
     """
 
-    __slots__ = ("_buffer", "_reader", "remaining")
+    __slots__ = ("_body", "_reader", "remaining")
 
-    def __init__(self, reader: io.BufferedReader[Any], buffer: bytes, length: int) -> None:
+    def __init__(
+        self, reader: io.BufferedReader[Any] | None, body: bytes | None, length: int
+    ) -> None:
         self._reader = reader
-        #: The rest of the body when it came whole; else empty.
-        self._buffer = buffer
+        #: The whole body when it came with the head (read from ``len(body) - remaining``).
+        self._body = body
         #: Bytes of the body not yet returned.
         self.remaining = length
 
@@ -262,11 +270,12 @@ class Input(object):
             return b""
         if size is None or size < 0 or size > remaining:
             size = remaining
-        buffer = self._buffer
-        if buffer:
-            self._buffer = buffer[size:]
+        body = self._body
+        if body is not None:
+            start = len(body) - remaining
             self.remaining = remaining - size
-            return buffer[:size] if len(buffer) > size else buffer
+            return body if size == len(body) else body[start : start + size]
+        assert self._reader is not None
         data = self._reader.read(size)
         if len(data) < size:
             raise self._cut_short()
@@ -279,12 +288,13 @@ class Input(object):
             return b""
         if size is None or size < 0 or size > remaining:
             size = remaining
-        buffer = self._buffer
-        if buffer:
-            end = buffer.find(b"\n", 0, size) + 1 or size
-            self._buffer = buffer[end:]
-            self.remaining = remaining - end
-            return buffer[:end]
+        body = self._body
+        if body is not None:
+            start = len(body) - remaining
+            end = body.find(b"\n", start, start + size) + 1 or start + size
+            self.remaining = len(body) - end
+            return body[start:end]
+        assert self._reader is not None
         data = self._reader.readline(size)
         if len(data) < size and not data.endswith(b"\n"):
             raise self._cut_short()
@@ -582,7 +592,10 @@ class Server(object):
                     if type(chunk) is not bytes:
                         raise BadResponse("the app yielded %s, not bytes" % type(chunk).__name__)
                 body = b"".join(result)
-            head = request.head_frame(len(body)) if not request.head_sent else b""
+            # An empty body for HEAD says nothing of the GET body's length (frameworks
+            # return [] for HEAD): no Content-Length then.
+            known = len(body) if body or not request.head_only else None
+            head = request.head_frame(known) if not request.head_sent else b""
             if not body or request.head_only:
                 request.sock.sendall(head + END_FRAME)
             elif len(body) <= MAX_FRAME:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import time
@@ -50,25 +51,32 @@ STOP_TERM_GRACE = 5.0
 #: How often a generic app's port is tried while it starts.
 PORT_POLL_INTERVAL = 0.05
 #: What makes a command more than one simple command (lists, pipes, redirections,
-#: subshells, substitutions, several lines), or one the shell must run itself.
+#: subshells, substitutions, several lines).
 _NOT_SIMPLE = re.compile(r"[;&|<>()`\n]|\$\(")
 _ASSIGNMENT = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*=")
+#: Shell keywords and builtins that the shell must run itself (some also exist as programs,
+#: e.g. /usr/bin/cd or /usr/bin/time, which would do something else under exec).
 _SHELL_WORDS = frozenset(
-    ["!", ".", ":", "{", "case", "cd", "exec", "exit", "export", "for", "if", "set", "source",
-     "trap", "ulimit", "umask", "unset", "until", "while"]
+    ["!", ".", ":", "[[", "{", "alias", "bg", "break", "builtin", "case", "cd", "command",
+     "continue", "declare", "eval", "exec", "exit", "export", "fg", "for", "getopts", "hash",
+     "if", "jobs", "let", "local", "read", "readonly", "return", "set", "shift", "source",
+     "time", "times", "trap", "type", "ulimit", "umask", "unalias", "unset", "until", "wait",
+     "while"]
 )  # fmt: skip
 
 
-def command_argv(command: str) -> list[str]:
-    """How to run a generic app's command: ``/bin/sh -c``, and when the command is one
-    simple command, with ``exec`` in front, so that the process Ferryman tracks, logs and
-    signals is the app itself rather than a shell waiting for it."""
+def command_argv(command: str, path: str | None) -> list[str]:
+    """How to run a generic app's command: ``/bin/sh -c``, with ``exec`` in front when the
+    command is one simple command running a program (a path, or a name found on ``path``),
+    so that the process Ferryman tracks, logs and signals is the app itself rather than a
+    shell waiting for it."""
     words = command.split()
     if (
         not words
         or _NOT_SIMPLE.search(command)
         or _ASSIGNMENT.match(command)
         or words[0] in _SHELL_WORDS
+        or ("/" not in words[0] and shutil.which(words[0], path=path) is None)
     ):
         return ["/bin/sh", "-c", command]
     return ["/bin/sh", "-c", "exec " + command]
@@ -394,7 +402,8 @@ class Spawner:
         env["PORT"] = str(port)
         journey.done("prepare", time.time())
         try:
-            child = await attempt.launch(command_argv(self.spec.start_command))
+            argv = command_argv(self.spec.start_command, env.get("PATH"))
+            child = await attempt.launch(argv)
             journey.begin("listen", time.time())
             await self._await_port(attempt, port)
             journey.done("listen", time.time())

@@ -142,6 +142,10 @@ def app(environ, start_response):
             text + [("X-Custom", "one"), ("X-Custom", "two"), ("Set-Cookie", "a=1")],
         )
         return [b"created\n"]
+    if path == "/head-aware":
+        # As frameworks do: no body for HEAD, so the length of GET's is unknown here.
+        start_response("200 OK", text)
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [b"the GET body\n"]
     if path == "/bad-header":
         start_response("200 OK", [("Bad Name", "spaces are not allowed in a header name")])
         return [b"never sent\n"]
