@@ -102,7 +102,7 @@ class Core:
         )
         front = FrontServer(config, app)
         try:
-            urls = await front.listen()
+            urls = front.listen()
         except OSError as exc:
             log.error("Cannot listen on %s: %s", _listen_target(config), exc.strerror or exc)
             await supervisor.shutdown()
@@ -135,6 +135,7 @@ class Core:
                 front.abort_all()
             await supervisor.shutdown()
             front.remove_socket_file()
+            front.close_alerts()
             log.info("Ferryman stopped")
             return 0
         finally:

@@ -2,10 +2,14 @@
 
 Header names with characters outside ``[A-Za-z0-9-]`` are dropped, so that
 ``X_Foo`` cannot pose as ``X-Foo`` once both become ``HTTP_X_FOO``. Forwarded
-headers (``X-Forwarded-For/-Proto/-Host``, ``Forwarded``, ``X-Real-IP``...) are
-believed only from a trusted proxy; from any other peer they are dropped, so an
-app that trusts them (Werkzeug's ProxyFix, Django's SECURE_PROXY_SSL_HEADER)
-cannot be lied to.
+headers (every ``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP`` and the other
+client claims below) are believed only from a trusted proxy; from any other peer
+they are dropped, so an app that trusts them (Werkzeug's ProxyFix, Django's
+USE_X_FORWARDED_HOST and SECURE_PROXY_SSL_HEADER, Rails' remote_ip) cannot be
+lied to.
+
+The caches here are bounded in entries and in bytes: only short keys are cached,
+so no client can pin memory by sending unique header names or hosts.
 """
 
 from __future__ import annotations
@@ -18,20 +22,31 @@ from urllib.parse import unquote_to_bytes
 from ..config import ProxyNetworks
 
 _VALID_NAME = re.compile(rb"[A-Za-z0-9-]+\Z")
-#: Headers in which a client says who it is or how it came (lower case). Believed only
-#: from trusted proxies; from anyone else they are dropped before the app sees them.
+#: Headers in which a client says who it is, how it came or where the app is mounted
+#: (lower case), as proxies, load balancers and CDNs set them and frameworks read them.
+#: Believed only from trusted proxies; from anyone else they are dropped before the app
+#: sees them. Every ``X-Forwarded-*`` name is a claim too (see ``is_client_claim``).
 CLIENT_CLAIMS = frozenset(
-    [b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-     b"x-forwarded-port", b"x-forwarded-ssl", b"x-real-ip"]
+    [b"forwarded", b"x-real-ip", b"client-ip", b"x-client-ip", b"true-client-ip",
+     b"cf-connecting-ip", b"fastly-client-ip", b"x-cluster-client-ip",
+     b"x-original-forwarded-for", b"front-end-https", b"x-url-scheme", b"x-scheme",
+     b"x-script-name", b"x-original-url", b"x-rewrite-url", b"x-original-host"]
 )  # fmt: skip
+_FORWARDED_PREFIX = b"x-forwarded-"
 _CLAIM_KEYS = frozenset(b"HTTP_" + name.upper().replace(b"-", b"_") for name in CLIENT_CLAIMS)
+_FORWARDED_KEY_PREFIX = b"HTTP_X_FORWARDED_"
 _SPECIAL_KEYS = {b"CONTENT_TYPE": b"CONTENT_TYPE", b"CONTENT_LENGTH": b"CONTENT_LENGTH"}
 #: Headers the core consumed: the body arrives de-chunked, 100-continue was answered.
 _CONSUMED = frozenset([b"HTTP_TRANSFER_ENCODING", b"HTTP_EXPECT", b"CONTENT_LENGTH"])
+#: Header name → environ key. Bounded: at most _CACHE_ENTRIES names of at most
+#: _CACHE_KEY_BYTES bytes (about 100 KB in all); longer or later names are worked out
+#: each time. Real clients send a few dozen distinct names.
 _KEY_CACHE: dict[bytes, bytes | None] = {}
-_KEY_CACHE_LIMIT = 2048
+_CACHE_ENTRIES = 512
+_CACHE_KEY_BYTES = 64
 _MISSING = b"\0missing"
 #: (Host, scheme) → (SERVER_NAME, SERVER_PORT): most requests name the same few hosts.
+#: Bounded the same way (cleared when full).
 _HOST_CACHE: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 _PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
 
@@ -46,9 +61,14 @@ def header_key(name: bytes) -> bytes | None:
     if _VALID_NAME.match(name):
         upper = name.upper().replace(b"-", b"_")
         key = _SPECIAL_KEYS.get(upper, b"HTTP_" + upper)
-    if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:
+    if len(name) <= _CACHE_KEY_BYTES and len(_KEY_CACHE) < _CACHE_ENTRIES:
         _KEY_CACHE[name] = key
     return key
+
+
+def is_client_claim(lower_name: bytes) -> bool:
+    """Whether a header (name in lower case) is one only a trusted proxy may send."""
+    return lower_name in CLIENT_CLAIMS or lower_name.startswith(_FORWARDED_PREFIX)
 
 
 class BadTarget(ValueError):
@@ -139,7 +159,9 @@ def build_environ(
         key = cache.get(name, _MISSING)
         if key is _MISSING:
             key = header_key(name)
-        if key is None or (not trusted and key in _CLAIM_KEYS):
+        if key is None or (
+            not trusted and (key in _CLAIM_KEYS or key.startswith(_FORWARDED_KEY_PREFIX))
+        ):
             continue
         if key in fields:
             fields[key] += (b"; " if key == b"HTTP_COOKIE" else b", ") + value
@@ -166,9 +188,10 @@ def build_environ(
         found = _HOST_CACHE.get(host_key)
         if found is None:
             found = split_host(host, b"443" if scheme == b"https" else b"80")
-            if len(_HOST_CACHE) >= _KEY_CACHE_LIMIT:
-                _HOST_CACHE.clear()
-            _HOST_CACHE[host_key] = found
+            if len(host) <= _CACHE_KEY_BYTES:
+                if len(_HOST_CACHE) >= _CACHE_ENTRIES:
+                    _HOST_CACHE.clear()
+                _HOST_CACHE[host_key] = found
         server_name, server_port = found
     parts = [
         b"REQUEST_METHOD", method,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from ..pool import Reason, Rejected, Session, Waiter
@@ -58,6 +59,14 @@ def _has_header(lower_block: bytes, name: bytes) -> bool:
     return lower_block.startswith(name) or (b"\n" + name) in lower_block
 
 
+#: A response head's header lines as RFC 9110 5.5 allows them: token names, values of
+#: visible characters, spaces, tabs and obs-text. No other control characters: a
+#: client or proxy downstream may read \x0b or \x1b differently from us.
+_VALID_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_VALID_STATUS_LINE = re.compile(rb"[1-5][0-9][0-9] [\t\x20-\x7e\x80-\xff]*")
+#: plan_head's status for a head that must not be forwarded.
+INVALID_STATUS, INVALID_FIELDS = 0, -1
+
 #: What a response head becomes on the wire, for each (payload, HEAD?, version, close?):
 #: most responses of an app repeat the same few heads, so each is worked out once.
 HeadPlan = tuple[int, bytes, bool, bool, bytes, bool, int, bool, bool]
@@ -70,10 +79,11 @@ def plan_head(payload: bytes, head_only: bool, version: bytes, close: bool) -> H
     """(status, head up to the Date line, add Date?, add Server?, framing lines and the
     blank line, no body?, Content-Length or -1, chunked?, close after?) for an H frame."""
     status_line, _, block = payload.partition(b"\r\n")
-    try:
-        status = int(status_line[:3])
-    except ValueError:
-        status = 0
+    if _VALID_STATUS_LINE.fullmatch(status_line) is None:
+        return (INVALID_STATUS, b"", False, False, b"", True, -1, False, False)
+    status = int(status_line[:3])
+    if _VALID_FIELDS.fullmatch(block) is None:
+        return (INVALID_FIELDS, b"", False, False, b"", True, -1, False, False)
     if status < 200:
         return (status, b"", False, False, b"", True, -1, False, False)
     lower = block.lower()
@@ -317,8 +327,10 @@ class Exchange:
                 _HEAD_PLANS[key] = plan
         status, prefix, date, server, suffix, no_body, remaining, chunked, close = plan
         if status < 200:  # 1xx interim responses are not forwarded; a final one must follow
-            if status < 100:
-                self._respond_bad_gateway(b"the app sent an invalid status")
+            if status == INVALID_STATUS:
+                self._respond_bad_gateway(b"the app sent an invalid status line")
+            elif status == INVALID_FIELDS:
+                self._respond_bad_gateway(b"the app sent an invalid header (name or value)")
             return
         self.status = status
         self._no_body = no_body
@@ -399,6 +411,11 @@ class Exchange:
         else:
             self._respond_bad_gateway(b"the app process closed the connection")
 
+    def on_bad_response(self, why: str) -> None:
+        """The app's HTTP response could not be parsed (the connection will be closed)."""
+        if self.state != DONE:
+            self._respond_bad_gateway(b"the app sent an invalid response: " + why.encode())
+
     def flush(self) -> None:
         """Send what the app's last batch of data produced (called after each batch)."""
         out = self._out
@@ -437,7 +454,8 @@ class Exchange:
         if self._head_sent:
             self._finish(upstream_ok=upstream_ok, abort_client=True)
             return
-        close = self.close_after or not self.keep_alive
+        # After a 400 the client's framing cannot be trusted: the connection closes.
+        close = self.close_after or not self.keep_alive or status == 400
         self.close_after = close
         self.status = status
         data = simple_response(

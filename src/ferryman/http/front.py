@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -30,11 +31,14 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from ..alerts import Alert
 from ..config import Config, ProxyNetworks
 from ..pool import Group, Rejected
 from .environ import is_trusted
 from .exchange import Exchange
+from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix
 from .response import simple_response
+from .target import TargetError, absolute_to_origin
 
 if TYPE_CHECKING:
     from ..log import AccessLog
@@ -45,6 +49,29 @@ log = logging.getLogger("ferryman")
 PIPELINE_DEPTH = 16
 CLIENT_WRITE_HIGH_WATER = 1024 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# The request headers the front acts on, each a bit in ``ClientConnection._seen``.
+_HOST, _LENGTH, _EXPECT, _CHUNKED = 1, 2, 4, 8
+#: Fields that may appear once (RFC 9110 5.3: not list-based): a second one is a 400,
+#: never joined, so that two parties cannot read two different values.
+_SINGLETON_NAMES = [
+    b"host", b"content-length", b"content-type", b"authorization", b"proxy-authorization",
+    b"range", b"if-range", b"if-modified-since", b"if-unmodified-since", b"max-forwards",
+    b"referer", b"date", b"from",
+]  # fmt: skip
+_NOTED: dict[bytes, int] = {b"expect": _EXPECT, b"transfer-encoding": _CHUNKED}
+_NOTED.update((name, 1 << (i + 4)) for i, name in enumerate(_SINGLETON_NAMES))
+_NOTED[b"host"] = _HOST
+_NOTED[b"content-length"] = _LENGTH
+_SINGLETONS = 0
+for _name in _SINGLETON_NAMES:
+    _SINGLETONS |= _NOTED[_name]
+_NOTED_SIZES = frozenset(len(name) for name in _NOTED)
+#: Only these versions are served; 0.9 has no head to answer with, 2 and 3 are other
+#: protocols (RFC 9110 15.6.6: 505).
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n")
+_BWS = frozenset(b" \t")
 
 
 class App:
@@ -129,66 +156,83 @@ class FrontServer:
         self.app = app
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
-        self.servers: list[asyncio.AbstractServer] = []
+        self.listeners: list[Listener] = []
+        #: Accepted sockets being turned into connections (tasks kept until done).
+        self._accepting: set[asyncio.Task[object]] = set()
         self.trusted_proxies: ProxyNetworks = config.trusted_proxies
         self.server_name = b"localhost"
         self.server_port = b"80"
         #: A connection's timer fires at least this often while a deadline is set.
         self.check_every = min(config.header_timeout, config.body_timeout, config.keepalive_timeout)
+        #: Running out of file descriptors (accept, or connecting to an app process).
+        self.fd_alert = Alert(FD_ALERT_SUMMARY)
         self.closing = False
         self._drained: asyncio.Future[None] | None = None
 
-    async def listen(self) -> list[str]:
-        """Bind the listening socket; returns the addresses, e.g. ``http://127.0.0.1:3000``."""
+    def listen(self) -> list[str]:
+        """Bind the listening sockets; returns the addresses, e.g. ``http://127.0.0.1:3000``."""
         config = self.config
         if config.socket:
-            server = await self.loop.create_unix_server(
-                lambda: ClientConnection(self), config.socket, backlog=1024
-            )
-            self.servers.append(server)
-            return [f"unix:{config.socket}"]
-        server = await self.loop.create_server(
-            lambda: ClientConnection(self),
-            config.address,
-            config.port,
-            backlog=1024,
-            reuse_address=True,
-        )
-        self.servers.append(server)
-        urls = []
-        for sock in server.sockets:
-            host, port = sock.getsockname()[:2]
-            self.server_name = host.encode()
-            self.server_port = str(port).encode()
-            shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-            urls.append(f"http://{shown}:{port}")
+            socks = [open_unix(config.socket)]
+            urls = [f"unix:{config.socket}"]
+        else:
+            socks = open_tcp(config.address, config.port)
+            urls = []
+            for sock in socks:
+                host, port = sock.getsockname()[:2]
+                self.server_name = host.encode()
+                self.server_port = str(port).encode()
+                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+                urls.append(f"http://{shown}:{port}")
+        for i, sock in enumerate(socks):
+            try:
+                self.listeners.append(Listener(sock, self._accepted, self.fd_alert))
+            except BaseException:
+                for rest in socks[i:]:
+                    rest.close()
+                raise
         return urls
+
+    def _accepted(self, sock: socket.socket) -> None:
+        task: asyncio.Task[object] = self.loop.create_task(
+            self.loop.connect_accepted_socket(lambda: ClientConnection(self), sock)
+        )
+        self._accepting.add(task)
+        task.add_done_callback(lambda done: self._connection_ready(done, sock))
+
+    def _connection_ready(self, task: asyncio.Task[object], sock: socket.socket) -> None:
+        self._accepting.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            sock.close()  # the transport was never made: the socket is still ours
 
     def stop_accepting(self) -> None:
         self.closing = True
-        for server in self.servers:
-            server.close()
+        for listener in self.listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.shutdown()
 
     async def drained(self, timeout: float) -> bool:
         """Wait until every connection is closed; False if ``timeout`` ran out first."""
+        if self._accepting:
+            await asyncio.wait(self._accepting, timeout=timeout)
         if self.connections:
             self._drained = self.loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._drained), timeout)
             except TimeoutError:
                 return False
-        for server in self.servers:
-            await server.wait_closed()
         return True
 
     def remove_socket_file(self) -> None:
-        """Remove the Unix socket file we listened on (after the servers are closed)."""
+        """Remove the Unix socket file we listened on (after the listeners are closed)."""
         path = self.config.socket
-        if path and self.servers:
+        if path and self.listeners:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def close_alerts(self) -> None:
+        self.fd_alert.close()
 
     def abort_all(self) -> None:
         for conn in list(self.connections):
@@ -198,6 +242,15 @@ class FrontServer:
         self.connections.discard(conn)
         if not self.connections and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+
+def new_parser(protocol: object) -> httptools.HttpRequestParser:
+    parser = httptools.HttpRequestParser(protocol)
+    # "5 ;ext" (whitespace before a chunk extension) is BWS in RFC 9112 7.1.1. Safe here:
+    # bodies are re-framed with a Content-Length before they go on, so no second parser
+    # ever reads this chunked framing.
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    return parser
 
 
 class ClientConnection(asyncio.Protocol):
@@ -214,16 +267,20 @@ class ClientConnection(asyncio.Protocol):
         self.keepalive_timeout = config.keepalive_timeout
         # What the parser callbacks note about the request head being parsed.
         self._head_bytes = 0
-        self._hosts = 0
+        #: Bits of the noted headers seen so far (_HOST, _LENGTH, singletons...).
+        self._seen = 0
         self._length = -1
-        self._chunked_body = False
         self._expect: bytes | None = None
+        #: The request asks for an upgrade that is not tunnelled: served as plain HTTP.
+        self._upgrade = False
+        #: Bytes of the trailer section so far (bounded like a head).
+        self._trailer_bytes = 0
         #: A 100 Continue owed to the request being parsed, once earlier responses are out.
         self._continue_owed = False
         #: We closed (or aborted) the transport; nothing more may be written.
         self._write_closed = False
         self.loop = server.loop
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = new_parser(self)
         self.transport: asyncio.Transport | None = None
         self.remote_addr = b""
         self.remote_port = b""
@@ -234,6 +291,8 @@ class ClientConnection(asyncio.Protocol):
         self.current: Exchange | None = None
         self.head_size = 0
         self.head_complete = False
+        #: Requests read whole on this connection so far.
+        self.completed = 0
         #: No more requests will be read: close once the pipeline is answered.
         self.closing = False
         self.closed = False
@@ -261,25 +320,23 @@ class ClientConnection(asyncio.Protocol):
             self.remote_addr = b"127.0.0.1"
             self.remote_port = b"0"
             self.trusted = True
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.connections.add(self)
         self._arm(self.header_timeout)
+        if self.server.closing:
+            self.shutdown()  # accepted just before the server stopped accepting
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.current is None or not self.head_complete:
+        starts_message = self.current is None
+        completed = self.completed
+        if starts_message or not self.head_complete:
             self.head_size += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrades (WebSocket) are not tunnelled yet: answer the request, then close.
-            self.closing = True
-            if self.pipeline:
-                self.pipeline[-1].close_after = True
-            self._pause_reading()
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_ignored(data[exc.args[0] :] if exc.args else b"")
+            return
         except httptools.HttpParserCallbackError as exc:
             refusal = exc.__context__
             if isinstance(refusal, _Refuse):
@@ -288,7 +345,20 @@ class ClientConnection(asyncio.Protocol):
                 log.error("internal error while parsing a request", exc_info=refusal)
                 self._refuse(500, b"Internal Server Error\n")
             return
+        except httptools.HttpParserInvalidMethodError:
+            # A method the parser does not know. When the request line is well-formed (and
+            # at the start of ``data``, so we can see it), it is a method Ferryman does not
+            # implement (RFC 9110 9.1: 501); anything else is malformed.
+            seen = starts_message and completed == self.completed
+            if seen and _REQUEST_LINE.match(data):
+                self._refuse(501, b"Not Implemented: unknown request method.\n")
+            else:
+                self._refuse(400, b"Bad Request: invalid request method.\n")
+            return
         except httptools.HttpParserError as exc:
+            if "PRI" in str(exc):  # the HTTP/2 connection preface
+                self._refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
+                return
             self._refuse(400, b"Bad Request: " + str(exc).encode("utf-8", "replace") + b"\n")
             return
         if (
@@ -329,10 +399,11 @@ class ClientConnection(asyncio.Protocol):
         self.current = Exchange(self, self.app)
         self.head_complete = False
         self._head_bytes = 0
-        self._hosts = 0
+        self._seen = 0
         self._length = -1
-        self._chunked_body = False
         self._expect = None
+        self._upgrade = False
+        self._trailer_bytes = 0
         if not self.pipeline:
             self._arm(self.header_timeout)
 
@@ -343,22 +414,33 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_complete:
+            # A field of the trailer section, after a chunked body. Trailers never become
+            # headers (they would let a client add Host, Authorization or X-Forwarded-For
+            # where nothing checks them): they are dropped, and bounded like a head.
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_bytes > self.max_header_size:
+                raise _Refuse(431, b"Request Header Fields Too Large\n")
+            return
         current = self.current
         assert current is not None
+        if value and value[-1] in _BWS:
+            value = value.rstrip(b" \t")  # RFC 9110 5.5: surrounding whitespace is not value
         current.headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
         # Note the few headers the front itself acts on (by length first: it is cheap).
-        size = len(name)
-        if size in {4, 6, 14, 17}:
-            lower = name.lower()
-            if lower == b"host":
-                self._hosts += 1
-            elif lower == b"content-length":
-                self._length = int(value) if value.strip().isdigit() else -1
-            elif lower == b"expect":
-                self._expect = value.strip().lower()
-            elif lower == b"transfer-encoding":
-                self._chunked_body = True
+        if len(name) in _NOTED_SIZES:
+            bit = _NOTED.get(name.lower(), 0)
+            if bit:
+                if bit & self._seen & _SINGLETONS:
+                    raise _Refuse(
+                        400, b"Bad Request: repeated " + name.lower() + b" header field.\n"
+                    )
+                self._seen |= bit
+                if bit == _LENGTH:
+                    self._length = int(value) if value.isdigit() else -1
+                elif bit == _EXPECT:
+                    self._expect = value.lower()
 
     def on_headers_complete(self) -> None:
         current = self.current
@@ -367,15 +449,29 @@ class ClientConnection(asyncio.Protocol):
         self.head_complete = True
         if self._head_bytes > self.max_header_size:
             raise _Refuse(431, b"Request Header Fields Too Large\n")
-        current.method = parser.get_method()
-        version = b"1.1" if parser.get_http_version() == "1.1" else b"1.0"
+        method = current.method = parser.get_method()
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            if parser.get_http_version() == "0.9":
+                raise _Refuse(400, b"Bad Request: HTTP/0.9 is not served.\n")
+            raise _Refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
         current.version = version
         current.keep_alive = parser.should_keep_alive()
-        current.head_only = current.method == b"HEAD"
-        hosts = self._hosts
-        if hosts > 1 or (hosts == 0 and version == b"1.1"):
-            # RFC 9112 3.2: exactly one Host in HTTP/1.1 (at most one in 1.0).
+        current.head_only = method == b"HEAD"
+        if version == b"1.0" and self._seen & _CHUNKED:
+            # RFC 9112 6.1: Transfer-Encoding in 1.0 means the framing is faulty.
+            raise _Refuse(400, b"Bad Request: Transfer-Encoding in an HTTP/1.0 request.\n")
+        if not self._seen & _HOST and version == b"1.1":
+            # RFC 9112 3.2: exactly one Host in HTTP/1.1 (a second one was refused already).
             raise _Refuse(400, b"Bad Request: an HTTP/1.1 request needs exactly one Host.\n")
+        if current.target[:1] != b"/":
+            self._other_target_form(current)
+        if parser.should_upgrade():
+            if method == b"CONNECT":
+                raise _Refuse(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
+            # Upgrades (WebSocket) are not tunnelled yet: the request is served as plain
+            # HTTP/1.1 (RFC 9110 7.8 lets a server ignore Upgrade), body included.
+            self._upgrade = True
         length = self._length
         if self.max_body_size and length > self.max_body_size:
             raise _Refuse(413, b"Content Too Large\n")
@@ -383,7 +479,7 @@ class ClientConnection(asyncio.Protocol):
         if expect is not None and version == b"1.1":
             if expect != b"100-continue":
                 raise _Refuse(417, b"Expectation Failed\n")
-            if length > 0 or self._chunked_body:  # no body, no 100 (RFC 9110 10.1.1)
+            if length > 0 or self._seen & _CHUNKED:  # no body, no 100 (RFC 9110 10.1.1)
                 if self.pipeline:
                     self._continue_owed = True  # not in the middle of an earlier response
                 else:
@@ -404,7 +500,12 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.current
         assert exchange is not None
+        if self._upgrade and (self._length > 0 or self._seen & _CHUNKED):
+            # The parser skips the body of an upgrade request: it comes after the
+            # HttpParserUpgrade that follows, through _upgrade_ignored.
+            return
         self.current = None
+        self.completed += 1
         if self._write_closed:
             exchange.cancel()  # pipelined after a response that closed the connection
             return
@@ -418,6 +519,50 @@ class ClientConnection(asyncio.Protocol):
             exchange.start(self.loop.time())
         elif len(self.pipeline) > PIPELINE_DEPTH:
             self._pause_reading()
+
+    def _other_target_form(self, current: Exchange) -> None:
+        """A target that is not origin-form (RFC 9112 3.2): check it, reduce it to one."""
+        target = current.target
+        if target == b"*":
+            if current.method != b"OPTIONS":
+                raise _Refuse(400, b"Bad Request: the target * is only for OPTIONS.\n")
+            return
+        if current.method == b"CONNECT":
+            raise _Refuse(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
+        try:
+            origin, authority = absolute_to_origin(target)
+        except TargetError as exc:
+            raise _Refuse(400, b"Bad Request: " + str(exc).encode() + b".\n") from None
+        current.target = origin
+        # RFC 9112 3.2.2: the target's authority, not the Host header, names the host.
+        headers = current.headers
+        for i, (name, _) in enumerate(headers):
+            if len(name) == 4 and name.lower() == b"host":
+                headers[i] = (name, authority)
+                break
+        else:
+            headers.append((b"Host", authority))
+
+    def _upgrade_ignored(self, rest: bytes) -> None:
+        """The parser stopped after the head of an upgrade request that is served as plain
+        HTTP: go on with a new parser. Its body, if any, is read through a parser primed
+        with a head of the same framing."""
+        current = self.current
+        if current is not None and self._upgrade:
+            framing = (
+                b"Transfer-Encoding: chunked"
+                if self._seen & _CHUNKED
+                else b"Content-Length: %d" % self._length
+            )
+            body_reader = _BodyAfterUpgrade(self)
+            self.parser = new_parser(body_reader)
+            self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+            body_reader.priming = False
+        else:
+            self.parser = new_parser(self)
+        self._upgrade = False
+        if rest:
+            self.data_received(rest)
 
     # -- called by exchanges ------------------------------------------------------------------
 
@@ -560,3 +705,38 @@ class ClientConnection(asyncio.Protocol):
             log.info("408: %s was too slow sending a request", self.remote_addr.decode())
             self.write(simple_response(408, b"Request Timeout\n", close=True))
         self._close()
+
+
+class _BodyAfterUpgrade:
+    """Parser callbacks for the body of an upgrade request served as plain HTTP.
+
+    The parser is first fed a made-up head of the same framing (``priming``): its
+    callbacks are ignored. After it, body and completion go to the connection, and so
+    does every later request on the connection, through the same parser.
+    """
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.priming = True
+
+    def on_message_begin(self) -> None:
+        if not self.priming:
+            self.conn.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.priming:
+            self.conn.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.priming:
+            self.conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if not self.priming:
+            self.conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from .environ import CLIENT_CLAIMS, build_environ, forwarded_client, header_key
+from .environ import build_environ, forwarded_client, header_key, is_client_claim
 from .session_protocol import (
     FRAME_ABORT,
     FRAME_BODY,
@@ -265,7 +265,7 @@ class HttpConnection(AppConnection):
             lower = name.lower()
             if lower in _HOP_BY_HOP or lower in named or header_key(name) is None:
                 continue
-            if lower in CLIENT_CLAIMS:
+            if is_client_claim(lower):
                 if not trusted:
                     continue  # only a trusted proxy may say who the client is
                 if lower not in _FORWARDED:
@@ -368,7 +368,8 @@ class HttpConnection(AppConnection):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
+            exchange.on_bad_response(str(exc))  # a 502, which closes this connection
             self.close()
             return
         if self.exchange is exchange:

@@ -361,15 +361,19 @@ def _check_status(status: Any) -> None:
     code = status[:3]
     if len(status) < 4 or not code.isdigit() or status[3] != " " or int(code) < 100:
         raise BadResponse("status must look like '200 OK', got %r" % (status,))
-    if "\r" in status or "\n" in status or "\0" in status:
-        raise BadResponse("status contains a line break or NUL: %r" % (status,))
+    if not _CONTROL.isdisjoint(status):
+        raise BadResponse("status contains a control character: %r" % (status,))
 
 
 #: Statuses and header names already checked, so that each is checked once, not per request.
-#: A name maps to what it is: DROP (hop-by-hop), KEEP, or LENGTH (Content-Length). Bounded.
+#: A name maps to what it is: DROP (hop-by-hop), KEEP, or LENGTH (Content-Length). Bounded
+#: in entries and bytes: at most _CACHE_LIMIT of them, none longer than _CACHE_MAX_CHARS.
 _GOOD_STATUSES: set[str] = set()
 _GOOD_NAMES: dict[str, int] = {}
 _CACHE_LIMIT = 1024
+_CACHE_MAX_CHARS = 64
+#: Control characters other than tab (RFC 9110 5.5): never in a status or header value.
+_CONTROL = frozenset([chr(i) for i in range(32) if i != 9] + ["\x7f"])
 DROP, KEEP, LENGTH = 0, 1, 2
 
 
@@ -381,7 +385,7 @@ def _head_payload(status: str, headers: list[Any], length: int | None = None) ->
     """
     if status not in _GOOD_STATUSES:
         _check_status(status)
-        if len(_GOOD_STATUSES) < _CACHE_LIMIT:
+        if len(_GOOD_STATUSES) < _CACHE_LIMIT and len(status) <= _CACHE_MAX_CHARS:
             _GOOD_STATUSES.add(status)
     parts = [status, "\r\n"]
     good_names = _GOOD_NAMES
@@ -397,12 +401,12 @@ def _head_payload(status: str, headers: list[Any], length: int | None = None) ->
             lower = name.lower()
             # PEP 3333: hop-by-hop headers are the server's own
             kind = DROP if lower in HOP_BY_HOP else LENGTH if lower == "content-length" else KEEP
-            if len(good_names) < _CACHE_LIMIT:
+            if len(good_names) < _CACHE_LIMIT and len(name) <= _CACHE_MAX_CHARS:
                 good_names[name] = kind
         if type(value) is not str:
             raise BadResponse("header values must be str, got %r" % (item,))
-        if "\n" in value or "\r" in value or "\0" in value:
-            raise BadResponse("header %s has a line break in its value" % name)
+        if not value.isprintable() and not _CONTROL.isdisjoint(value):  # the first: fast path
+            raise BadResponse("header %s has a control character in its value" % name)
         if kind == LENGTH:
             if not value.isdigit() or seen_length:
                 raise BadResponse("invalid or repeated Content-Length: %r" % (value,))
