@@ -412,7 +412,23 @@ class Config:
     body_timeout: float = setting(
         60.0,
         _seconds_kind(),
-        "How long a request body may stall before the connection is closed.",
+        "How long a request body may stall before the connection is closed (408).",
+        "HTTP",
+    )
+    min_body_rate: int = setting(
+        1024,
+        _size_kind("no minimum"),
+        "Slowest a request body may arrive, in bytes per second, averaged over each "
+        "body_timeout period: a client that sends less in such a period gets 408 and is "
+        "closed, so that a trickle cannot hold a connection and its spool file for ever.",
+        "HTTP",
+    )
+    max_spool_size: int = setting(
+        2 * 1024**3,
+        _size_kind("unlimited"),
+        "Most bytes of request bodies kept in temp files at once, across all connections. "
+        "A body that would need more gets 503 (logged), so that uploads cannot fill the "
+        "disk; size it to a few concurrent uploads of max_body_size.",
         "HTTP",
     )
     keepalive_timeout: float = setting(

@@ -25,6 +25,10 @@ from pathlib import Path
 APPS = Path(__file__).resolve().parent.parent / "apps"
 STUB = APPS / "wsgi_stub"
 
+_WITH_FD_LIMIT = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 _LISTENING = re.compile(r"Listening on (?:http://127\.0\.0\.1:(\d+)|unix:(\S+))")
 _READY = re.compile(r"App (\d+) ready")
 
@@ -76,6 +80,7 @@ class Server:
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         wait_ready: int = 1,
+        fd_limit: int | None = None,
     ) -> None:
         self.tmpdir = Path(tempfile.mkdtemp(prefix="fm-", dir="/tmp"))
         self.env = dict(os.environ)
@@ -87,6 +92,9 @@ class Server:
         self._cond = threading.Condition()
         where = [] if "--socket" in args else ["--port", "0"]
         argv = [sys.executable, "-m", "ferryman", "start", str(app_dir), *where, *args]
+        if fd_limit is not None:
+            # Same PID: the limit is set, then the interpreter execs itself with ferryman.
+            argv[1:1] = ["-c", _WITH_FD_LIMIT % (fd_limit, fd_limit)]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
         )
@@ -218,6 +226,14 @@ class Server:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def rss_kb(self) -> int:
+        """The core's resident memory in KiB."""
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
+
     def children(self) -> list[int]:
         return sorted(p for p in process_children(self.pid) if alive(p))
 
@@ -295,8 +311,9 @@ def serving(
     *args: str,
     env: dict[str, str] | None = None,
     wait_ready: int = 1,
+    fd_limit: int | None = None,
 ) -> Iterator[Server]:
-    server = Server(app_dir, args, env=env, wait_ready=wait_ready)
+    server = Server(app_dir, args, env=env, wait_ready=wait_ready, fd_limit=fd_limit)
     try:
         yield server
     finally:

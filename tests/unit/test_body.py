@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.http.body import READ_CHUNK, SPOOL_THRESHOLD, RequestBody
+from ferryman.http.body import READ_CHUNK, SPOOL_THRESHOLD, BodyBudget, RequestBody, SpoolFull
 
 
 @pytest.fixture
@@ -127,3 +127,59 @@ def test_close_forgets_an_in_memory_body(temp_dir: Path) -> None:
     body.append(b"secret")
     body.close()
     assert body.memory_chunks() == []
+
+
+# -- the budget across bodies -------------------------------------------------------------
+
+
+def test_budget_counts_memory_then_disk_and_gives_it_back(temp_dir: Path) -> None:
+    """Bytes move from the memory count to the disk count when a body spools; close()
+    returns exactly what the body held, once."""
+    budget = BodyBudget(max_disk=0)
+    small, big = RequestBody(budget), RequestBody(budget)
+    small.append(b"abc")
+    big.append(pattern(SPOOL_THRESHOLD))
+    assert (budget.memory, budget.disk) == (3 + SPOOL_THRESHOLD, 0)
+    big.append(b"x")
+    assert not big.in_memory
+    assert (budget.memory, budget.disk) == (3, SPOOL_THRESHOLD + 1)
+    big.append(b"yz")
+    assert budget.disk == SPOOL_THRESHOLD + 3
+    big.close()
+    big.close()
+    small.close()
+    assert (budget.memory, budget.disk) == (0, 0)
+
+
+def test_a_body_that_does_not_fit_on_disk_is_refused(temp_dir: Path) -> None:
+    """Past max_disk, SpoolFull, whether at the move to a file or on a later piece."""
+    budget = BodyBudget(max_disk=SPOOL_THRESHOLD + 10)
+    first = RequestBody(budget)
+    first.append(pattern(SPOOL_THRESHOLD + 5))
+    first.append(b"12345")
+    with pytest.raises(SpoolFull):
+        first.append(b"6")
+    second = RequestBody(budget)
+    second.append(pattern(SPOOL_THRESHOLD))
+    with pytest.raises(SpoolFull):
+        second.append(b"!")  # it would move to a file, and the disk budget is used up
+    assert budget.fits_on_disk(0)
+    assert not budget.fits_on_disk(1)
+    first.close()
+    second.close()
+    assert (budget.memory, budget.disk) == (0, 0)
+    assert files_open_in(temp_dir) == []
+
+
+def test_bodies_go_to_disk_early_when_memory_is_used_up(temp_dir: Path) -> None:
+    """With max_memory reached in all, even a small body spools, so memory stays bounded."""
+    budget = BodyBudget(max_disk=0, max_memory=100)
+    bodies = [RequestBody(budget) for _ in range(3)]
+    for body in bodies:
+        body.append(b"m" * 40)
+    assert [body.in_memory for body in bodies] == [True, True, False]
+    assert budget.memory <= 100
+    assert b"".join(bodies[2].file_chunks()) == b"m" * 40
+    for body in bodies:
+        body.close()
+    assert (budget.memory, budget.disk) == (0, 0)

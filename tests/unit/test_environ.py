@@ -8,11 +8,13 @@ from collections.abc import Sequence
 import pytest
 
 from ferryman.config import ProxyNetworks
+from ferryman.http import environ as environ_module
 from ferryman.http.environ import (
     BadTarget,
     build_environ,
     forwarded_client,
     header_key,
+    is_client_claim,
     split_host,
     split_target,
 )
@@ -378,3 +380,36 @@ def test_bad_target_is_refused_by_build_environ() -> None:
     """A target that decodes to NUL cannot be turned into an environ."""
     with pytest.raises(BadTarget):
         environ(target=b"/a%00")
+
+
+def test_every_x_forwarded_field_is_a_claim_only_a_trusted_proxy_may_make() -> None:
+    headers = [
+        (b"Host", b"internal:3000"),
+        (b"X-Forwarded-Prefix", b"/admin"),
+        (b"X-Forwarded-Anything", b"x"),
+        (b"Client-IP", b"203.0.113.7"),
+        (b"X-Original-URL", b"/admin"),
+    ]
+    untrusted = environ(headers, trusted=False)
+    trusted = environ(headers, trusted=True)
+    for key in (b"HTTP_X_FORWARDED_PREFIX", b"HTTP_X_FORWARDED_ANYTHING", b"HTTP_CLIENT_IP",
+                b"HTTP_X_ORIGINAL_URL"):  # fmt: skip
+        assert key not in untrusted
+        assert key in trusted
+    assert is_client_claim(b"x-forwarded-prefix")
+    assert is_client_claim(b"forwarded")
+    assert not is_client_claim(b"x-forwarded")
+    assert not is_client_claim(b"accept")
+
+
+def test_caches_are_bounded_in_entries_and_bytes() -> None:
+    """Unique long header names and hosts are never kept: the caches stay small."""
+    pad = b"p" * 1000
+    for i in range(3000):
+        name = b"X-%d-%s" % (i, pad)
+        assert header_key(name) == b"HTTP_" + name.upper().replace(b"-", b"_")
+        environ([(b"Host", b"h%d%s" % (i, pad)), (b"X-S-%d" % i, b"v")], trusted=False)
+    assert len(environ_module._KEY_CACHE) <= environ_module._CACHE_ENTRIES
+    assert len(environ_module._HOST_CACHE) <= environ_module._CACHE_ENTRIES
+    cached = [*environ_module._KEY_CACHE, *(h for h, _ in environ_module._HOST_CACHE)]
+    assert max(map(len, cached)) <= environ_module._CACHE_KEY_BYTES

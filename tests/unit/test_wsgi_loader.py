@@ -132,6 +132,10 @@ def test_invalid_status_is_refused(status: Any) -> None:
         ("X-A", "line\nbreak"),
         ("X-A", "carriage\rreturn"),
         ("X-A", "nul\0byte"),
+        ("X-A", "vertical\x0btab"),
+        ("X-A", "escape\x1b[31m"),
+        ("X-A", "delete\x7f"),
+        ("X-A", "bell\x07"),
         ("X-A", "\u20ac"),
         (b"X-A", "v"),
         ("X-A", b"v"),
@@ -147,6 +151,21 @@ def test_invalid_headers_are_refused(header: Any) -> None:
     """Headers must be (str, str) tuples with a token name and a one-line latin-1 value."""
     with pytest.raises(BadResponse):
         head_payload("200 OK", [("X-Good", "1"), header])
+
+
+def test_tabs_and_latin_1_text_are_fine_in_values() -> None:
+    payload = head_payload("200 OK", [("X-A", "a\tb"), ("X-B", "caf\xe9")])
+    assert payload == b"200 OK\r\nX-A: a\tb\r\nX-B: caf\xe9\r\n"
+
+
+def test_the_name_and_status_caches_are_bounded_in_bytes() -> None:
+    """Long names and statuses are checked every time rather than kept."""
+    long_name = "X-" + "n" * 100
+    long_status = "200 " + "r" * 100
+    head_payload(long_status, [(long_name, "v")])
+    assert long_name not in loader._GOOD_NAMES
+    assert long_status not in loader._GOOD_STATUSES
+    assert all(len(name) <= 64 for name in loader._GOOD_NAMES)
 
 
 def test_invalid_hop_by_hop_header_is_still_refused() -> None:

@@ -5,6 +5,12 @@ holds an app process. Small bodies stay in memory; past ``SPOOL_THRESHOLD`` the
 body moves to an anonymous temporary file (unlinked at creation, so nothing is
 left behind even if the core is killed). ``close()`` releases the file; its
 owner (the exchange) calls it on every path.
+
+What bodies hold across all connections is bounded by one ``BodyBudget``: in
+memory (past ``max_memory`` in all, bodies go to temp files early) and on disk
+(past ``max_disk``, a body that would need more is refused with ``SpoolFull``,
+which the front answers with 503). So no number of slow uploads can fill the
+core's memory or its temp directory.
 """
 
 from __future__ import annotations
@@ -15,32 +21,85 @@ from typing import IO
 
 SPOOL_THRESHOLD = 1024 * 1024
 READ_CHUNK = 256 * 1024
+#: Request-body bytes all connections together may keep in the core's memory; past it,
+#: bodies are spooled to temp files however small (64 connections at the threshold).
+MEMORY_BUDGET = 64 * SPOOL_THRESHOLD
+
+
+class SpoolFull(Exception):
+    """A body needs more temp-file space than the budget has left."""
+
+
+class BodyBudget:
+    """The bytes request bodies hold at once across every connection.
+
+    Invariants: ``memory`` is the sum of the in-memory bytes of the open bodies, ``disk``
+    the sum of their spooled bytes; ``disk <= max_disk`` unless ``max_disk`` is 0
+    (unlimited). ``max_memory`` 0 means unlimited too.
+    """
+
+    __slots__ = ("disk", "max_disk", "max_memory", "memory")
+
+    def __init__(self, max_disk: int = 0, max_memory: int = MEMORY_BUDGET) -> None:
+        self.max_disk = max_disk
+        self.max_memory = max_memory
+        self.memory = 0
+        self.disk = 0
+
+    def fits_on_disk(self, size: int) -> bool:
+        return not self.max_disk or self.disk + size <= self.max_disk
+
+
+#: For bodies nobody accounts for (tests, tools).
+UNLIMITED = BodyBudget(0, 0)
 
 
 class RequestBody:
-    __slots__ = ("_chunks", "_file", "size")
+    __slots__ = ("_budget", "_chunks", "_file", "_held", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: BodyBudget = UNLIMITED) -> None:
+        self._budget = budget
         self._chunks: list[bytes] = []
         self._file: IO[bytes] | None = None
         self.size = 0
+        #: Bytes counted in the budget for this body (in memory, or on disk once spooled).
+        self._held = 0
 
     def append(self, data: bytes) -> None:
-        self.size += len(data)
+        """Add a piece of the body; SpoolFull if it needs disk the budget does not have."""
+        size = len(data)
+        budget = self._budget
         if self._file is not None:
+            if not budget.fits_on_disk(size):
+                raise SpoolFull
+            budget.disk += size
+            self._held += size
+            self.size += size
             self._file.write(data)
             return
+        self.size += size
+        self._held += size
+        budget.memory += size
         self._chunks.append(data)
-        if self.size > SPOOL_THRESHOLD:
-            # Owned by this object until close(): not a with-block on purpose.
-            spool = tempfile.TemporaryFile(prefix="ferryman-body-")  # noqa: SIM115
-            try:
-                spool.writelines(self._chunks)
-            except BaseException:
-                spool.close()
-                raise
-            self._file = spool
-            self._chunks = []
+        if self.size > SPOOL_THRESHOLD or (budget.max_memory and budget.memory > budget.max_memory):
+            self._spool()
+
+    def _spool(self) -> None:
+        """Move the body from memory to an anonymous temp file."""
+        budget = self._budget
+        if not budget.fits_on_disk(self._held):
+            raise SpoolFull
+        # Owned by this object until close(): not a with-block on purpose.
+        spool = tempfile.TemporaryFile(prefix="ferryman-body-")  # noqa: SIM115
+        try:
+            spool.writelines(self._chunks)
+        except BaseException:
+            spool.close()
+            raise
+        self._file = spool
+        self._chunks = []
+        budget.memory -= self._held
+        budget.disk += self._held
 
     @property
     def in_memory(self) -> bool:
@@ -60,7 +119,12 @@ class RequestBody:
             yield chunk
 
     def close(self) -> None:
+        held = self._held
+        self._held = 0
         self._chunks = []
         if self._file is not None:
+            self._budget.disk -= held
             self._file.close()
             self._file = None
+        else:
+            self._budget.memory -= held

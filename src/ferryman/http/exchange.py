@@ -18,13 +18,15 @@ success, error and cancellation alike.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 from typing import TYPE_CHECKING
 
 from ..pool import Reason, Rejected, Session, Waiter
-from .body import RequestBody
+from .body import BodyBudget, RequestBody
 from .environ import BadTarget
+from .listener import fd_limit_text
 from .response import DATES, simple_response, status_allows_body
 from .upstream import AppConnection
 
@@ -49,6 +51,7 @@ DRAIN_LIMIT = 1024 * 1024
 CLIENT_CLOSED = 499
 #: Methods that may be sent again when a reused connection turns out dead (as nginx).
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
+_OUT_OF_FDS = frozenset([errno.EMFILE, errno.ENFILE])
 #: Attempts to reach a process for one request when the process turns out unreachable
 #: before anything was sent (it died between checkout and connect).
 _CONNECT_ATTEMPTS = 3
@@ -160,14 +163,14 @@ class Exchange:
         "waiter",
     )
 
-    def __init__(self, conn: ClientConnection, app: App) -> None:
+    def __init__(self, conn: ClientConnection, app: App, bodies: BodyBudget) -> None:
         self.conn = conn
         self.app = app
         self.method = b""
         self.target = b""
         self.version = b"1.1"
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body = RequestBody()
+        self.body = RequestBody(bodies)
         #: The client allows keep-alive (its version and Connection header).
         self.keep_alive = True
         #: Close the connection after this response, whatever the client wants.
@@ -287,7 +290,17 @@ class Exchange:
         now = self.app.now()
         supervisor.apply(session.close(now))
         if not gone:
-            log.warning("Cannot connect to app process %d: %r", session.process.pid, exc)
+            if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS:
+                self.conn.server.fd_alert.fire(
+                    now,
+                    "Cannot connect to app process %d: %s (%s): answered 502. Raise the "
+                    "limit (ulimit -n, or LimitNOFILE= in a systemd unit).",
+                    session.process.pid,
+                    exc.strerror,
+                    fd_limit_text(),
+                )
+            else:
+                log.warning("Cannot connect to app process %d: %r", session.process.pid, exc)
             self._respond_simple(502, b"Bad Gateway: the app process could not be reached.\n")
             return
         self._attempts += 1

@@ -34,6 +34,7 @@ import httptools
 from ..alerts import Alert
 from ..config import Config, ProxyNetworks
 from ..pool import Group, Rejected
+from .body import SPOOL_THRESHOLD, BodyBudget, SpoolFull
 from .environ import is_trusted
 from .exchange import Exchange
 from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix
@@ -72,6 +73,7 @@ _NOTED_SIZES = frozenset(len(name) for name in _NOTED)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n")
 _BWS = frozenset(b" \t")
+_NO_ROOM = b"Service Unavailable: no room to store the request body now.\n"
 
 
 class App:
@@ -103,8 +105,11 @@ class App:
         #: loop time of the next restart.txt check (read on the hot path: a float compare)
         self.next_restart_check = 0.0
         self._restart_mtime = self._restart_file_mtime()
-        self._queue_full_count = 0
-        self._queue_full_logged_at = -1e9
+        name = group.name.replace("%", "%%")
+        self.queue_full_alert = Alert(
+            f"The request queue of {name} is full: answered 503 to %d more request(s) since "
+            "the last report"
+        )
 
     def _restart_file_mtime(self) -> int | None:
         if self.restart_file is None:
@@ -115,19 +120,15 @@ class App:
             return None
 
     def queue_full(self, now: float) -> None:
-        """A request got 503 because the queue is full: say so in the log, at most every 10 s."""
-        self._queue_full_count += 1
-        if now - self._queue_full_logged_at >= 10.0:
-            log.warning(
-                "The request queue of %s is full (max_request_queue_size %d): answered 503 "
-                "to %d request(s) since the last report. More processes (--max-pool-size), "
-                "threads (--thread-count) or a longer queue would take them.",
-                self.group.name,
-                self.group.options.max_queue_size,
-                self._queue_full_count,
-            )
-            self._queue_full_logged_at = now
-            self._queue_full_count = 0
+        """A request got 503 because the queue is full: say so in the log (throttled)."""
+        self.queue_full_alert.fire(
+            now,
+            "The request queue of %s is full (max_request_queue_size %d): answered 503. More "
+            "processes (--max-pool-size), threads (--thread-count) or a longer queue would "
+            "take such requests.",
+            self.group.name,
+            self.group.options.max_queue_size,
+        )
 
     def check_restart(self, now: float) -> None:
         self.next_restart_check = now + self.stat_throttle_rate
@@ -166,6 +167,11 @@ class FrontServer:
         self.check_every = min(config.header_timeout, config.body_timeout, config.keepalive_timeout)
         #: Running out of file descriptors (accept, or connecting to an app process).
         self.fd_alert = Alert(FD_ALERT_SUMMARY)
+        #: What request bodies may hold, in memory and in temp files, across connections.
+        self.bodies = BodyBudget(config.max_spool_size)
+        self.spool_alert = Alert(
+            "Answered 503 to %d more request body(ies) because max_spool_size was reached"
+        )
         self.closing = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -233,6 +239,19 @@ class FrontServer:
 
     def close_alerts(self) -> None:
         self.fd_alert.close()
+        self.spool_alert.close()
+        self.app.queue_full_alert.close()
+
+    def spool_full(self, remote_addr: bytes, size: int) -> None:
+        self.spool_alert.fire(
+            self.loop.time(),
+            "503 for a request body from %s: it needs %d bytes of temp files and "
+            "max_spool_size (%d) is reached (%d bytes spooled by all connections now)",
+            remote_addr.decode(),
+            size,
+            self.bodies.max_disk,
+            self.bodies.disk,
+        )
 
     def abort_all(self) -> None:
         for conn in list(self.connections):
@@ -264,6 +283,8 @@ class ClientConnection(asyncio.Protocol):
         self.max_body_size = config.max_body_size
         self.header_timeout = config.header_timeout
         self.body_timeout = config.body_timeout
+        self.min_body_rate = config.min_body_rate
+        self.bodies = server.bodies
         self.keepalive_timeout = config.keepalive_timeout
         # What the parser callbacks note about the request head being parsed.
         self._head_bytes = 0
@@ -275,6 +296,9 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade = False
         #: Bytes of the trailer section so far (bounded like a head).
         self._trailer_bytes = 0
+        #: The body's rate window: loop time it started (0 = not measuring), bytes since.
+        self._rate_from = 0.0
+        self._rate_bytes = 0
         #: A 100 Continue owed to the request being parsed, once earlier responses are out.
         self._continue_owed = False
         #: We closed (or aborted) the transport; nothing more may be written.
@@ -396,7 +420,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.current = Exchange(self, self.app)
+        self.current = Exchange(self, self.app, self.bodies)
         self.head_complete = False
         self._head_bytes = 0
         self._seen = 0
@@ -475,6 +499,9 @@ class ClientConnection(asyncio.Protocol):
         length = self._length
         if self.max_body_size and length > self.max_body_size:
             raise _Refuse(413, b"Content Too Large\n")
+        if length > SPOOL_THRESHOLD and not self.bodies.fits_on_disk(length):
+            self.server.spool_full(self.remote_addr, length)
+            raise _Refuse(503, _NO_ROOM) from None
         expect = self._expect
         if expect is not None and version == b"1.1":
             if expect != b"100-continue":
@@ -487,14 +514,25 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0
         if not self.pipeline:
             self._arm(self.body_timeout)
+            if self.min_body_rate and (length > 0 or self._seen & _CHUNKED):
+                self._rate_from = self.loop.time()
+                self._rate_bytes = 0
 
     def on_body(self, body: bytes) -> None:
         current = self.current
         assert current is not None
-        current.body.append(body)
+        try:
+            current.body.append(body)
+        except SpoolFull:
+            self.server.spool_full(self.remote_addr, current.body.size + len(body))
+            raise _Refuse(503, _NO_ROOM) from None
+        except OSError as exc:  # e.g. ENOSPC in the temp directory
+            log.error("Cannot store a request body in a temp file: %s", exc)
+            raise _Refuse(503, _NO_ROOM) from None
         if self.max_body_size and current.body.size > self.max_body_size:
             raise _Refuse(413, b"Content Too Large\n")
         if not self.pipeline:
+            self._rate_bytes += len(body)
             self._arm(self.body_timeout)
 
     def on_message_complete(self) -> None:
@@ -506,6 +544,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.current = None
         self.completed += 1
+        self._rate_from = 0.0
         if self._write_closed:
             exchange.cancel()  # pipelined after a response that closed the connection
             return
@@ -606,6 +645,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             # The next request is on its way: its head or body gets its own deadline now.
             self._arm(self.body_timeout if self.head_complete else self.header_timeout)
+            if self.head_complete and self.min_body_rate:
+                self._rate_from = self.loop.time()
+                self._rate_bytes = 0
             if self._continue_owed:
                 self._continue_owed = False
                 self.write(_CONTINUE)
@@ -696,6 +738,23 @@ class ClientConnection(asyncio.Protocol):
         if not deadline or self.closed:
             return  # busy or gone: the next _arm starts a timer again
         now = self.loop.time()
+        rate_from = self._rate_from
+        if rate_from and now - rate_from >= self.body_timeout:
+            # The body's rate over the last period (at most check_every late).
+            if self._rate_bytes < self.min_body_rate * (now - rate_from):
+                log.info(
+                    "408: %s sent its request body too slowly (%d bytes in %.0fs; "
+                    "min_body_rate is %d bytes/s)",
+                    self.remote_addr.decode(),
+                    self._rate_bytes,
+                    now - rate_from,
+                    self.min_body_rate,
+                )
+                self.write(simple_response(408, b"Request Timeout\n", close=True))
+                self._close()
+                return
+            self._rate_from = now
+            self._rate_bytes = 0
         if now < deadline:
             self._timer = self.loop.call_at(
                 min(deadline, now + self.server.check_every), self._on_timer

@@ -45,10 +45,9 @@ def fd_limit_text() -> str:
     """'limit N, M open' for the current process, for the log."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        open_now = str(len(os.listdir("/proc/self/fd")))
-    except OSError:
-        open_now = "?"
-    return f"limit {soft}, {open_now} open"
+        return f"limit {soft}, {len(os.listdir('/proc/self/fd'))} open"
+    except OSError:  # listing needs a descriptor too
+        return f"limit {soft}, all in use"
 
 
 class Listener:

@@ -38,8 +38,8 @@ def absolute_to_origin(target: bytes) -> tuple[bytes, bytes]:
         raise TargetError("the request target is not a path or a valid absolute URI")
     if match.group("scheme").lower() not in _HTTP_SCHEMES:
         raise TargetError("the request target's scheme must be http or https")
-    port = match.group("port")
-    if port is not None and (not port or int(port) > 65535):
+    port = match.group("port")  # may be empty: "http://host:/" is "http://host/"
+    if port and int(port) > 65535:
         raise TargetError("the request target has an invalid port")
     rest = match.group("rest") or b""
     if not rest.startswith(b"/"):

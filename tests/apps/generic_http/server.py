@@ -1,5 +1,11 @@
-"""A generic app: any program that serves HTTP on $PORT (here Python's http.server)."""
+"""A generic app: any program that serves HTTP on $PORT (here Python's http.server).
 
+GET or POST /headers answers with the request's header lines as JSON ([name, value]
+pairs, in order), so tests can see exactly what Ferryman forwarded. GET /bad-header?c=HH
+answers with a header value holding the byte 0xHH (http.server does not check it).
+"""
+
+import json
 import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -8,7 +14,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def _headers(self):
+        body = json.dumps([[k, v] for k, v in self.headers.items()]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
+        if self.path == "/headers":
+            return self._headers()
+        if self.path.startswith("/bad-header?c="):
+            char = chr(int(self.path.rpartition("=")[2], 16))
+            self.send_response(200)
+            self.send_header("X-Bad", "before" + char + "after")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = ("generic pid %d path %s\n" % (os.getpid(), self.path)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -19,6 +42,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)
+        if self.path == "/headers":
+            return self._headers()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -146,6 +146,11 @@ def app(environ, start_response):
         # As frameworks do: no body for HEAD, so the length of GET's is unknown here.
         start_response("200 OK", text)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [b"the GET body\n"]
+    if path == "/bad-value":
+        # A header value with the control character c=HH (hex) in it.
+        char = chr(int(q.get("c", "0b"), 16))
+        start_response("200 OK", [("X-Bad", "before" + char + "after")])
+        return [b"never sent\n"]
     if path == "/bad-header":
         start_response("200 OK", [("Bad Name", "spaces are not allowed in a header name")])
         return [b"never sent\n"]
