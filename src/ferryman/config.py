@@ -431,6 +431,23 @@ class Config:
         "disk; size it to a few concurrent uploads of max_body_size.",
         "HTTP",
     )
+    max_response_buffer: int = setting(
+        1024**3,
+        _size_kind("unbounded"),
+        "Most bytes of one response kept for a client that reads slower than the app "
+        "writes (in memory, then in a temp file; counted in max_spool_size), so that the "
+        "app process is free as soon as it has answered. Beyond it, the app is held back "
+        "until the client catches up. Server-sent events and responses with "
+        "'X-Accel-Buffering: no' are never buffered.",
+        "HTTP",
+    )
+    send_timeout: float = setting(
+        60.0,
+        _seconds_kind(),
+        "How long a client may take no bytes of a response before its connection is "
+        "closed (logged as 499).",
+        "HTTP",
+    )
     keepalive_timeout: float = setting(
         5.0, _seconds_kind(), "How long an idle keep-alive connection is kept open.", "HTTP"
     )

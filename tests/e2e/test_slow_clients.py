@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import socket
 import time
 
-from .harness import STUB, serving
+import pytest
+
+from .harness import STUB, Server, serving, wait_until
+from .wire import Wire, req
 
 
 def _rss_kb(pid: int) -> int:
@@ -112,3 +118,102 @@ def test_a_client_leaving_a_stream_frees_the_process() -> None:
             assert sock.recv(1000).startswith(b"HTTP/1.1 200 ")
         status, _ = server.get("/pid", timeout=10)
         assert status == 200
+
+
+# -- response buffering: a slow reader never holds the process ---------------------------
+
+
+def _response_files(server: Server) -> int:
+    """Anonymous temp files the core holds open (buffered responses, spooled bodies)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{server.pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{server.pid}/fd/{fd}").endswith("(deleted)")
+    return count
+
+
+def test_a_reader_that_reads_nothing_does_not_hold_the_only_process() -> None:
+    """1 process x 1 thread. Client A asks for 10 MB and reads nothing; client B is served
+    at once: the core took A's response from the app into its buffer (memory up to a
+    threshold, the rest in a temp file), and the temp file is gone once A leaves."""
+    with serving(
+        STUB, "--min-instances", "1", "--max-pool-size", "1", "--thread-count", "1"
+    ) as server:
+        idle = server.rss_kb()
+        reader = _slow_socket(server.port)
+        try:
+            reader.sendall(b"GET /pattern?n=10000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _ = server.get("/pid", timeout=1)
+            assert status == 200
+            # The app is done; the bytes wait in the core, mostly in a temp file.
+            assert wait_until(lambda: _response_files(server) == 1, 10)
+            grown = server.rss_kb() - idle
+            assert grown < 4 * 1024, f"the core grew by {grown} KiB holding a 10 MB response"
+        finally:
+            reader.close()
+        assert wait_until(lambda: _response_files(server) == 0, 10)
+        assert server.get("/pid", timeout=5)[0] == 200
+
+
+def test_a_client_that_reads_slowly_gets_every_byte() -> None:
+    """A client reading at about 64 KB/s gets the whole response, in order, intact."""
+    size = 448 * 1024
+    expected = b"".join(b"%015d\n" % i for i in range((size + 15) // 16))[:size]
+    with serving(
+        STUB, "--min-instances", "1", "--max-pool-size", "1", "--thread-count", "1"
+    ) as server:
+        with _slow_socket(server.port) as sock:
+            sock.sendall(
+                f"GET /pattern?n={size} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            )
+            received = bytearray()
+            while chunk := sock.recv(8192):
+                received += chunk
+                time.sleep(0.125)  # 8 KiB per 1/8 s: 64 KiB/s
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+@pytest.mark.parametrize("query", ["", "&accel=no"], ids=["event-stream", "x-accel-buffering"])
+def test_server_sent_events_arrive_as_they_are_sent(query: str) -> None:
+    """Each event (one per 100 ms) reaches the client within 50 ms of the app sending it;
+    X-Accel-Buffering (an instruction to Ferryman) is not passed on."""
+    with serving(STUB) as server, Wire(server.port, timeout=10) as wire:
+        wire.send(req("GET", f"/sse?n=8&delay=0.1{query}"))
+        head = wire.read_head()
+        assert head.status == 200
+        assert head.header("X-Accel-Buffering") is None
+        lags = []
+        for _ in range(8):
+            size_line = wire.read_until(b"\r\n")
+            assert size_line is not None
+            event = wire.read_exact(int(size_line, 16) + 2)
+            assert event is not None
+            sent_at = float(event.split(b"data: ")[1].split(b"\n")[0])
+            lags.append(time.monotonic() - sent_at)
+        assert max(lags) < 0.05, lags
+
+
+def test_a_client_that_takes_nothing_is_closed_after_send_timeout() -> None:
+    """--send-timeout 2: a client that stops reading a streamed response is closed after
+    about 2 s, the log says so (499), and the core's fds come back to where they were."""
+    with serving(
+        STUB, "--send-timeout", "2", "--min-instances", "1", "--max-pool-size", "1"
+    ) as server:
+        fds = server.settled_resources()[0]
+        mark = server.mark()
+        sock = _slow_socket(server.port)
+        try:
+            # A stream is passed through with back-pressure: the client's side fills up.
+            sock.sendall(
+                b"GET /sse?n=100000&delay=0&accel=no&pad=65536 HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            started = time.monotonic()
+            server.wait_for_log(r"499: 127\.0\.0\.1 took no bytes of a response", 15, mark)
+            assert 1.5 < time.monotonic() - started < 10
+            server.wait_for_log(r'"GET /sse\?n=100000\S* HTTP/1\.1" 499', 5, mark)
+        finally:
+            sock.close()
+        assert wait_until(lambda: server.fd_count() == fds, 10)
+        assert server.get("/pid", timeout=5)[0] == 200

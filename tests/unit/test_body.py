@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.http.body import READ_CHUNK, SPOOL_THRESHOLD, BodyBudget, RequestBody, SpoolFull
+from ferryman.http.body import READ_CHUNK, SPOOL_THRESHOLD, RequestBody
+from ferryman.http.spool import SpoolBudget, SpoolFull
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ def test_close_forgets_an_in_memory_body(temp_dir: Path) -> None:
 def test_budget_counts_memory_then_disk_and_gives_it_back(temp_dir: Path) -> None:
     """Bytes move from the memory count to the disk count when a body spools; close()
     returns exactly what the body held, once."""
-    budget = BodyBudget(max_disk=0)
+    budget = SpoolBudget(max_disk=0)
     small, big = RequestBody(budget), RequestBody(budget)
     small.append(b"abc")
     big.append(pattern(SPOOL_THRESHOLD))
@@ -153,7 +154,7 @@ def test_budget_counts_memory_then_disk_and_gives_it_back(temp_dir: Path) -> Non
 
 def test_a_body_that_does_not_fit_on_disk_is_refused(temp_dir: Path) -> None:
     """Past max_disk, SpoolFull, whether at the move to a file or on a later piece."""
-    budget = BodyBudget(max_disk=SPOOL_THRESHOLD + 10)
+    budget = SpoolBudget(max_disk=SPOOL_THRESHOLD + 10)
     first = RequestBody(budget)
     first.append(pattern(SPOOL_THRESHOLD + 5))
     first.append(b"12345")
@@ -173,7 +174,7 @@ def test_a_body_that_does_not_fit_on_disk_is_refused(temp_dir: Path) -> None:
 
 def test_bodies_go_to_disk_early_when_memory_is_used_up(temp_dir: Path) -> None:
     """With max_memory reached in all, even a small body spools, so memory stays bounded."""
-    budget = BodyBudget(max_disk=0, max_memory=100)
+    budget = SpoolBudget(max_disk=0, max_memory=100)
     bodies = [RequestBody(budget) for _ in range(3)]
     for body in bodies:
         body.append(b"m" * 40)

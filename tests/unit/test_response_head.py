@@ -8,10 +8,17 @@ from ferryman.http.exchange import INVALID_FIELDS, INVALID_STATUS, plan_head
 
 
 def test_a_plain_head_is_planned() -> None:
-    status, prefix, date, server, suffix, no_body, length, chunked, close = plan_head(
+    status, prefix, date, server, suffix, no_body, length, chunked, close, streaming = plan_head(
         b"200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n", False, b"1.1", False
     )
-    assert (status, length, chunked, close, no_body) == (200, 5, False, False, False)
+    assert (status, length, chunked, close, no_body, streaming) == (
+        200,
+        5,
+        False,
+        False,
+        False,
+        False,
+    )
     assert prefix == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
     assert date and server
     assert suffix == b"\r\n"
@@ -46,3 +53,26 @@ def test_an_invalid_status_line_is_refused(line: bytes) -> None:
 def test_tabs_and_obs_text_are_allowed() -> None:
     plan = plan_head(b"200 OK\r\nX-A: a\tb\xe9\r\n", False, b"1.1", False)
     assert plan[0] == 200
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"Content-Type: text/event-stream\r\n",
+        b"Content-Type: text/event-stream; charset=utf-8\r\n",
+        b"X-Accel-Buffering: no\r\n",
+        b"X-A: 1\r\nx-accel-buffering:  no \r\nX-B: 2\r\n",
+    ],
+)
+def test_streaming_responses_are_recognised(block: bytes) -> None:
+    """Server-sent events and X-Accel-Buffering: no pass through unbuffered; the latter
+    is Ferryman's instruction and does not reach the client."""
+    plan = plan_head(b"200 OK\r\n" + block, False, b"1.1", False)
+    assert plan[9] is True
+    assert b"accel" not in plan[1].lower()
+
+
+def test_x_accel_buffering_yes_is_buffered_and_removed() -> None:
+    plan = plan_head(b"200 OK\r\nX-Accel-Buffering: yes\r\nX-B: 2\r\n", False, b"1.1", False)
+    assert plan[9] is False
+    assert plan[1] == b"HTTP/1.1 200 OK\r\nX-B: 2\r\n"

@@ -6,7 +6,7 @@ body moves to an anonymous temporary file (unlinked at creation, so nothing is
 left behind even if the core is killed). ``close()`` releases the file; its
 owner (the exchange) calls it on every path.
 
-What bodies hold across all connections is bounded by one ``BodyBudget``: in
+What bodies hold across all connections is bounded by the ``SpoolBudget``: in
 memory (past ``max_memory`` in all, bodies go to temp files early) and on disk
 (past ``max_disk``, a body that would need more is refused with ``SpoolFull``,
 which the front answers with 503). So no number of slow uploads can fill the
@@ -19,45 +19,16 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+from .spool import UNLIMITED, SpoolBudget, SpoolFull
+
 SPOOL_THRESHOLD = 1024 * 1024
 READ_CHUNK = 256 * 1024
-#: Request-body bytes all connections together may keep in the core's memory; past it,
-#: bodies are spooled to temp files however small (64 connections at the threshold).
-MEMORY_BUDGET = 64 * SPOOL_THRESHOLD
-
-
-class SpoolFull(Exception):
-    """A body needs more temp-file space than the budget has left."""
-
-
-class BodyBudget:
-    """The bytes request bodies hold at once across every connection.
-
-    Invariants: ``memory`` is the sum of the in-memory bytes of the open bodies, ``disk``
-    the sum of their spooled bytes; ``disk <= max_disk`` unless ``max_disk`` is 0
-    (unlimited). ``max_memory`` 0 means unlimited too.
-    """
-
-    __slots__ = ("disk", "max_disk", "max_memory", "memory")
-
-    def __init__(self, max_disk: int = 0, max_memory: int = MEMORY_BUDGET) -> None:
-        self.max_disk = max_disk
-        self.max_memory = max_memory
-        self.memory = 0
-        self.disk = 0
-
-    def fits_on_disk(self, size: int) -> bool:
-        return not self.max_disk or self.disk + size <= self.max_disk
-
-
-#: For bodies nobody accounts for (tests, tools).
-UNLIMITED = BodyBudget(0, 0)
 
 
 class RequestBody:
     __slots__ = ("_budget", "_chunks", "_file", "_held", "size")
 
-    def __init__(self, budget: BodyBudget = UNLIMITED) -> None:
+    def __init__(self, budget: SpoolBudget = UNLIMITED) -> None:
         self._budget = budget
         self._chunks: list[bytes] = []
         self._file: IO[bytes] | None = None

@@ -9,10 +9,21 @@ asks the app's group for a session: it gets one at once, waits in the queue
 takes a keep-alive connection to the process, sends the request, and turns the
 loader's frames into the HTTP response.
 
+Responses are read from the app as fast as it writes them. When the client reads
+slower, what it has not taken yet waits in a ``ResponseBuffer`` (memory, then a
+temp file, up to ``--max-response-buffer`` and the spool budget), and the session
+is given back as soon as the app has finished (state DRAINING: the app is done,
+the client is still being fed) — so a slow reader never holds an app process.
+Responses that must not wait in a buffer (server-sent events, ``X-Accel-Buffering:
+no``) are passed through with back-pressure instead: while the client is not
+reading, the app's connection is not read either. When the buffer is full, the
+same back-pressure applies to a buffered response.
+
 This is the hot path, so it runs on callbacks, not on a task per request.
-``_finish`` is the single place where everything the exchange holds is given
-back — upstream connection, session, body file — and it runs exactly once, on
-success, error and cancellation alike.
+``_finish`` is the single place where everything the exchange holds for the app is
+given back — upstream connection, session, request body — and it runs exactly
+once, on success, error and cancellation alike; ``_end`` does the same for the
+client side (response buffer, access log, the connection's next request).
 """
 
 from __future__ import annotations
@@ -24,10 +35,11 @@ import re
 from typing import TYPE_CHECKING
 
 from ..pool import Reason, Rejected, Session, Waiter
-from .body import BodyBudget, RequestBody
+from .body import RequestBody
 from .environ import BadTarget
 from .listener import fd_limit_text
 from .response import DATES, simple_response, status_allows_body
+from .spool import ResponseBuffer, SpoolBudget
 from .upstream import AppConnection
 
 if TYPE_CHECKING:
@@ -40,9 +52,12 @@ RECEIVING = 0  # request head parsed, body arriving
 QUEUED = 1  # waiting for a session (in the pipeline or the group's queue)
 CONNECTING = 2  # has a session, opening a connection to the process
 FORWARDING = 3  # request sent, response arriving
-DONE = 4
+DRAINING = 4  # the app is done and its session given back; buffered bytes still go out
+DONE = 5
 
 _CHUNKED_END = b"0\r\n\r\n"
+#: Bytes written to the client at a time when a buffered response drains from a file.
+_DRAIN_CHUNK = 256 * 1024
 #: After the client left, an app's reply is read and dropped up to this size, so the
 #: session (the process's capacity) is returned when the app is really done. A longer
 #: reply closes the connection instead, which stops a streaming app at its next write.
@@ -72,7 +87,8 @@ INVALID_STATUS, INVALID_FIELDS = 0, -1
 
 #: What a response head becomes on the wire, for each (payload, HEAD?, version, close?):
 #: most responses of an app repeat the same few heads, so each is worked out once.
-HeadPlan = tuple[int, bytes, bool, bool, bytes, bool, int, bool, bool]
+HeadPlan = tuple[int, bytes, bool, bool, bytes, bool, int, bool, bool, bool]
+_NOT_A_HEAD: HeadPlan = (0, b"", False, False, b"", True, -1, False, False, False)
 _HEAD_PLANS: dict[tuple[bytes, bool, bytes, bool], HeadPlan] = {}
 _HEAD_PLANS_LIMIT = 512
 _HEAD_PLAN_MAX_SIZE = 256
@@ -80,16 +96,25 @@ _HEAD_PLAN_MAX_SIZE = 256
 
 def plan_head(payload: bytes, head_only: bool, version: bytes, close: bool) -> HeadPlan:
     """(status, head up to the Date line, add Date?, add Server?, framing lines and the
-    blank line, no body?, Content-Length or -1, chunked?, close after?) for an H frame."""
+    blank line, no body?, Content-Length or -1, chunked?, close after?, streaming?) for
+    an H frame. A streaming response (server-sent events, ``X-Accel-Buffering: no``) is
+    never buffered toward the client."""
     status_line, _, block = payload.partition(b"\r\n")
     if _VALID_STATUS_LINE.fullmatch(status_line) is None:
-        return (INVALID_STATUS, b"", False, False, b"", True, -1, False, False)
+        return (INVALID_STATUS, *_NOT_A_HEAD[1:])
     status = int(status_line[:3])
     if _VALID_FIELDS.fullmatch(block) is None:
-        return (INVALID_FIELDS, b"", False, False, b"", True, -1, False, False)
+        return (INVALID_FIELDS, *_NOT_A_HEAD[1:])
     if status < 200:
-        return (status, b"", False, False, b"", True, -1, False, False)
+        return (status, *_NOT_A_HEAD[1:])
     lower = block.lower()
+    streaming = _STREAMING_TYPE.search(lower) is not None
+    accel = _ACCEL_BUFFERING.search(lower)
+    if accel is not None:
+        # Ferryman's instruction, not the client's (nginx drops it too).
+        streaming = streaming or accel.group(1).strip() == b"no"
+        block = block[: accel.start()] + block[accel.end() :]
+        lower = block.lower()
     framing = b""
     remaining = -1
     chunked = no_body = False
@@ -128,22 +153,31 @@ def plan_head(payload: bytes, head_only: bool, version: bytes, close: bool) -> H
         remaining,
         chunked,
         close,
+        streaming,
     )
+
+
+_STREAMING_TYPE = re.compile(rb"(?:^|\n)content-type:[ \t]*text/event-stream")
+_ACCEL_BUFFERING = re.compile(rb"(?:^|(?<=\n))x-accel-buffering:([^\r]*)\r\n")
 
 
 class Exchange:
     __slots__ = (
+        "_abort_after",
         "_attempts",
+        "_buffer",
         "_chunked",
         "_client_gone",
         "_connect_task",
         "_drain_head",
         "_drained",
         "_head_sent",
+        "_held",
         "_no_body",
         "_out",
         "_remaining",
         "_retried",
+        "_streaming",
         "app",
         "body",
         "bytes_sent",
@@ -163,7 +197,7 @@ class Exchange:
         "waiter",
     )
 
-    def __init__(self, conn: ClientConnection, app: App, bodies: BodyBudget) -> None:
+    def __init__(self, conn: ClientConnection, app: App, bodies: SpoolBudget) -> None:
         self.conn = conn
         self.app = app
         self.method = b""
@@ -195,6 +229,14 @@ class Exchange:
         self._drained = 0
         #: Holds the connect task while it runs (asyncio keeps only weak references to tasks).
         self._connect_task: asyncio.Task[AppConnection] | None = None
+        #: The response's bytes the client has not taken yet (made when first needed).
+        self._buffer: ResponseBuffer | None = None
+        #: Bytes the buffer had no room for: the app is held back until they are sent.
+        self._held: bytes | None = None
+        #: The response passes through unbuffered, with back-pressure to the app.
+        self._streaming = False
+        #: In DRAINING: close the connection once the buffer is sent (a cut response).
+        self._abort_after = False
 
     # -- getting a session ------------------------------------------------------------------
 
@@ -317,14 +359,11 @@ class Exchange:
             conn.start(self)
         except BadTarget:
             self._respond_simple(400, b"Bad Request: invalid request target.\n", upstream_ok=True)
-            return
-        if self.conn.writing_paused:
-            conn.pause_reading()  # the client is still taking in an earlier response
 
     # -- the response, frame by frame (called by AppConnection) ------------------------------
 
     def on_head(self, payload: bytes) -> None:
-        if self.state == DONE:
+        if self.state >= DRAINING:
             return
         if self._client_gone:
             self._drain_head = True  # the app is sending a reply nobody will read
@@ -338,7 +377,7 @@ class Exchange:
                 if len(_HEAD_PLANS) >= _HEAD_PLANS_LIMIT:
                     _HEAD_PLANS.clear()
                 _HEAD_PLANS[key] = plan
-        status, prefix, date, server, suffix, no_body, remaining, chunked, close = plan
+        status, prefix, date, server, suffix, no_body, remaining, chunked, close, streaming = plan
         if status < 200:  # 1xx interim responses are not forwarded; a final one must follow
             if status == INVALID_STATUS:
                 self._respond_bad_gateway(b"the app sent an invalid status line")
@@ -351,11 +390,15 @@ class Exchange:
         self._chunked = chunked
         if close:
             self.close_after = True
+        if streaming:
+            self._streaming = True
+            if self.conn.writing_paused and self.upstream is not None:
+                self.upstream.pause_reading()  # the client is still taking in earlier bytes
         self._head_sent = True
         self._out.append(prefix + DATES.lines(date, server) + suffix)
 
     def on_body(self, payload: bytes) -> None:
-        if self.state == DONE:
+        if self.state >= DRAINING:
             return
         if self._client_gone:
             self._drained += len(payload)
@@ -379,7 +422,7 @@ class Exchange:
         self._out.append(payload)
 
     def on_end(self) -> None:
-        if self.state == DONE:
+        if self.state >= DRAINING:
             return
         if self._client_gone:
             conn = self.upstream
@@ -399,7 +442,7 @@ class Exchange:
 
     def on_abort(self) -> None:
         """The app failed after sending the head: the client must not take it as complete."""
-        if self.state == DONE:
+        if self.state >= DRAINING:
             return
         self.flush()
         conn = self.upstream
@@ -409,7 +452,7 @@ class Exchange:
         """The connection to the process closed before the response ended."""
         conn = self.upstream
         self.upstream = None
-        if self.state == DONE:
+        if self.state >= DRAINING:
             return
         if self._head_sent or self._client_gone:
             self.flush()
@@ -426,7 +469,7 @@ class Exchange:
 
     def on_bad_response(self, why: str) -> None:
         """The app's HTTP response could not be parsed (the connection will be closed)."""
-        if self.state != DONE:
+        if self.state < DRAINING:
             self._respond_bad_gateway(b"the app sent an invalid response: " + why.encode())
 
     def flush(self) -> None:
@@ -434,13 +477,75 @@ class Exchange:
         out = self._out
         if self._client_gone:
             out.clear()
-            if self._drain_head and self.state != DONE:
+            if self._drain_head and self.state < DRAINING:
                 # The reply did not end with this batch: it streams. Closing the connection
                 # stops the app at its next write, so its capacity is not held for nothing.
                 self._finish(upstream_ok=False)
         elif out:
-            self.conn.write(b"".join(out) if len(out) > 1 else out[0])
+            data = b"".join(out) if len(out) > 1 else out[0]
             out.clear()
+            if self._buffer is None and not self.conn.writing_paused:
+                self.conn.write(data)  # the common case: the client keeps up
+            else:
+                self._send_slowly(data)
+
+    # -- a client slower than the app ---------------------------------------------------------
+
+    def _send_slowly(self, data: bytes) -> None:
+        """The client is not keeping up (or bytes already wait): buffer ``data``, or hold
+        the app back when it must not be (or cannot be) buffered."""
+        conn = self.conn
+        buffer = self._buffer
+        if self._held is None and (buffer is None or not buffer.size) and not conn.writing_paused:
+            conn.write(data)
+            return
+        if self._streaming:
+            conn.write(data)  # its upstream is paused while the client is (client_paused)
+            return
+        if buffer is None:
+            buffer = self._buffer = ResponseBuffer(conn.spool, conn.max_response_buffer)
+        if self._held is None and buffer.push(data):
+            return
+        # No room: keep this piece aside and stop reading the app until the client catches up.
+        self._held = data if self._held is None else self._held + data
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def client_paused(self) -> None:
+        """The client's transport is full (called by the connection)."""
+        if self._streaming and self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def client_resumed(self) -> None:
+        """The client's transport has room again (called by the connection)."""
+        if self._streaming:
+            if self.upstream is not None:
+                self.upstream.resume_reading()
+            return
+        self._drain()
+
+    def _drain(self) -> None:
+        """Send what waits for the client while it takes it; end a DRAINING exchange once
+        everything is out."""
+        conn = self.conn
+        buffer = self._buffer
+        while not conn.writing_paused:
+            data = buffer.take(_DRAIN_CHUNK) if buffer is not None else b""
+            if not data:
+                held = self._held
+                if held is None:
+                    break
+                self._held = None
+                data = held
+                if self.upstream is not None:
+                    self.upstream.resume_reading()
+            conn.write(data)
+        if self._held is not None and buffer is not None and buffer.push(self._held):
+            self._held = None
+            if self.upstream is not None:
+                self.upstream.resume_reading()
+        if self.state == DRAINING and self._held is None and (buffer is None or not buffer.size):
+            self._end(self._abort_after)
 
     def _respond_bad_gateway(self, why: bytes) -> None:
         log.warning(
@@ -462,7 +567,7 @@ class Exchange:
         upstream_ok: bool = False,
     ) -> None:
         """Answer with a response of the core's own, unless part of one was already sent."""
-        if self.state == DONE:
+        if self.state >= DRAINING:
             return
         if self._head_sent:
             self._finish(upstream_ok=upstream_ok, abort_client=True)
@@ -489,6 +594,13 @@ class Exchange:
             return
         self._client_gone = True
         self._out.clear()
+        self._held = None
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
+        if self.state == DRAINING:
+            self._end(abort=True)  # the app was done already: only the record is left
+            return
         conn = self.upstream
         if self.state == FORWARDING and conn is not None and conn.request_sent:
             self._drain_head = self._head_sent  # a reply already streaming is cut at once
@@ -498,10 +610,12 @@ class Exchange:
         self._finish(upstream_ok=False)
 
     def _finish(self, *, upstream_ok: bool, abort_client: bool = False) -> None:
-        if self.state == DONE:
+        """The app side is over: give back the upstream connection, the queue place or the
+        session, and the request body; then end, or drain what waits for the client."""
+        if self.state >= DRAINING:
             return
         was_request = self.state != RECEIVING
-        self.state = DONE
+        self.state = DRAINING
         app = self.app
         conn = self.upstream
         if conn is not None:
@@ -519,15 +633,29 @@ class Exchange:
         session = self.session
         self.session = None
         effects = session.close(app.now()) if session is not None else None
+        buffer = self._buffer
+        if self._client_gone or (self._held is None and (buffer is None or not buffer.size)):
+            self._end(abort_client, was_request)
+        else:
+            self._abort_after = abort_client  # _drain ends it once the client has it all
+        if effects:
+            app.supervisor.apply(effects)
+
+    def _end(self, abort: bool, was_request: bool = True) -> None:
+        """The client side is over: record the request, move the connection on."""
+        self.state = DONE
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
+        self._held = None
+        app = self.app
         if self._client_gone:
             if was_request:
                 self.status = self.status or CLIENT_CLOSED
                 app.access_log.record(self)
         else:
             app.access_log.record(self)
-            self.conn.exchange_done(self, abort=abort_client)
-        if effects:
-            app.supervisor.apply(effects)
+            self.conn.exchange_done(self, abort=abort)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a request header (``name`` lower-case); for logging."""

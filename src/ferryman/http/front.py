@@ -34,11 +34,12 @@ import httptools
 from ..alerts import Alert
 from ..config import Config, ProxyNetworks
 from ..pool import Group, Rejected
-from .body import SPOOL_THRESHOLD, BodyBudget, SpoolFull
+from .body import SPOOL_THRESHOLD
 from .environ import is_trusted
-from .exchange import Exchange
+from .exchange import CLIENT_CLOSED, Exchange
 from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix
 from .response import simple_response
+from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ log = logging.getLogger("ferryman")
 
 PIPELINE_DEPTH = 16
 CLIENT_WRITE_HIGH_WATER = 1024 * 1024
+#: How often, at most, a client that takes no bytes is looked at (send_timeout).
+SEND_CHECK_INTERVAL = 5.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # The request headers the front acts on, each a bit in ``ClientConnection._seen``.
@@ -168,7 +171,7 @@ class FrontServer:
         #: Running out of file descriptors (accept, or connecting to an app process).
         self.fd_alert = Alert(FD_ALERT_SUMMARY)
         #: What request bodies may hold, in memory and in temp files, across connections.
-        self.bodies = BodyBudget(config.max_spool_size)
+        self.spool = SpoolBudget(config.max_spool_size)
         self.spool_alert = Alert(
             "Answered 503 to %d more request body(ies) because max_spool_size was reached"
         )
@@ -249,8 +252,8 @@ class FrontServer:
             "max_spool_size (%d) is reached (%d bytes spooled by all connections now)",
             remote_addr.decode(),
             size,
-            self.bodies.max_disk,
-            self.bodies.disk,
+            self.spool.max_disk,
+            self.spool.disk,
         )
 
     def abort_all(self) -> None:
@@ -284,8 +287,15 @@ class ClientConnection(asyncio.Protocol):
         self.header_timeout = config.header_timeout
         self.body_timeout = config.body_timeout
         self.min_body_rate = config.min_body_rate
-        self.bodies = server.bodies
+        self.spool = server.spool
         self.keepalive_timeout = config.keepalive_timeout
+        self.send_timeout = config.send_timeout
+        self.max_response_buffer = config.max_response_buffer
+        #: While writing is paused: when the client last took bytes, and how many we held.
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_since = 0.0
+        self._send_mark = 0
+        self._send_check = min(config.send_timeout / 4, SEND_CHECK_INTERVAL)
         # What the parser callbacks note about the request head being parsed.
         self._head_bytes = 0
         #: Bits of the noted headers seen so far (_HOST, _LENGTH, singletons...).
@@ -405,22 +415,48 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        if self.send_timeout and self._send_timer is None and self.transport is not None:
+            self._send_since = self.loop.time()
+            self._send_mark = self.transport.get_write_buffer_size()
+            self._send_timer = self.loop.call_later(self._send_check, self._check_send)
         if self.pipeline:
-            upstream = self.pipeline[0].upstream
-            if upstream is not None:
-                upstream.pause_reading()
+            self.pipeline[0].client_paused()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self.pipeline:
-            upstream = self.pipeline[0].upstream
-            if upstream is not None:
-                upstream.resume_reading()
+            self.pipeline[0].client_resumed()
+
+    def _check_send(self) -> None:
+        """While the client takes nothing of what we write, count; past send_timeout, close."""
+        self._send_timer = None
+        if not self.writing_paused or self.closed or self.transport is None:
+            return
+        now = self.loop.time()
+        size = self.transport.get_write_buffer_size()
+        if size < self._send_mark:  # it took some bytes: it is slow, not gone
+            self._send_mark = size
+            self._send_since = now
+        elif now - self._send_since >= self.send_timeout:
+            log.info(
+                "499: %s took no bytes of a response for %.0fs (send_timeout); closing the "
+                "connection",
+                self.remote_addr.decode(),
+                now - self._send_since,
+            )
+            if self.pipeline:
+                self.pipeline[0].status = CLIENT_CLOSED
+            self.abort()
+            return
+        self._send_timer = self.loop.call_later(self._send_check, self._check_send)
 
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.current = Exchange(self, self.app, self.bodies)
+        self.current = Exchange(self, self.app, self.spool)
         self.head_complete = False
         self._head_bytes = 0
         self._seen = 0
@@ -499,7 +535,7 @@ class ClientConnection(asyncio.Protocol):
         length = self._length
         if self.max_body_size and length > self.max_body_size:
             raise _Refuse(413, b"Content Too Large\n")
-        if length > SPOOL_THRESHOLD and not self.bodies.fits_on_disk(length):
+        if length > SPOOL_THRESHOLD and not self.spool.fits_on_disk(length):
             self.server.spool_full(self.remote_addr, length)
             raise _Refuse(503, _NO_ROOM) from None
         expect = self._expect
@@ -731,6 +767,9 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -103,6 +103,38 @@ def app(environ, start_response):
                 yield piece
 
         return gen()
+    if path == "/pattern":
+        # n bytes of a pattern that numbers each 16-byte line, in 64 KiB pieces: a piece
+        # lost, doubled or out of order changes the body's digest.
+        n = int(q.get("n", "1000000"))
+        start_response(
+            "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(n))]
+        )
+
+        def gen():
+            data = b"".join(b"%015d\n" % i for i in range((n + 15) // 16))[:n]
+            for at in range(0, n, 65536):
+                yield data[at : at + 65536]
+
+        return gen()
+    if path == "/sse":
+        # Server-sent events, one every `delay` s, each carrying the monotonic time it was
+        # sent (comparable across processes on one machine).
+        n = int(q.get("n", "5"))
+        delay = float(q.get("delay", "0.1"))
+        headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+        if q.get("accel") == "no":
+            headers = [("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")]
+        start_response("200 OK", headers)
+
+        pad = ": " + "p" * int(q.get("pad", "0")) + "\n" if q.get("pad") else ""
+
+        def gen():
+            for i in range(n):
+                time.sleep(delay)
+                yield ("%sid: %d\ndata: %.6f\n\n" % (pad, i, time.monotonic())).encode()
+
+        return gen()
     if path == "/blob":
         # The whole body as one bytes object: the loader sends it in one go.
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
