@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from .config import Config
 from .errors import ConfigError
-from .http.environ import forwarded_client
 
 if TYPE_CHECKING:
     from .http.exchange import Exchange
@@ -162,15 +161,12 @@ class AccessLog:
     def record(self, exchange: Exchange) -> None:
         if not self.enabled:
             return
-        referer = exchange.header(b"referer")
-        agent = exchange.header(b"user-agent")
-        conn = exchange.conn
-        client = conn.remote_addr
-        if conn.trusted:  # behind a trusted proxy: log the client it names, as the app sees
-            forwarded = exchange.header(b"x-forwarded-for")
-            if forwarded:
-                client = forwarded_client(forwarded, conn.server.trusted_proxies) or client
-        request = b"%s %s HTTP/%s" % (exchange.method, exchange.target, exchange.version)
+        head = exchange.head
+        referer = head.header(b"referer")
+        agent = head.header(b"user-agent")
+        # Behind a trusted proxy, the client it names, as the app sees it.
+        client = head.client_addr
+        request = b"%s %s HTTP/%s" % (head.method, head.target, head.version)
         self.sink.batch(
             f"{client.decode('latin-1')} - - {self._timestamp()}"
             f' "{_quoted(request)}" {exchange.status} {exchange.bytes_sent or "-"}'

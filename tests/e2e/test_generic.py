@@ -82,7 +82,7 @@ def test_stopping_kills_an_app_that_ignores_sigterm() -> None:
         start = time.monotonic()
         assert server.stop() == 0
         assert not any(alive(pid) for pid in [*shell, *app_pids])
-        assert "ignored SIGTERM; sending SIGKILL" in server.log_text()
+        server.wait_for_log("ignored SIGTERM; sending SIGKILL")
         assert time.monotonic() - start < 15
 
 

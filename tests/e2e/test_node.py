@@ -213,7 +213,8 @@ def test_node_start_failures_show_the_error_page(app: str, category: str, text: 
         assert status == 500
         assert text.encode() in body
         assert b"Loading the application &larr; failed here" in body
-        assert f"category: {category}]" in server.log_text()
+        # The log line is written before the page is sent, but read by another thread.
+        server.wait_for_log(re.escape(f"category: {category}]"))
 
 
 def test_node_app_that_never_listens_times_out() -> None:

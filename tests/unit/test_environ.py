@@ -12,12 +12,12 @@ from ferryman.http import environ as environ_module
 from ferryman.http.environ import (
     BadTarget,
     build_environ,
-    forwarded_client,
     header_key,
     is_client_claim,
     split_host,
     split_target,
 )
+from ferryman.http.request import RequestHead, forwarded_client
 
 
 def networks(*specs: str) -> ProxyNetworks:
@@ -199,22 +199,24 @@ def environ(
     remote_addr: bytes = b"10.0.0.2",
     server_port: bytes = b"3000",
 ) -> dict[bytes, bytes]:
-    return decode(
-        build_environ(
-            method=method,
-            target=target,
-            version=b"1.1",
-            headers=headers,
-            body_length=body_length,
-            remote_addr=remote_addr,
-            remote_port=b"54321",
-            server_name=b"127.0.0.1",
-            server_port=server_port,
-            scheme=scheme,
-            trusted=trusted,
-            networks=PROXIES,
-        )
+    """The environ for a request, its head made as the front makes it."""
+    host = next((value for name, value in headers if name.lower() == b"host"), b"")
+    head = RequestHead(
+        method,
+        target,
+        b"1.1",
+        list(headers),
+        host=host,
+        peer_addr=remote_addr,
+        peer_port=b"54321",
+        trusted=trusted,
+        server_name=b"127.0.0.1",
+        server_port=server_port,
+        scheme=scheme,
     )
+    if trusted:
+        head.believe_proxy(PROXIES)
+    return decode(build_environ(head, body_length))
 
 
 def test_request_line_and_peer() -> None:

@@ -14,12 +14,10 @@ so no client can pin memory by sending unique header names or hosts.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
-from ..config import ProxyNetworks
+from .request import RequestHead
 
 _VALID_NAME = re.compile(rb"[A-Za-z0-9-]+\Z")
 #: Headers in which a client says who it is, how it came or where the app is mounted
@@ -119,43 +117,13 @@ def split_host(host: bytes, default_port: bytes) -> tuple[bytes, bytes]:
     return host, default_port
 
 
-def is_trusted(address: str, networks: ProxyNetworks) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
-def forwarded_client(xff: bytes, networks: ProxyNetworks) -> bytes | None:
-    """The client address in X-Forwarded-For: the rightmost hop that is not a trusted proxy."""
-    hops = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not is_trusted(hop, networks):
-            return hop.encode("latin-1")
-    return hops[0].encode("latin-1") if hops else None
-
-
-def build_environ(
-    *,
-    method: bytes,
-    target: bytes,
-    version: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-    body_length: int,
-    remote_addr: bytes,
-    remote_port: bytes,
-    server_name: bytes,
-    server_port: bytes,
-    scheme: bytes,
-    trusted: bool,
-    networks: ProxyNetworks,
-) -> bytes:
+def build_environ(head: RequestHead, body_length: int) -> bytes:
     """The environ block: ``key NUL value NUL ...`` (see session_protocol)."""
-    path, query = split_target(target)
+    path, query = split_target(head.target)
+    trusted = head.trusted
     fields: dict[bytes, bytes] = {}
     cache = _KEY_CACHE
-    for name, value in headers:
+    for name, value in head.headers:
         key = cache.get(name, _MISSING)
         if key is _MISSING:
             key = header_key(name)
@@ -167,22 +135,11 @@ def build_environ(
             fields[key] += (b"; " if key == b"HTTP_COOKIE" else b", ") + value
         else:
             fields[key] = value
-    host = fields.get(b"HTTP_HOST")
-    if trusted:
-        forwarded_for = fields.get(b"HTTP_X_FORWARDED_FOR")
-        if forwarded_for:
-            client = forwarded_client(forwarded_for, networks)
-            if client:
-                remote_addr = client
-        proto = fields.get(b"HTTP_X_FORWARDED_PROTO")
-        if proto:
-            first = proto.split(b",")[0].strip().lower()
-            if first in (b"http", b"https"):
-                scheme = first
-        forwarded_host = fields.get(b"HTTP_X_FORWARDED_HOST")
-        if forwarded_host:
-            host = forwarded_host.split(b",")[0].strip()
-            fields[b"HTTP_HOST"] = host
+    host = head.host
+    if head.forwarded_host:  # only ever set from a trusted proxy
+        host = fields[b"HTTP_HOST"] = head.forwarded_host
+    scheme = head.scheme
+    server_name, server_port = head.server_name, head.server_port
     if host:
         host_key = (host, scheme)
         found = _HOST_CACHE.get(host_key)
@@ -193,16 +150,17 @@ def build_environ(
                     _HOST_CACHE.clear()
                 _HOST_CACHE[host_key] = found
         server_name, server_port = found
+    version = head.version
     parts = [
-        b"REQUEST_METHOD", method,
-        b"REQUEST_URI", target,
+        b"REQUEST_METHOD", head.method,
+        b"REQUEST_URI", head.target,
         b"PATH_INFO", path,
         b"QUERY_STRING", query,
         b"SERVER_PROTOCOL", _PROTOCOLS.get(version) or b"HTTP/" + version,
         b"SERVER_NAME", server_name,
         b"SERVER_PORT", server_port,
-        b"REMOTE_ADDR", remote_addr,
-        b"REMOTE_PORT", remote_port,
+        b"REMOTE_ADDR", head.client_addr,
+        b"REMOTE_PORT", head.peer_port,
         b"ferryman.url_scheme", scheme,
     ]  # fmt: skip
     consumed = _CONSUMED

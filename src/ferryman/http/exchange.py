@@ -38,6 +38,7 @@ from ..pool import Reason, Rejected, Session, Waiter
 from .body import RequestBody
 from .environ import BadTarget
 from .listener import fd_limit_text
+from .request import RequestHead
 from .response import DATES, simple_response, status_allows_body
 from .spool import ResponseBuffer, SpoolBudget
 from .upstream import AppConnection
@@ -161,6 +162,12 @@ _STREAMING_TYPE = re.compile(rb"(?:^|\n)content-type:[ \t]*text/event-stream")
 _ACCEL_BUFFERING = re.compile(rb"(?:^|(?<=\n))x-accel-buffering:([^\r]*)\r\n")
 
 
+_NO_HEAD = RequestHead(
+    b"", b"", b"1.1", [], host=b"", peer_addr=b"", peer_port=b"", trusted=False,
+    server_name=b"", server_port=b"",
+)  # fmt: skip
+
+
 class Exchange:
     __slots__ = (
         "_abort_after",
@@ -183,27 +190,22 @@ class Exchange:
         "bytes_sent",
         "close_after",
         "conn",
+        "head",
         "head_only",
-        "headers",
         "keep_alive",
-        "method",
         "session",
         "started_at",
         "state",
         "status",
-        "target",
         "upstream",
-        "version",
         "waiter",
     )
 
     def __init__(self, conn: ClientConnection, app: App, bodies: SpoolBudget) -> None:
         self.conn = conn
         self.app = app
-        self.method = b""
-        self.target = b""
-        self.version = b"1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
+        #: Set when the head is complete (the placeholder until then is never read).
+        self.head = _NO_HEAD
         self.body = RequestBody(bodies)
         #: The client allows keep-alive (its version and Connection header).
         self.keep_alive = True
@@ -369,7 +371,7 @@ class Exchange:
             self._drain_head = True  # the app is sending a reply nobody will read
             return
         close = self.close_after or not self.keep_alive
-        key = (payload, self.head_only, self.version, close)
+        key = (payload, self.head_only, self.head.version, close)
         plan = _HEAD_PLANS.get(key)
         if plan is None:
             plan = plan_head(*key)
@@ -458,7 +460,10 @@ class Exchange:
             self.flush()
             self._finish(upstream_ok=False, abort_client=True)
         elif (
-            conn is not None and conn.uses > 1 and not self._retried and self.method in _IDEMPOTENT
+            conn is not None
+            and conn.uses > 1
+            and not self._retried
+            and self.head.method in _IDEMPOTENT
         ):
             # A reused connection the app had just closed (its keep-alive timeout):
             # the request did not get there. Send it again on a new connection.
@@ -550,8 +555,8 @@ class Exchange:
     def _respond_bad_gateway(self, why: bytes) -> None:
         log.warning(
             "502 for %s %s: %s",
-            self.method.decode("latin-1"),
-            self.target.decode("latin-1")[:200],
+            self.head.method.decode("latin-1"),
+            self.head.target.decode("latin-1")[:200],
             why.decode(),
         )
         self._respond_simple(502, b"Bad Gateway: " + why + b".\n")
@@ -656,11 +661,3 @@ class Exchange:
         else:
             app.access_log.record(self)
             self.conn.exchange_done(self, abort=abort)
-
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of a request header (``name`` lower-case); for logging."""
-        size = len(name)
-        for key, value in self.headers:
-            if len(key) == size and key.lower() == name:
-                return value
-        return None

@@ -35,9 +35,9 @@ from ..alerts import Alert
 from ..config import Config, ProxyNetworks
 from ..pool import Group, Rejected
 from .body import SPOOL_THRESHOLD
-from .environ import is_trusted
 from .exchange import CLIENT_CLOSED, Exchange
 from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix
+from .request import RequestHead, is_trusted
 from .response import simple_response
 from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
@@ -306,6 +306,10 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade = False
         #: Bytes of the trailer section so far (bounded like a head).
         self._trailer_bytes = 0
+        #: The head being parsed: its target, its headers and its Host.
+        self._target = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._host = b""
         #: The body's rate window: loop time it started (0 = not measuring), bytes since.
         self._rate_from = 0.0
         self._rate_bytes = 0
@@ -464,13 +468,14 @@ class ClientConnection(asyncio.Protocol):
         self._expect = None
         self._upgrade = False
         self._trailer_bytes = 0
+        self._target = b""
+        self._headers = []
+        self._host = b""
         if not self.pipeline:
             self._arm(self.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        current = self.current
-        assert current is not None
-        current.target += url
+        self._target += url
         self._head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -482,11 +487,9 @@ class ClientConnection(asyncio.Protocol):
             if self._trailer_bytes > self.max_header_size:
                 raise _Refuse(431, b"Request Header Fields Too Large\n")
             return
-        current = self.current
-        assert current is not None
         if value and value[-1] in _BWS:
             value = value.rstrip(b" \t")  # RFC 9110 5.5: surrounding whitespace is not value
-        current.headers.append((name, value))
+        self._headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
         # Note the few headers the front itself acts on (by length first: it is cheap).
         if len(name) in _NOTED_SIZES:
@@ -497,7 +500,9 @@ class ClientConnection(asyncio.Protocol):
                         400, b"Bad Request: repeated " + name.lower() + b" header field.\n"
                     )
                 self._seen |= bit
-                if bit == _LENGTH:
+                if bit == _HOST:
+                    self._host = value
+                elif bit == _LENGTH:
                     self._length = int(value) if value.isdigit() else -1
                 elif bit == _EXPECT:
                     self._expect = value.lower()
@@ -509,13 +514,12 @@ class ClientConnection(asyncio.Protocol):
         self.head_complete = True
         if self._head_bytes > self.max_header_size:
             raise _Refuse(431, b"Request Header Fields Too Large\n")
-        method = current.method = parser.get_method()
+        method = parser.get_method()
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             if parser.get_http_version() == "0.9":
                 raise _Refuse(400, b"Bad Request: HTTP/0.9 is not served.\n")
             raise _Refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
-        current.version = version
         current.keep_alive = parser.should_keep_alive()
         current.head_only = method == b"HEAD"
         if version == b"1.0" and self._seen & _CHUNKED:
@@ -524,8 +528,23 @@ class ClientConnection(asyncio.Protocol):
         if not self._seen & _HOST and version == b"1.1":
             # RFC 9112 3.2: exactly one Host in HTTP/1.1 (a second one was refused already).
             raise _Refuse(400, b"Bad Request: an HTTP/1.1 request needs exactly one Host.\n")
-        if current.target[:1] != b"/":
-            self._other_target_form(current)
+        if self._target[:1] != b"/":
+            self._other_target_form(method)
+        server = self.server
+        head = current.head = RequestHead(
+            method,
+            self._target,
+            version,
+            self._headers,
+            host=self._host,
+            peer_addr=self.remote_addr,
+            peer_port=self.remote_port,
+            trusted=self.trusted,
+            server_name=server.server_name,
+            server_port=server.server_port,
+        )
+        if self.trusted:
+            head.believe_proxy(server.trusted_proxies)
         if parser.should_upgrade():
             if method == b"CONNECT":
                 raise _Refuse(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
@@ -595,22 +614,23 @@ class ClientConnection(asyncio.Protocol):
         elif len(self.pipeline) > PIPELINE_DEPTH:
             self._pause_reading()
 
-    def _other_target_form(self, current: Exchange) -> None:
+    def _other_target_form(self, method: bytes) -> None:
         """A target that is not origin-form (RFC 9112 3.2): check it, reduce it to one."""
-        target = current.target
+        target = self._target
         if target == b"*":
-            if current.method != b"OPTIONS":
+            if method != b"OPTIONS":
                 raise _Refuse(400, b"Bad Request: the target * is only for OPTIONS.\n")
             return
-        if current.method == b"CONNECT":
+        if method == b"CONNECT":
             raise _Refuse(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
         try:
             origin, authority = absolute_to_origin(target)
         except TargetError as exc:
             raise _Refuse(400, b"Bad Request: " + str(exc).encode() + b".\n") from None
-        current.target = origin
+        self._target = origin
+        self._host = authority
         # RFC 9112 3.2.2: the target's authority, not the Host header, names the host.
-        headers = current.headers
+        headers = self._headers
         for i, (name, _) in enumerate(headers):
             if len(name) == 4 and name.lower() == b"host":
                 headers[i] = (name, authority)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from .environ import build_environ, forwarded_client, header_key, is_client_claim
+from .environ import build_environ, header_key, is_client_claim
 from .session_protocol import (
     FRAME_ABORT,
     FRAME_BODY,
@@ -180,22 +180,7 @@ class SessionConnection(AppConnection):
         self.reader = FrameReader()
 
     def start(self, exchange: Exchange) -> None:
-        client = exchange.conn
-        server = client.server
-        environ = build_environ(
-            method=exchange.method,
-            target=exchange.target,
-            version=exchange.version,
-            headers=exchange.headers,
-            body_length=exchange.body.size,
-            remote_addr=client.remote_addr,
-            remote_port=client.remote_port,
-            server_name=server.server_name,
-            server_port=server.server_port,
-            scheme=b"http",
-            trusted=client.trusted,
-            networks=server.trusted_proxies,
-        )
+        environ = build_environ(exchange.head, exchange.body.size)
         self._send(encode_request(environ, exchange.body.size), exchange)
 
     def data_received(self, data: bytes) -> None:
@@ -249,50 +234,32 @@ class HttpConnection(AppConnection):
         self._head_seen = False
 
     def start(self, exchange: Exchange) -> None:
-        client = exchange.conn
-        trusted = client.trusted
-        lines = [exchange.method, b" ", exchange.target, b" HTTP/1.1\r\n"]
-        forwarded_for = forwarded_proto = forwarded_host = None
-        host = None
+        head = exchange.head
+        trusted = head.trusted
+        lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
         # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
         named = {
             token.strip().lower()
-            for name, value in exchange.headers
+            for name, value in head.headers
             if name.lower() == b"connection"
             for token in value.split(b",")
         }
-        for name, value in exchange.headers:
+        for name, value in head.headers:
             lower = name.lower()
             if lower in _HOP_BY_HOP or lower in named or header_key(name) is None:
                 continue
-            if is_client_claim(lower):
-                if not trusted:
-                    continue  # only a trusted proxy may say who the client is
-                if lower not in _FORWARDED:
-                    lines += (name, b": ", value, b"\r\n")
-                    continue
-                if lower == b"x-forwarded-for":
-                    forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
-                elif lower == b"x-forwarded-proto":
-                    forwarded_proto = value
-                else:
-                    forwarded_host = value
-                continue
-            if lower == b"host":
-                host = value
+            if is_client_claim(lower) and (not trusted or lower in _FORWARDED):
+                continue  # only a trusted proxy may say who the client is; ours follow
             lines += (name, b": ", value, b"\r\n")
-        if host is None:
-            host = client.server.server_name + b":" + client.server.server_port
+        host = head.host
+        if not host:
+            host = head.server_name + b":" + head.server_port
             lines += (b"Host: ", host, b"\r\n")
-        client_addr = client.remote_addr
-        if forwarded_for:
-            chain = forwarded_for + b", " + client_addr
-            client_addr = forwarded_client(chain, client.server.trusted_proxies) or client_addr
-        lines += (b"X-Forwarded-For: ", client_addr, b"\r\n")
-        lines += (b"X-Forwarded-Proto: ", forwarded_proto or b"http", b"\r\n")
-        lines += (b"X-Forwarded-Host: ", forwarded_host or host, b"\r\n")
+        lines += (b"X-Forwarded-For: ", head.client_addr, b"\r\n")
+        lines += (b"X-Forwarded-Proto: ", head.scheme, b"\r\n")
+        lines += (b"X-Forwarded-Host: ", head.forwarded_host or host, b"\r\n")
         size = exchange.body.size
-        if size or exchange.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        if size or head.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             lines += (b"Content-Length: ", str(size).encode(), b"\r\n")
         lines.append(b"\r\n")
         self._reason = b""
