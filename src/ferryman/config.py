@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .spawning.kinds import KINDS
 
 CONFIG_FILE = "Ferrymanfile.toml"
 ENV_PREFIX = "FERRYMAN_"
@@ -113,6 +114,19 @@ def _choice_kind(*choices: str) -> Kind:
         return raw.strip().lower()
 
     return Kind("one of " + ", ".join(choices), parse, "{" + ",".join(choices) + "}")
+
+
+def _app_type_kind() -> Kind:
+    """'auto' or a kind of the registry (read when a value is checked, so kinds added
+    later are allowed too)."""
+
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or raw.strip().lower() not in ("auto", *KINDS):
+            raise ValueError
+        return raw.strip().lower()
+
+    names = ("auto", *KINDS)
+    return Kind("one of " + ", ".join(names), parse, "{" + ",".join(names) + "}")
 
 
 def _text_kind(allowed: str = "a non-empty string", metavar: str = "TEXT") -> Kind:
@@ -262,7 +276,7 @@ class Config:
     )
     app_type: str = setting(
         "auto",
-        _choice_kind("auto", "wsgi", "node", "generic"),
+        _app_type_kind(),
         "What kind of app this is: a Python WSGI app, a Node.js app, or any program that "
         "listens on $PORT (generic); 'auto' detects it from the files in the app directory.",
         "Application",

@@ -33,7 +33,6 @@ log = logging.getLogger("ferryman")
 
 #: Signals that stop the server gracefully (a second one stops it at once).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-APP_TYPE_NAMES = {"wsgi": "Python WSGI", "node": "Node.js", "generic": "any-language app"}
 
 
 def group_options(config: Config) -> GroupOptions:
@@ -170,16 +169,16 @@ class Core:
 
     def _banner(self, urls: list[str]) -> None:
         config = self.config
-        kind = APP_TYPE_NAMES.get(self.spec.app_type, self.spec.app_type)
+        kind = self.spec.kind
         log.info("Ferryman %s serving %s", __version__, self.spec.root)
-        if self.spec.app_type == "generic":
-            log.info("  app type: %s, started with: %s", kind, self.spec.entry)
+        if kind.interpreter_setting is None:
+            log.info("  app type: %s, started with: %s", kind.title, self.spec.entry)
         else:
-            interpreter = config.nodejs if self.spec.app_type == "node" else config.python
-            log.info("  app type: %s (%s), run by %s", kind, self.spec.entry, interpreter)
+            interpreter = getattr(config, kind.interpreter_setting)
+            log.info("  app type: %s (%s), run by %s", kind.title, self.spec.entry, interpreter)
         if (self.spec.root / CONFIG_FILE).is_file():
             log.info("  settings read from %s", self.spec.root / CONFIG_FILE)
-        if self.spec.app_type == "wsgi":
+        if kind.threaded:
             per_process = f"threads per process: {config.thread_count}"
         elif config.force_max_concurrent_requests_per_process:
             limit = config.force_max_concurrent_requests_per_process

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.spawning.journey import STEPS
+from ferryman.spawning.journey import LOADER_STEPS
 
 from .harness import APPS, STUB, Request, Server, alive, serving, wait_until
 
-TITLES = {name: title for name, _side, title in STEPS}
+TITLES = {name: title for name, _side, title in LOADER_STEPS}
 PAGE_TITLE = "Error starting web application"
 FAILURE_LINE = re.compile(
     r"Could not start a process for (?P<root>.+?): (?P<summary>.*)"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ferryman.spawning.journey import STEPS, Journey, StepState
+from ferryman.spawning.journey import LOADER_STEPS as STEPS
+from ferryman.spawning.journey import Journey, StepState
 
 LOADER_STEPS = [name for name, side, _ in STEPS if side == "loader"]
 CORE_STEPS = [name for name, side, _ in STEPS if side == "core"]

@@ -21,6 +21,9 @@ const path = require("path");
 const cluster = require("cluster");
 const { pathToFileURL } = require("url");
 
+// The handshake's version (keep in step with ferryman/spawning/kinds.py).
+const HANDSHAKE_VERSION = 1;
+
 const args = JSON.parse(process.argv[2]);
 const parentPid = process.ppid;
 let handshakeFd = args.handshake_fd;
@@ -109,7 +112,13 @@ function ready() {
   step("listen", "performed");
   step("ready", "performed");
   send({
-    ready: { socket: args.socket, protocol: "http", concurrency: 0, pid: process.pid },
+    ready: {
+      version: HANDSHAKE_VERSION,
+      socket: args.socket,
+      protocol: "http",
+      concurrency: 0,
+      pid: process.pid,
+    },
   });
   closeHandshake();
 }

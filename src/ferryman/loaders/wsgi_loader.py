@@ -52,6 +52,8 @@ FRAME_BODY = b"B"
 FRAME_END = b"E"
 FRAME_ABORT = b"A"
 PROTOCOL = "session"
+#: The handshake's version (keep in step with ferryman/spawning/kinds.py).
+HANDSHAKE_VERSION = 1
 
 MAX_FRAME = 1 << 20  # body chunks larger than this are split into several frames
 RECV_SIZE = 1 << 16
@@ -731,6 +733,7 @@ def main() -> None:
     handshake.send(
         {
             "ready": {
+                "version": HANDSHAKE_VERSION,
                 "socket": args["socket"],
                 "protocol": PROTOCOL,
                 "concurrency": threads,

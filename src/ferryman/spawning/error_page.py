@@ -87,6 +87,12 @@ CATEGORIES: dict[str, Category] = {
         "Something in the app process wrote to the file descriptor Ferryman's loader uses to "
         "report progress. If the app does not do that, please report this as a Ferryman bug.",
     ),
+    "loader_mismatch": Category(
+        "Ferryman's loader and Ferryman's core are from different versions",
+        "The loader file that ran in the app process speaks another version of the "
+        "handshake than this core. This happens when Ferryman was upgraded while it was "
+        "running, or when two installations are mixed: reinstall Ferryman and restart it.",
+    ),
     "internal": Category(
         "Ferryman itself failed while starting the process",
         "This is a bug in Ferryman; please report it with the error ID and the log.",

@@ -18,8 +18,10 @@ class StepState(enum.Enum):
     ERRORED = "errored"
 
 
-#: Steps in order; the side says who reports them.
-STEPS: tuple[tuple[str, str, str], ...] = (
+#: A step: its name, who reports it ("core", "loader" or "app") and its title.
+StepSpec = tuple[str, str, str]
+#: The steps of a spawn through one of Ferryman's loaders, in order.
+LOADER_STEPS: tuple[StepSpec, ...] = (
     ("prepare", "core", "Preparing the spawn (socket path, environment)"),
     ("spawn", "core", "Starting the interpreter (fork + exec)"),
     ("loader_start", "loader", "Starting Ferryman's loader in the app process"),
@@ -48,7 +50,7 @@ class Step:
 
 
 #: The steps of an app started by its own command (no loader): Ferryman waits for $PORT.
-COMMAND_STEPS: tuple[tuple[str, str, str], ...] = (
+COMMAND_STEPS: tuple[StepSpec, ...] = (
     ("prepare", "core", "Preparing the spawn (port, environment)"),
     ("spawn", "core", "Starting the app's command"),
     ("listen", "app", "Waiting for the app to accept connections on $PORT"),
@@ -62,10 +64,10 @@ class Journey:
 
     def __post_init__(self) -> None:
         if not self.steps:
-            self.steps = {name: Step(name, side, title) for name, side, title in STEPS}
+            self.steps = {name: Step(name, side, title) for name, side, title in LOADER_STEPS}
 
     @classmethod
-    def of(cls, steps: tuple[tuple[str, str, str], ...]) -> Journey:
+    def of(cls, steps: tuple[StepSpec, ...]) -> Journey:
         return cls({name: Step(name, side, title) for name, side, title in steps})
 
     def begin(self, name: str, at: float) -> None:

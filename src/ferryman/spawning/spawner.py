@@ -1,14 +1,14 @@
 """Spawner: starts one app process and waits until it is ready (or explains why not).
 
-Direct spawning, by app type:
+Direct spawning, by the app's kind (``kinds.AppKind``):
 
-* ``wsgi`` and ``node``: fork+exec of Ferryman's loader under the app's
-  interpreter. The loader gets its arguments as one JSON argument, reports its
-  journey as JSON lines on a handshake pipe (its number is in the JSON), then
-  ``ready`` with its socket, protocol and concurrency.
-* ``generic``: the app's own command under ``/bin/sh -c`` (``exec``-ing it when it is
-  one simple command) with ``$PORT`` set to a free loopback port; it is ready once the
-  port accepts connections.
+* kinds with a loader (Python WSGI, Node.js): fork+exec of Ferryman's loader under
+  the app's interpreter. The loader gets its arguments as one JSON argument, reports
+  its journey as JSON lines on a handshake pipe (its number is in the JSON), then
+  ``ready`` with the handshake version, its socket, protocol and concurrency.
+* kinds without (any-language apps): the app's own command under ``/bin/sh -c``
+  (``exec``-ing it when it is one simple command) with ``$PORT`` set to a free loopback
+  port; it is ready once the port accepts connections.
 
 All of it within ``start_timeout``; on any failure the child is killed and
 reaped and a SpawnError says which step failed and why.
@@ -26,7 +26,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..config import Config
@@ -34,15 +33,11 @@ from ..errors import SpawnError, redacted_environment
 from ..instance import InstanceDir
 from .child import Child
 from .detect import AppSpec
-from .journey import COMMAND_STEPS, Journey, StepState
+from .journey import Journey, StepState
+from .kinds import HANDSHAKE_VERSION
 
 log = logging.getLogger("ferryman")
 
-LOADERS = Path(__file__).resolve().parent.parent / "loaders"
-WSGI_LOADER = LOADERS / "wsgi_loader.py"
-NODE_LOADER = LOADERS / "node_loader.js"
-#: The protocol each loader must report.
-LOADER_PROTOCOLS = {"wsgi": "session", "node": "http"}
 #: Environment variables that carry the app's environment name (as Passenger sets them).
 ENVIRONMENT_VARIABLES = ("WSGI_ENV", "PASSENGER_APP_ENV", "RACK_ENV", "RAILS_ENV", "NODE_ENV")
 #: Grace periods when stopping a process: after its stdin closes, then after SIGTERM.
@@ -253,7 +248,7 @@ class Spawner:
     async def spawn(self) -> tuple[Child, Ready]:
         """Start one process and return it once ready; raise SpawnError otherwise."""
         self._count += 1
-        if self.spec.app_type == "generic":
+        if self.spec.kind.loader is None:
             child, ready = await self._spawn_command()
         else:
             child, ready = await self._spawn_loader()
@@ -269,8 +264,10 @@ class Spawner:
     # -- apps started through one of Ferryman's loaders ---------------------------------------
 
     async def _spawn_loader(self) -> tuple[Child, Ready]:
-        interpreter = self.config.nodejs if self.spec.app_type == "node" else self.config.python
-        attempt = Attempt(self, self.app_environment(), interpreter, Journey())
+        kind = self.spec.kind
+        assert kind.loader is not None and kind.interpreter_setting is not None
+        interpreter = str(getattr(self.config, kind.interpreter_setting))
+        attempt = Attempt(self, self.app_environment(), interpreter, Journey.of(kind.steps))
         journey = attempt.journey
         journey.begin("prepare", time.time())
         socket_path = attempt.socket_path = self.instance.app_socket(self._count)
@@ -284,11 +281,10 @@ class Spawner:
                 "threads": self.config.thread_count,
                 "handshake_fd": hs_w,
             }
-            loader = NODE_LOADER if self.spec.app_type == "node" else WSGI_LOADER
             journey.done("prepare", time.time())
             try:
                 child = await attempt.launch(
-                    [interpreter, str(loader), json.dumps(args)], pass_fds=(hs_w,)
+                    [interpreter, str(kind.loader), json.dumps(args)], pass_fds=(hs_w,)
                 )
             finally:
                 os.close(hs_w)  # the child has its copy; ours would hide the child's EOF
@@ -376,9 +372,20 @@ class Spawner:
         socket_path = ready.get("socket")  # must be the path Ferryman chose
         protocol = ready.get("protocol")
         concurrency = ready.get("concurrency")
+        version = ready.get("version")
+        if version != HANDSHAKE_VERSION:
+            attempt.journey.fail("handshake", time.time())
+            raise attempt.error(
+                f"the loader speaks handshake version {version!r} and this Ferryman core "
+                f"speaks version {HANDSHAKE_VERSION}: the loader that ran is not the one that "
+                f"came with this Ferryman ({attempt.spawner.spec.kind.loader}); reinstall "
+                "Ferryman, and restart it after an upgrade",
+                "loader_mismatch",
+                "handshake",
+            )
         if (
             socket_path != attempt.socket_path  # the one Ferryman chose, nothing else
-            or protocol != LOADER_PROTOCOLS[self.spec.app_type]
+            or protocol != self.spec.kind.protocol
             or not isinstance(concurrency, int)
             or isinstance(concurrency, bool)
             or concurrency < 0
@@ -395,7 +402,7 @@ class Spawner:
 
     async def _spawn_command(self) -> tuple[Child, Ready]:
         env = self.app_environment()
-        attempt = Attempt(self, env, "/bin/sh", Journey.of(COMMAND_STEPS))
+        attempt = Attempt(self, env, "/bin/sh", Journey.of(self.spec.kind.steps))
         journey = attempt.journey
         journey.begin("prepare", time.time())
         port = _free_port()

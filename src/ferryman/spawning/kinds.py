@@ -1,0 +1,124 @@
+"""App kinds: one entry per kind of app Ferryman runs, with everything that differs.
+
+Detection, the spawner, the banner and the ``app_type`` setting all read this
+registry, so adding a kind (ASGI, Rack...) is adding an entry here — and its
+loader in ``loaders/`` — not editing if/else chains across the core.
+
+A kind is started either through one of Ferryman's loaders under the app's
+interpreter (``loader`` set: the loader reports its journey and ``ready`` on the
+handshake fd) or by the app's own command listening on ``$PORT`` (``loader``
+None). Detection tries the kinds in registry order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .journey import COMMAND_STEPS, LOADER_STEPS, StepSpec
+
+LOADERS = Path(__file__).resolve().parent.parent / "loaders"
+#: The version of the handshake (journey lines, ready, error) that loaders and the core
+#: speak; every loader sends it in its ready message, and a mismatch fails the spawn.
+HANDSHAKE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AppKind:
+    #: The ``--app-type`` value.
+    name: str
+    #: For people: the banner, the log, error pages.
+    title: str
+    #: Finds the kind's entry in an app directory: a startup file (relative path) for
+    #: loader kinds, a command for command kinds; "" when there is none.
+    find: Callable[[Path], str]
+    #: What ``find`` looks for, for the "no app found" message.
+    looked_for: tuple[str, ...]
+    #: A ``--startup-file`` with one of these suffixes is of this kind.
+    suffixes: tuple[str, ...] = ()
+    #: The setting that names the interpreter running the loader (None: own command).
+    interpreter_setting: str | None = None
+    #: The loader file the interpreter runs (None: the app's own command).
+    loader: Path | None = None
+    #: What the core speaks to the process: "session" (the session protocol) or "http".
+    protocol: str = "http"
+    #: The steps of its spawn journey.
+    steps: tuple[StepSpec, ...] = LOADER_STEPS
+    #: Its processes serve --thread-count requests at once (else any number).
+    threaded: bool = False
+
+
+def first_file(*names: str) -> Callable[[Path], str]:
+    def find(root: Path) -> str:
+        return next((name for name in names if (root / name).is_file()), "")
+
+    return find
+
+
+def _node_startup_file(root: Path) -> str:
+    if (root / "app.js").is_file():
+        return "app.js"
+    package = root / "package.json"
+    if package.is_file():
+        try:
+            main = json.loads(package.read_text(encoding="utf-8")).get("main")
+        except (ValueError, OSError, AttributeError):
+            main = None
+        if isinstance(main, str) and (root / main).is_file():
+            return main
+    return first_file("index.js", "server.js")(root)
+
+
+_PROCFILE_WEB = re.compile(r"^web:\s*(.+?)\s*$", re.MULTILINE)
+
+
+def procfile_web_command(root: Path) -> str:
+    procfile = root / "Procfile"
+    if not procfile.is_file():
+        return ""
+    try:
+        match = _PROCFILE_WEB.search(procfile.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return match.group(1) if match else ""
+
+
+WSGI = AppKind(
+    name="wsgi",
+    title="Python WSGI",
+    find=first_file("passenger_wsgi.py", "wsgi.py", "app.py"),
+    looked_for=("passenger_wsgi.py", "wsgi.py", "app.py"),
+    suffixes=(".py",),
+    interpreter_setting="python",
+    loader=LOADERS / "wsgi_loader.py",
+    protocol="session",
+    threaded=True,
+)
+NODE = AppKind(
+    name="node",
+    title="Node.js",
+    find=_node_startup_file,
+    looked_for=("app.js", "package.json main", "index.js", "server.js"),
+    suffixes=(".js", ".cjs", ".mjs"),
+    interpreter_setting="nodejs",
+    loader=LOADERS / "node_loader.js",
+    protocol="http",
+)
+GENERIC = AppKind(
+    name="generic",
+    title="any-language app",
+    find=procfile_web_command,
+    looked_for=("Procfile web: line",),
+    steps=COMMAND_STEPS,
+)
+
+#: Every kind, in detection order.
+KINDS: dict[str, AppKind] = {kind.name: kind for kind in (WSGI, NODE, GENERIC)}
+
+
+def kind_for_suffix(suffix: str) -> AppKind | None:
+    """The loader kind whose startup files end with ``suffix``."""
+    return next((k for k in KINDS.values() if suffix in k.suffixes), None)
