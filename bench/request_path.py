@@ -26,11 +26,12 @@ from typing import Any
 import uvloop
 
 from ferryman.config import Config
-from ferryman.http.front import App, ClientConnection, FrontServer
+from ferryman.http.app import App
+from ferryman.http.front import ClientConnection, FrontServer
 from ferryman.http.session_protocol import FRAME_BODY, FRAME_END, FRAME_HEAD, FRAME_HEAD_RESPONSE
-from ferryman.http.upstream import SessionConnection, Upstream
+from ferryman.http.upstream import SessionConnection, Upstreams
 from ferryman.log import AccessLog, LogSink
-from ferryman.pool import Effect, Grant, Pool, Reject, Rejected
+from ferryman.pool import Effect, Grant, Pool, Process, Reject, Rejected
 from ferryman.pool.group import GroupOptions
 
 REQUEST = (
@@ -91,10 +92,8 @@ class Supervisor:
             elif isinstance(effect, Reject):
                 effect.waiter.token.rejected(effect.rejected)
 
-
-class Handle:
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
+    def process_unreachable(self, process: Process, exc: BaseException) -> None:
+        raise AssertionError(f"unreachable: {exc!r}")
 
 
 async def run(requests: int, profile: bool, queued: bool) -> float:
@@ -103,19 +102,28 @@ async def run(requests: int, profile: bool, queued: bool) -> float:
     pool = Pool(1)
     group = pool.add_group("app", GroupOptions(min_instances=1, max_queue_size=0))
     supervisor = Supervisor(loop)
-    upstream = Upstream("/nonexistent", "session", 1)
+    group.spawning = True
+    process, _ = group.spawn_done(pid=1, concurrency=1, now=loop.time())
+    upstreams = Upstreams()
+    upstreams.open(process, "/nonexistent", "session", 1)
+    upstream = upstreams.of(process)
+    assert upstream is not None
     app_conn = SessionConnection(upstream)
     app_conn.connection_made(Sink())  # type: ignore[arg-type]
     upstream.connections.add(app_conn)
     upstream.release(app_conn)
-    group.spawning = True
-    group.spawn_done(pid=1, concurrency=1, now=loop.time(), handle=Handle(upstream))
 
     def reject(rejected: Rejected) -> tuple[int, bytes, bytes]:
         raise AssertionError(rejected)
 
     sink = LogSink(sys.stderr.fileno(), owned=False)
-    app = App(group, supervisor, AccessLog(sink, False), reject, supervisor.now)  # type: ignore[arg-type]
+    app = App(
+        group,
+        supervisor,
+        upstreams=upstreams,
+        access_log=AccessLog(sink, False),
+        rejection_response=reject,
+    )
     front = FrontServer(config, app)
     client = ClientConnection(front)
     client_transport = Sink()

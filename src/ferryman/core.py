@@ -19,7 +19,9 @@ import time
 from . import __version__
 from .config import CONFIG_FILE, Config
 from .errors import SpawnError
-from .http.front import App, FrontServer
+from .http.app import App
+from .http.front import FrontServer
+from .http.upstream import Upstreams
 from .instance import InstanceDir
 from .log import AccessLog, LogSink
 from .pool import Group, GroupOptions, Pool, Reason, Rejected
@@ -88,14 +90,15 @@ class Core:
         pool = Pool(config.max_pool_size)
         group = pool.add_group(self.spec.name, group_options(config))
         reports = ErrorReports(config.error_report_dir, config.error_report_limit)
-        supervisor = Supervisor(pool, {group.name: Spawner(config, self.spec, instance)}, reports)
-        access_log = AccessLog(self.sink, config.access_log)
+        upstreams = Upstreams()
+        spawners = {group.name: Spawner(config, self.spec, instance)}
+        supervisor = Supervisor(pool, spawners, reports, upstreams)
         app = App(
             group,
             supervisor,
-            access_log,
-            Rejections(config),
-            supervisor.now,
+            upstreams=upstreams,
+            access_log=AccessLog(self.sink, config.access_log),
+            rejection_response=Rejections(config),
             restart_file=self.spec.root / "tmp" / "restart.txt",
             stat_throttle_rate=config.stat_throttle_rate,
         )

@@ -12,13 +12,10 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from .config import Config
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .http.exchange import Exchange
+from .http.request import RequestHead
 
 _FLUSH_DELAY = 0.1
 _FLUSH_SIZE = 64 * 1024
@@ -158,10 +155,9 @@ class AccessLog:
             self._stamp = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(second))
         return self._stamp
 
-    def record(self, exchange: Exchange) -> None:
+    def record(self, head: RequestHead, status: int, bytes_sent: int) -> None:
         if not self.enabled:
             return
-        head = exchange.head
         referer = head.header(b"referer")
         agent = head.header(b"user-agent")
         # Behind a trusted proxy, the client it names, as the app sees it.
@@ -169,7 +165,7 @@ class AccessLog:
         request = b"%s %s HTTP/%s" % (head.method, head.target, head.version)
         self.sink.batch(
             f"{client.decode('latin-1')} - - {self._timestamp()}"
-            f' "{_quoted(request)}" {exchange.status} {exchange.bytes_sent or "-"}'
+            f' "{_quoted(request)}" {status} {bytes_sent or "-"}'
             f' "{_quoted(referer) if referer else "-"}" "{_quoted(agent) if agent else "-"}"\n'
         )
 

@@ -4,6 +4,9 @@ The pool decides; the supervisor does: it spawns (and reports ``spawn_done`` or
 ``spawn_failed``), stops and reaps processes, grants and rejects waiting
 requests, and wakes the pool when a back-off ends. It owns every background
 task it starts and cancels or awaits them all on shutdown.
+
+It builds no HTTP objects: the connections to each process are opened and closed
+through ``ProcessConnections``, which ``core`` wires to the HTTP side.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ import asyncio
 import logging
 import os
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import SpawnError
-from .http.upstream import Upstream
 from .pool import Effect, Enablement, Grant, Group, Life, Pool, Process, Reject, Spawn, Stop, Wake
 from .spawning.child import Child
 from .spawning.error_report import ErrorReports
@@ -23,29 +25,45 @@ from .spawning.spawner import STOP_TERM_GRACE, Ready, Spawner
 
 log = logging.getLogger("ferryman")
 
-#: Idle keep-alive connections kept per process when its concurrency is unlimited.
-UNLIMITED_IDLE_CONNECTIONS = 64
+
+class ProcessConnections(Protocol):
+    """Where the connections to each app process live (``http.upstream.Upstreams``)."""
+
+    def open(
+        self, process: Process, address: str | tuple[str, int], protocol: str, concurrency: int
+    ) -> None:
+        """``process`` is ready: make room for connections to it."""
+
+    def close(self, process: Process) -> None:
+        """``process`` is retired or gone: close its connections, reuse none."""
 
 
 class ProcessHandle:
-    """The driver's side of a pool Process: its child and its connections."""
+    """The driver's side of a pool Process: its child, how it was started, its group."""
 
-    __slots__ = ("child", "group", "process", "ready", "upstream")
+    __slots__ = ("child", "group", "process", "ready")
 
-    def __init__(self, child: Child, ready: Ready, group: Group) -> None:
+    def __init__(self, child: Child, ready: Ready, group: Group, process: Process) -> None:
         self.child = child
         self.ready = ready
-        idle = ready.concurrency if ready.concurrency > 0 else UNLIMITED_IDLE_CONNECTIONS
-        self.upstream = Upstream(ready.address, ready.protocol, idle)
         self.group = group
-        self.process: Process | None = None
+        self.process = process
 
 
 class Supervisor:
-    def __init__(self, pool: Pool, spawners: dict[str, Spawner], reports: ErrorReports) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        spawners: dict[str, Spawner],
+        reports: ErrorReports,
+        connections: ProcessConnections,
+    ) -> None:
         self.pool = pool
         self.spawners = spawners
         self.reports = reports
+        self.connections = connections
+        #: Every process the pool knows that is not reaped yet, with its OS side.
+        self.handles: dict[Process, ProcessHandle] = {}
         self.loop = asyncio.get_running_loop()
         self.stopping = False
         #: A second stop signal: app processes get SIGTERM at once, not stdin EOF first.
@@ -71,8 +89,9 @@ class Supervisor:
                 effect.waiter.token.rejected(effect.rejected)
             elif kind is Spawn:
                 assert isinstance(effect, Spawn)
-                log.info("Starting a process for %s: %s", effect.group.name, _why(effect.group))
-                self._spawns[effect.group] = self._start(self._spawn(effect.group))
+                group = self.pool.groups[effect.group]
+                log.info("Starting a process for %s: %s", group.name, _why(group))
+                self._spawns[group] = self._start(self._spawn(group))
             elif kind is Stop:
                 assert isinstance(effect, Stop)
                 self._start(self._stop(effect.process))
@@ -143,9 +162,9 @@ class Supervisor:
             return
         self._spawns.pop(group, None)
         self.spawn_count += 1
-        handle = ProcessHandle(child, ready, group)
-        process, effects = group.spawn_done(child.pid, ready.concurrency, self.now(), handle)
-        handle.process = process
+        process, effects = group.spawn_done(child.pid, ready.concurrency, self.now())
+        handle = self.handles[process] = ProcessHandle(child, ready, group, process)
+        self.connections.open(process, ready.address, ready.protocol, ready.concurrency)
         child.on_exit(lambda code: self._exited(handle, code))
         self.apply(effects)
 
@@ -166,17 +185,16 @@ class Supervisor:
     # -- ending processes -----------------------------------------------------------------------
 
     async def _stop(self, process: Process) -> None:
-        handle: ProcessHandle = process.handle
-        handle.upstream.close_all()
+        handle = self.handles[process]
+        self.connections.close(process)
         eof_grace = 0.0 if self.hurry else handle.ready.eof_grace
         await handle.child.stop(eof_grace, STOP_TERM_GRACE)
 
     def _exited(self, handle: ProcessHandle, code: int) -> None:
         """The child exited and was reaped: detach it, free its resources."""
         process = handle.process
-        assert process is not None
         group = handle.group
-        handle.upstream.close_all()
+        self.connections.close(process)
         now = self.now()
         error = None
         if not self.stopping and process.life is Life.ALIVE:
@@ -200,6 +218,7 @@ class Supervisor:
         else:
             log.info("App %d stopped", process.pid)
         effects = group.process_died(process, now, error)
+        del self.handles[process]
         self._start(self._release(handle))
         self.apply(effects)
 
@@ -216,8 +235,7 @@ class Supervisor:
         """A connection to ``process`` was refused: it cannot serve; retire it."""
         if process.enablement is Enablement.ENABLED:
             log.warning("App %d is unreachable (%s); retiring it", process.pid, exc)
-            handle: ProcessHandle = process.handle
-            self.apply(handle.group.detach(process, self.now()))
+            self.apply(self.handles[process].group.detach(process, self.now()))
 
     # -- shutdown ---------------------------------------------------------------------------------
 

@@ -122,3 +122,17 @@ def test_a_chunked_response_cut_short_by_the_app_is_not_passed_off_as_complete()
         assert data.startswith(b"HTTP/1.1 200 ")
         assert b"hello" in data
         assert not data.endswith(b"0\r\n\r\n")  # no terminating chunk: visibly incomplete
+
+
+def test_an_app_that_breaks_http_gets_502_and_a_log_line_naming_it() -> None:
+    """A response that is not HTTP: 502 for the request, and the log says which process
+    broke the protocol and how; the next request is served."""
+    with serving(GENERIC, "--app-start-command", "python3 server.py") as server:
+        pid = server.children()[0]
+        status, body = server.get("/garbage")
+        assert status == 502
+        assert b"the app broke the protocol" in body
+        server.wait_for_log(
+            rf"Protocol error on a connection to app process {pid}: invalid HTTP response"
+        )
+        assert server.get("/")[0] == 200

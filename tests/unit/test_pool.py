@@ -23,6 +23,22 @@ from ferryman.pool import (
 )
 from ferryman.pool.effects import Effect
 
+BOOM = RuntimeError("boom")
+CRASHED = RuntimeError("it crashed")
+
+
+class Req:
+    """A request as the pool sees it (a Requester): only its identity matters here."""
+
+    def __init__(self, name: object = None) -> None:
+        self.name = name
+
+    def granted(self, session: Session) -> None:
+        pass
+
+    def rejected(self, rejected: Rejected) -> None:
+        pass
+
 
 def make_process(
     concurrency: int, sessions: int, limit: int | None = None, seq: int = 1
@@ -125,7 +141,7 @@ def test_routing_table(concurrency: int, sessions: list[int], chosen: int) -> No
     processes = bring_up(group, concurrency, len(sessions))
     for process, n in zip(processes, sessions, strict=True):
         process.sessions = n
-    outcome, _ = group.checkout(token=None, now=1.0)
+    outcome, _ = group.checkout(token=Req(), now=1.0)
     assert sessions_of(outcome).process is processes[chosen]
     pool.verify(1.0)
 
@@ -135,7 +151,7 @@ def test_sessions_spread_evenly_over_unlimited_processes() -> None:
     pool, group = pool_with(min_instances=4)
     processes = bring_up(group, 0, 4)
     for _ in range(64):
-        sessions_of(group.checkout(None, 1.0)[0])
+        sessions_of(group.checkout(Req(), 1.0)[0])
     assert [p.sessions for p in processes] == [16, 16, 16, 16]
 
 
@@ -146,7 +162,7 @@ def test_full_queue_rejects_at_once() -> None:
     """With all processes busy and the queue at its bound, the next request is rejected (503)."""
     pool, group = pool_with(min_instances=4, max_instances=4, max_queue_size=2)
     bring_up(group, 1, 4)
-    outcomes = [group.checkout(i, 1.0)[0] for i in range(7)]
+    outcomes = [group.checkout(Req(i), 1.0)[0] for i in range(7)]
     assert all(isinstance(o, Session) for o in outcomes[:4])
     assert all(isinstance(o, Waiter) for o in outcomes[4:6])
     assert outcomes[6] == Rejected(Reason.QUEUE_FULL)
@@ -156,7 +172,7 @@ def test_full_queue_rejects_at_once() -> None:
 def test_unbounded_queue_never_rejects() -> None:
     pool, group = pool_with(min_instances=1, max_instances=1, max_queue_size=0)
     bring_up(group, 1, 1)
-    outcomes = [group.checkout(i, 1.0)[0] for i in range(500)]
+    outcomes = [group.checkout(Req(i), 1.0)[0] for i in range(500)]
     assert sum(isinstance(o, Waiter) for o in outcomes) == 499
 
 
@@ -164,9 +180,9 @@ def test_closing_a_session_serves_the_queue_in_order() -> None:
     """Freed capacity goes to the request that has waited longest."""
     pool, group = pool_with(min_instances=1, max_instances=1)
     bring_up(group, 1, 1)
-    first = sessions_of(group.checkout("a", 1.0)[0])
-    w1 = group.checkout("b", 1.0)[0]
-    w2 = group.checkout("c", 1.0)[0]
+    first = sessions_of(group.checkout(Req("a"), 1.0)[0])
+    w1 = group.checkout(Req("b"), 1.0)[0]
+    w2 = group.checkout(Req("c"), 1.0)[0]
     effects = first.close(2.0)
     grants = [e for e in effects if isinstance(e, Grant)]
     assert [g.waiter for g in grants] == [w1]
@@ -178,19 +194,19 @@ def test_a_new_request_never_overtakes_a_queued_one() -> None:
     """Even if a process has room by the time it arrives, a queued request goes first."""
     pool, group = pool_with(min_instances=1, max_instances=1)
     bring_up(group, 1, 1)
-    busy = sessions_of(group.checkout("a", 1.0)[0])
-    waiter = group.checkout("b", 1.0)[0]
+    busy = sessions_of(group.checkout(Req("a"), 1.0)[0])
+    waiter = group.checkout(Req("b"), 1.0)[0]
     assert isinstance(waiter, Waiter)
     effects = busy.close(2.0)
     assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
-    late = group.checkout("c", 2.0)[0]
+    late = group.checkout(Req("c"), 2.0)[0]
     assert isinstance(late, Waiter)
 
 
 def test_session_gives_capacity_back_exactly_once() -> None:
     pool, group = pool_with(min_instances=1)
     (process,) = bring_up(group, 2, 1)
-    session = sessions_of(group.checkout(None, 1.0)[0])
+    session = sessions_of(group.checkout(Req(), 1.0)[0])
     session.close(2.0)
     session.close(3.0)
     assert process.sessions == 0
@@ -200,8 +216,8 @@ def test_session_gives_capacity_back_exactly_once() -> None:
 def test_cancelled_waiter_leaves_the_queue() -> None:
     pool, group = pool_with(min_instances=1, max_instances=1)
     bring_up(group, 1, 1)
-    busy = sessions_of(group.checkout("a", 1.0)[0])
-    waiter = group.checkout("b", 1.0)[0]
+    busy = sessions_of(group.checkout(Req("a"), 1.0)[0])
+    waiter = group.checkout(Req("b"), 1.0)[0]
     assert isinstance(waiter, Waiter)
     group.cancel(waiter)
     group.cancel(waiter)  # twice is harmless
@@ -215,9 +231,9 @@ def test_cancelled_waiter_leaves_the_queue() -> None:
 
 def test_checkout_on_an_empty_group_queues_and_spawns() -> None:
     pool, group = pool_with(min_instances=0)
-    waiter, effects = group.checkout("a", 0.0)
+    waiter, effects = group.checkout(Req("a"), 0.0)
     assert isinstance(waiter, Waiter)
-    assert effects == [Spawn(group)]
+    assert effects == [Spawn(group.name)]
     _, effects = group.spawn_done(pid=7, concurrency=1, now=1.0)
     # The waiter gets the new process, which is then totally busy: spawn one more.
     assert [type(e) for e in effects] == [Grant, Spawn]
@@ -227,23 +243,23 @@ def test_checkout_on_an_empty_group_queues_and_spawns() -> None:
 def test_spawns_more_when_all_processes_are_totally_busy() -> None:
     pool, group = pool_with(min_instances=1, max_instances=3)
     bring_up(group, 1, 1)
-    _, effects = group.checkout("a", 0.0)
-    assert Spawn(group) in effects
+    _, effects = group.checkout(Req("a"), 0.0)
+    assert Spawn(group.name) in effects
 
 
 def test_only_one_spawn_in_flight_per_group() -> None:
     pool, group = pool_with(min_instances=0)
-    _, first = group.checkout("a", 0.0)
-    _, second = group.checkout("b", 0.0)
-    assert first == [Spawn(group)]
+    _, first = group.checkout(Req("a"), 0.0)
+    _, second = group.checkout(Req("b"), 0.0)
+    assert first == [Spawn(group.name)]
     assert second == []
 
 
 def test_max_instances_caps_the_group() -> None:
     pool, group = pool_with(min_instances=2, max_instances=2)
     bring_up(group, 1, 2)
-    group.checkout("a", 0.0)
-    _, effects = group.checkout("b", 0.0)
+    group.checkout(Req("a"), 0.0)
+    _, effects = group.checkout(Req("b"), 0.0)
     assert not any(isinstance(e, Spawn) for e in effects)
 
 
@@ -251,7 +267,7 @@ def test_unlimited_processes_do_not_scale_without_a_soft_limit() -> None:
     pool, group = pool_with(min_instances=1)
     bring_up(group, 0, 1)
     for i in range(50):
-        _, effects = group.checkout(i, 0.0)
+        _, effects = group.checkout(Req(i), 0.0)
         assert not effects
 
 
@@ -260,7 +276,7 @@ def test_soft_limit_makes_unlimited_processes_scale() -> None:
     bring_up(group, 0, 1)
     spawned = 0
     for i in range(32):
-        outcome, effects = group.checkout(i, 0.0)
+        outcome, effects = group.checkout(Req(i), 0.0)
         for e in effects:
             if isinstance(e, Spawn):
                 spawned += 1
@@ -273,19 +289,19 @@ def test_soft_limit_makes_unlimited_processes_scale() -> None:
 def test_failed_spawn_rejects_waiters_and_backs_off() -> None:
     """A failed spawn tells every waiter why; requests during the back-off fail at once."""
     pool, group = pool_with(min_instances=1, spawn_backoff=2.0)
-    w1, effects = group.checkout("a", 0.0)
-    w2, _ = group.checkout("b", 0.0)
-    assert effects == [Spawn(group)]
-    effects = group.spawn_failed("boom", 1.0)
+    w1, effects = group.checkout(Req("a"), 0.0)
+    w2, _ = group.checkout(Req("b"), 0.0)
+    assert effects == [Spawn(group.name)]
+    effects = group.spawn_failed(BOOM, 1.0)
     rejects = [e for e in effects if isinstance(e, Reject)]
     assert [r.waiter for r in rejects] == [w1, w2]
-    assert all(r.rejected == Rejected(Reason.SPAWN_FAILED, "boom") for r in rejects)
+    assert all(r.rejected == Rejected(Reason.SPAWN_FAILED, BOOM) for r in rejects)
     assert Wake(3.0) in effects
-    outcome, effects = group.checkout("c", 2.0)
-    assert outcome == Rejected(Reason.SPAWN_FAILED, "boom")
+    outcome, effects = group.checkout(Req("c"), 2.0)
+    assert outcome == Rejected(Reason.SPAWN_FAILED, BOOM)
     assert not effects
     # When the back-off is over, the wake-up spawns again.
-    assert pool.tick(3.0) == [Spawn(group)]
+    assert pool.tick(3.0) == [Spawn(group.name)]
     pool.verify(3.0)
 
 
@@ -295,7 +311,7 @@ def test_backoff_doubles_and_is_capped() -> None:
     now = 0.0
     for _ in range(5):
         group.spawning = True
-        effects = group.spawn_failed("boom", now)
+        effects = group.spawn_failed(BOOM, now)
         (wake,) = [e for e in effects if isinstance(e, Wake)]
         waits.append(wake.at - now)
         now = wake.at
@@ -306,20 +322,20 @@ def test_zero_backoff_never_respawns_by_itself() -> None:
     """With no back-off a broken app is retried per request, not in a loop."""
     pool, group = pool_with(min_instances=1, spawn_backoff=0.0)
     group.spawning = True
-    effects = group.spawn_failed("boom", 0.0)
+    effects = group.spawn_failed(BOOM, 0.0)
     assert not any(isinstance(e, Spawn | Wake) for e in effects)
-    _, effects = group.checkout("a", 0.0)
-    assert effects == [Spawn(group)]
+    _, effects = group.checkout(Req("a"), 0.0)
+    assert effects == [Spawn(group.name)]
 
 
 def test_a_dead_process_is_detached_and_replaced() -> None:
     pool, group = pool_with(min_instances=2)
     a, b = bring_up(group, 1, 2)
-    session = sessions_of(group.checkout("x", 0.0)[0])
+    session = sessions_of(group.checkout(Req("x"), 0.0)[0])
     assert session.process is a
     effects = group.process_died(a, 10.0)
     assert a not in group.processes
-    assert Spawn(group) in effects
+    assert Spawn(group.name) in effects
     session.close(11.0)  # closing a session of a dead process changes nothing else
     assert b.sessions == 0
     pool.verify(11.0)
@@ -329,12 +345,12 @@ def test_a_process_dying_right_after_it_started_is_a_crash_loop() -> None:
     """A death within early_death of becoming ready backs off like a failed spawn."""
     pool, group = pool_with(min_instances=1, spawn_backoff=3.0, early_death=2.0)
     (a,) = bring_up(group, 1, 1, now=100.0)
-    effects = group.process_died(a, 101.0, "it crashed")
+    effects = group.process_died(a, 101.0, CRASHED)
     assert effects == [Wake(104.0)]
-    assert group.last_error == "it crashed"
+    assert group.last_error == CRASHED
     # Requests meanwhile get the error at once; no spawn until the back-off is over.
-    assert group.checkout("r", 102.0)[0] == Rejected(Reason.SPAWN_FAILED, "it crashed")
-    assert pool.tick(104.0) == [Spawn(group)]
+    assert group.checkout(Req("r"), 102.0)[0] == Rejected(Reason.SPAWN_FAILED, CRASHED)
+    assert pool.tick(104.0) == [Spawn(group.name)]
     pool.verify(104.0)
 
 
@@ -353,9 +369,9 @@ def test_a_full_pool_retires_the_oldest_idle_process_of_another_group() -> None:
     old, new = bring_up(a, 1, 2)
     a.processes[0].last_used = 1.0
     a.processes[1].last_used = 5.0
-    waiter, effects = b.checkout("req", 10.0)
+    waiter, effects = b.checkout(Req("req"), 10.0)
     assert isinstance(waiter, Waiter)
-    assert effects == [Stop(old), Spawn(b)]
+    assert effects == [Stop(old), Spawn(b.name)]
     assert a.processes == [new]
     pool.verify(10.0)
 
@@ -373,23 +389,23 @@ def test_a_full_pool_with_no_idle_process_makes_the_request_wait() -> None:
     """Busy processes are never evicted; the request waits until one goes idle."""
     pool, a, b = two_groups(max_size=2)
     bring_up(a, 1, 2)
-    s1 = sessions_of(a.checkout("1", 0.0)[0])
-    sessions_of(a.checkout("2", 0.0)[0])
-    waiter, effects = b.checkout("req", 0.0)
+    s1 = sessions_of(a.checkout(Req("1"), 0.0)[0])
+    sessions_of(a.checkout(Req("2"), 0.0)[0])
+    waiter, effects = b.checkout(Req("req"), 0.0)
     assert isinstance(waiter, Waiter)
     assert effects == []
     pool.verify(0.0)
     # When an A process goes idle, it is handed over to B.
     effects = s1.close(1.0)
-    assert effects == [Stop(s1.process), Spawn(b)]
+    assert effects == [Stop(s1.process), Spawn(b.name)]
     pool.verify(1.0)
 
 
 def test_pool_capacity_counts_spawns_in_flight() -> None:
     pool, a, b = two_groups(max_size=1)
-    a.checkout("x", 0.0)  # spawning for a
+    a.checkout(Req("x"), 0.0)  # spawning for a
     assert pool.is_full()
-    _, effects = b.checkout("y", 0.0)
+    _, effects = b.checkout(Req("y"), 0.0)
     assert effects == []  # nothing idle to retire; waits
     pool.verify(0.0)
 
@@ -400,13 +416,13 @@ def test_pool_capacity_counts_spawns_in_flight() -> None:
 def test_shutdown_rejects_waiters_and_stops_every_process() -> None:
     pool, group = pool_with(min_instances=2, max_instances=2)
     a, b = bring_up(group, 1, 2)
-    group.checkout("1", 0.0)
-    group.checkout("2", 0.0)
-    waiter, _ = group.checkout("3", 0.0)
+    group.checkout(Req("1"), 0.0)
+    group.checkout(Req("2"), 0.0)
+    waiter, _ = group.checkout(Req("3"), 0.0)
     effects = pool.shutdown()
     assert Reject(waiter, Rejected(Reason.SHUTTING_DOWN)) in effects  # type: ignore[arg-type]
     assert Stop(a) in effects and Stop(b) in effects
-    outcome, _ = group.checkout("4", 0.0)
+    outcome, _ = group.checkout(Req("4"), 0.0)
     assert outcome == Rejected(Reason.SHUTTING_DOWN)
 
 
@@ -421,8 +437,8 @@ def test_a_retired_busy_process_is_stopped_only_after_its_last_session() -> None
     """Retiring never cuts a request short: the Stop comes when the last session closes."""
     pool, group = pool_with(min_instances=1, max_instances=1)
     (process,) = bring_up(group, 2, 1)
-    first = sessions_of(group.checkout("a", 0.0)[0])
-    second = sessions_of(group.checkout("b", 0.0)[0])
+    first = sessions_of(group.checkout(Req("a"), 0.0)[0])
+    second = sessions_of(group.checkout(Req("b"), 0.0)[0])
     effects = group.detach(process, 1.0)
     assert Stop(process) not in effects
     assert group.retiring == [process]
@@ -437,14 +453,14 @@ def test_restart_retires_every_process_and_spawns_anew() -> None:
     """A restart forgets past failures, retires current processes and starts a new one."""
     pool, group = pool_with(min_instances=1, spawn_backoff=10.0)
     (old,) = bring_up(group, 1, 1)
-    busy = sessions_of(group.checkout("a", 0.0)[0])
+    busy = sessions_of(group.checkout(Req("a"), 0.0)[0])
     group.spawning = False  # the pre-emptive spawn from that checkout is not under test
     group.failures, group.backoff_until = 3, 50.0
     effects = group.restart(1.0)
-    assert effects == [Spawn(group)]
+    assert effects == [Spawn(group.name)]
     assert group.processes == [] and group.retiring == [old]
     assert (group.failures, group.backoff_until) == (0, 0.0)
-    waiter, _ = group.checkout("b", 1.0)
+    waiter, _ = group.checkout(Req("b"), 1.0)
     assert isinstance(waiter, Waiter)  # requests wait for the new process, not the old one
     _, effects = group.spawn_done(pid=9, concurrency=1, now=2.0)
     assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
@@ -456,8 +472,8 @@ def test_shutdown_stops_busy_and_retiring_processes_at_once() -> None:
     """At shutdown the front has already waited for requests: every process is stopped now."""
     pool, group = pool_with(min_instances=2, max_instances=2)
     a, b = bring_up(group, 1, 2)
-    sessions_of(group.checkout("1", 0.0)[0])
-    sessions_of(group.checkout("2", 0.0)[0])
+    sessions_of(group.checkout(Req("1"), 0.0)[0])
+    sessions_of(group.checkout(Req("2"), 0.0)[0])
     group.detach(a, 0.0)
     effects = pool.shutdown()
     assert sorted(e.process.pid for e in effects if isinstance(e, Stop)) == sorted([a.pid, b.pid])
@@ -468,7 +484,7 @@ def test_sessions_closing_after_shutdown_change_nothing() -> None:
     """Shutdown stopped every process already: their last sessions closing stop nothing twice."""
     pool, group = pool_with(min_instances=1, max_instances=1)
     (process,) = bring_up(group, 2, 1)
-    session = sessions_of(group.checkout("a", 0.0)[0])
+    session = sessions_of(group.checkout(Req("a"), 0.0)[0])
     effects = pool.shutdown()
     assert effects == [Stop(process)]
     assert session.close(1.0) == []
@@ -493,7 +509,7 @@ def test_busy_processes_are_never_retired() -> None:
     """A process with a session stays, however long ago it was last given one."""
     pool, group = pool_with(min_instances=0, idle_time=1.0)
     a, b, c = bring_up(group, 2, 3)
-    sessions_of(group.checkout("x", 0.0)[0])  # a is busy, with room for one more
+    sessions_of(group.checkout(Req("x"), 0.0)[0])  # a is busy, with room for one more
     assert pool.tick(100.0) == [Stop(b)]
     assert pool.tick(100.0) == [Stop(c)]
     assert pool.tick(200.0) == []
@@ -504,7 +520,7 @@ def test_an_idle_process_stays_if_the_others_are_full() -> None:
     """Retiring it would make every process full and spawn a new one at once: it stays."""
     pool, group = pool_with(min_instances=0, idle_time=1.0)
     a, b = bring_up(group, 1, 2)
-    sessions_of(group.checkout("x", 0.0)[0])  # a is full
+    sessions_of(group.checkout(Req("x"), 0.0)[0])  # a is full
     assert pool.tick(100.0) == []
     assert group.processes == [a, b]
 

@@ -27,6 +27,14 @@ from ferryman.pool import (
 from ferryman.pool.effects import Effect
 
 
+class Req:
+    def granted(self, session: Session) -> None:
+        pass
+
+    def rejected(self, rejected: Rejected) -> None:
+        pass
+
+
 class PoolMachine(RuleBasedStateMachine):
     """Plays the driver: carries out effects exactly as the asyncio driver does."""
 
@@ -55,9 +63,9 @@ class PoolMachine(RuleBasedStateMachine):
     def apply(self, effects: list[Effect]) -> None:
         for effect in effects:
             match effect:
-                case Spawn(group=group):
-                    assert group.name not in self.pending_spawns, "two spawns in flight"
-                    self.pending_spawns.add(group.name)
+                case Spawn(group=name):
+                    assert name not in self.pending_spawns, "two spawns in flight"
+                    self.pending_spawns.add(name)
                 case Grant(waiter=waiter, session=session):
                     entry = next(e for e in self.waiting if e[1] is waiter)
                     self.waiting.remove(entry)
@@ -82,7 +90,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(g=st.integers(0, 1))
     def checkout(self, g: int) -> None:
         group = self.groups[g]
-        outcome, effects = group.checkout(token=object(), now=self.now)
+        outcome, effects = group.checkout(token=Req(), now=self.now)
         self.take(group, outcome)
         self.apply(effects)
 
@@ -116,7 +124,7 @@ class PoolMachine(RuleBasedStateMachine):
     def spawn_failed(self, data: Any) -> None:
         name = data.draw(st.sampled_from(sorted(self.pending_spawns)))
         self.pending_spawns.discard(name)
-        self.apply(self.pool.groups[name].spawn_failed("boom", self.now))
+        self.apply(self.pool.groups[name].spawn_failed(RuntimeError("boom"), self.now))
 
     @precondition(lambda self: any(g.processes for g in self.groups))
     @rule(data=st.data())

@@ -32,9 +32,11 @@ import asyncio
 import errno
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ..alerts import Alert
 from ..pool import Reason, Rejected, Session, Waiter
+from .app import App
 from .body import RequestBody
 from .environ import BadTarget
 from .listener import fd_limit_text
@@ -43,8 +45,20 @@ from .response import DATES, simple_response, status_allows_body
 from .spool import ResponseBuffer, SpoolBudget
 from .upstream import AppConnection
 
-if TYPE_CHECKING:
-    from .front import App, ClientConnection
+
+class Client(Protocol):
+    """What an exchange needs of its client connection (``front.ClientConnection``)."""
+
+    #: The client's transport is full: more bytes would only pile up in it.
+    writing_paused: bool
+    spool: SpoolBudget
+    max_response_buffer: int
+    fd_alert: Alert
+
+    def write(self, data: bytes) -> None: ...
+
+    def exchange_done(self, exchange: Exchange, *, abort: bool = False) -> None: ...
+
 
 log = logging.getLogger("ferryman")
 
@@ -201,7 +215,7 @@ class Exchange:
         "waiter",
     )
 
-    def __init__(self, conn: ClientConnection, app: App, bodies: SpoolBudget) -> None:
+    def __init__(self, conn: Client, app: App, bodies: SpoolBudget) -> None:
         self.conn = conn
         self.app = app
         #: Set when the head is complete (the placeholder until then is never read).
@@ -261,20 +275,20 @@ class Exchange:
         else:
             self._respond_rejected(outcome)
         if effects:
-            app.supervisor.apply(effects)
+            app.driver.apply(effects)
 
     def granted(self, session: Session) -> None:
-        """Called by the supervisor: the group handed this queued request a session."""
+        """Called by the driver: the group handed this queued request a session."""
         self.waiter = None
         if self.state == DONE:
             # Cancelled in the same turn it was granted: give the capacity straight back.
-            self.app.supervisor.apply(session.close(self.app.now()))
+            self.app.driver.apply(session.close(self.app.now()))
             return
         self.session = session
         self._forward()
 
     def rejected(self, rejected: Rejected) -> None:
-        """Called by the supervisor: this queued request will not get a session."""
+        """Called by the driver: this queued request will not get a session."""
         self.waiter = None
         if self.state != DONE:
             self._respond_rejected(rejected)
@@ -290,7 +304,8 @@ class Exchange:
     def _forward(self) -> None:
         session = self.session
         assert session is not None
-        conn = session.process.handle.upstream.take_idle()
+        upstream = self.app.upstreams.of(session.process)
+        conn = upstream.take_idle() if upstream is not None else None
         if conn is not None:
             self._send_request(conn)
         else:
@@ -299,8 +314,12 @@ class Exchange:
     def _connect(self) -> None:
         session = self.session
         assert session is not None
+        upstream = self.app.upstreams.of(session.process)
+        if upstream is None:  # the process stopped since it was picked
+            self._unreachable(ConnectionRefusedError("the app process has stopped"))
+            return
         self.state = CONNECTING
-        task = asyncio.ensure_future(session.process.handle.upstream.connect())
+        task = asyncio.ensure_future(upstream.connect())
         self._connect_task = task
         task.add_done_callback(self._connected)
 
@@ -327,15 +346,15 @@ class Exchange:
         session = self.session
         self.session = None
         assert session is not None
-        supervisor = self.app.supervisor
+        driver = self.app.driver
         gone = isinstance(exc, ConnectionRefusedError | FileNotFoundError)
         if gone:
-            supervisor.process_unreachable(session.process, exc)
+            driver.process_unreachable(session.process, exc)
         now = self.app.now()
-        supervisor.apply(session.close(now))
+        driver.apply(session.close(now))
         if not gone:
             if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS:
-                self.conn.server.fd_alert.fire(
+                self.conn.fd_alert.fire(
                     now,
                     "Cannot connect to app process %d: %s (%s): answered 502. Raise the "
                     "limit (ulimit -n, or LimitNOFILE= in a systemd unit).",
@@ -473,9 +492,9 @@ class Exchange:
             self._respond_bad_gateway(b"the app process closed the connection")
 
     def on_bad_response(self, why: str) -> None:
-        """The app's HTTP response could not be parsed (the connection will be closed)."""
+        """The app broke the protocol on its connection (which will be closed)."""
         if self.state < DRAINING:
-            self._respond_bad_gateway(b"the app sent an invalid response: " + why.encode())
+            self._respond_bad_gateway(b"the app broke the protocol: " + why.encode())
 
     def flush(self) -> None:
         """Send what the app's last batch of data produced (called after each batch)."""
@@ -553,11 +572,13 @@ class Exchange:
             self._end(self._abort_after)
 
     def _respond_bad_gateway(self, why: bytes) -> None:
+        session = self.session
         log.warning(
-            "502 for %s %s: %s",
+            "502 for %s %s%s: %s",
             self.head.method.decode("latin-1"),
             self.head.target.decode("latin-1")[:200],
-            why.decode(),
+            f" (app process {session.process.pid})" if session is not None else "",
+            why.decode("utf-8", "replace"),
         )
         self._respond_simple(502, b"Bad Gateway: " + why + b".\n")
 
@@ -644,7 +665,7 @@ class Exchange:
         else:
             self._abort_after = abort_client  # _drain ends it once the client has it all
         if effects:
-            app.supervisor.apply(effects)
+            app.driver.apply(effects)
 
     def _end(self, abort: bool, was_request: bool = True) -> None:
         """The client side is over: record the request, move the connection on."""
@@ -657,7 +678,7 @@ class Exchange:
         if self._client_gone:
             if was_request:
                 self.status = self.status or CLIENT_CLOSED
-                app.access_log.record(self)
+                app.access_log.record(self.head, self.status, self.bytes_sent)
         else:
-            app.access_log.record(self)
+            app.access_log.record(self.head, self.status, self.bytes_sent)
             self.conn.exchange_done(self, abort=abort)

@@ -25,15 +25,13 @@ import os
 import re
 import socket
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
 from ..alerts import Alert
 from ..config import Config, ProxyNetworks
-from ..pool import Group, Rejected
+from .app import App
 from .body import SPOOL_THRESHOLD
 from .exchange import CLIENT_CLOSED, Exchange
 from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix
@@ -41,10 +39,6 @@ from .request import RequestHead, is_trusted
 from .response import simple_response
 from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
-
-if TYPE_CHECKING:
-    from ..log import AccessLog
-    from ..supervisor import Supervisor
 
 log = logging.getLogger("ferryman")
 
@@ -77,70 +71,6 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n")
 _BWS = frozenset(b" \t")
 _NO_ROOM = b"Service Unavailable: no room to store the request body now.\n"
-
-
-class App:
-    """What the front needs to serve one app: its group, supervisor and responses.
-
-    It also watches ``tmp/restart.txt``: at most every ``stat_throttle_rate`` seconds,
-    when a request arrives, the file's mtime is compared with the last one seen; a
-    change restarts the app's processes.
-    """
-
-    def __init__(
-        self,
-        group: Group,
-        supervisor: Supervisor,
-        access_log: AccessLog,
-        rejection_response: Callable[[Rejected], tuple[int, bytes, bytes]],
-        now: Callable[[], float],
-        *,
-        restart_file: Path | None = None,
-        stat_throttle_rate: float = 1.0,
-    ) -> None:
-        self.group = group
-        self.supervisor = supervisor
-        self.access_log = access_log
-        self.rejection_response = rejection_response
-        self.now = now
-        self.restart_file = restart_file
-        self.stat_throttle_rate = stat_throttle_rate
-        #: loop time of the next restart.txt check (read on the hot path: a float compare)
-        self.next_restart_check = 0.0
-        self._restart_mtime = self._restart_file_mtime()
-        name = group.name.replace("%", "%%")
-        self.queue_full_alert = Alert(
-            f"The request queue of {name} is full: answered 503 to %d more request(s) since "
-            "the last report"
-        )
-
-    def _restart_file_mtime(self) -> int | None:
-        if self.restart_file is None:
-            return None
-        try:
-            return self.restart_file.stat().st_mtime_ns
-        except OSError:
-            return None
-
-    def queue_full(self, now: float) -> None:
-        """A request got 503 because the queue is full: say so in the log (throttled)."""
-        self.queue_full_alert.fire(
-            now,
-            "The request queue of %s is full (max_request_queue_size %d): answered 503. More "
-            "processes (--max-pool-size), threads (--thread-count) or a longer queue would "
-            "take such requests.",
-            self.group.name,
-            self.group.options.max_queue_size,
-        )
-
-    def check_restart(self, now: float) -> None:
-        self.next_restart_check = now + self.stat_throttle_rate
-        mtime = self._restart_file_mtime()
-        if mtime is None or mtime == self._restart_mtime:
-            return
-        self._restart_mtime = mtime
-        log.info("Restarting %s: %s was touched", self.group.name, self.restart_file)
-        self.supervisor.apply(self.group.restart(now))
 
 
 class _Refuse(Exception):
@@ -288,6 +218,7 @@ class ClientConnection(asyncio.Protocol):
         self.body_timeout = config.body_timeout
         self.min_body_rate = config.min_body_rate
         self.spool = server.spool
+        self.fd_alert = server.fd_alert
         self.keepalive_timeout = config.keepalive_timeout
         self.send_timeout = config.send_timeout
         self.max_response_buffer = config.max_response_buffer

@@ -19,13 +19,17 @@ have timed them out), and once the process is retired they are closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
+from ..pool import Process
+from .body import RequestBody
 from .environ import build_environ, header_key, is_client_claim
+from .request import RequestHead
 from .session_protocol import (
     FRAME_ABORT,
     FRAME_BODY,
@@ -36,8 +40,32 @@ from .session_protocol import (
     encode_request,
 )
 
-if TYPE_CHECKING:
-    from .exchange import Exchange
+
+class Responder(Protocol):
+    """What a connection to an app needs of the exchange it carries (``exchange.Exchange``):
+    the request to send, and where the response goes, piece by piece."""
+
+    head: RequestHead
+    body: RequestBody
+    #: A HEAD request: the response has no body whatever its head says.
+    head_only: bool
+
+    def on_head(self, payload: bytes) -> None: ...
+
+    def on_body(self, payload: bytes) -> None: ...
+
+    def on_end(self) -> None: ...
+
+    def on_abort(self) -> None: ...
+
+    def on_upstream_lost(self) -> None: ...
+
+    def on_bad_response(self, why: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+log = logging.getLogger("ferryman")
 
 #: Idle connections older than this are closed instead of reused: an app's own
 #: keep-alive timeout may be closing them right now (generic apps: Ferryman's Node.js
@@ -75,7 +103,7 @@ class AppConnection(asyncio.Protocol):
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: Responder | None = None
         self.closed = False
         #: Requests sent on this connection so far (a reused one may be stale).
         self.uses = 0
@@ -110,11 +138,11 @@ class AppConnection(asyncio.Protocol):
 
     # -- used by the exchange ----------------------------------------------------------
 
-    def start(self, exchange: Exchange) -> None:
+    def start(self, exchange: Responder) -> None:
         """Send ``exchange``'s request (may raise environ.BadTarget before sending anything)."""
         raise NotImplementedError
 
-    def _send(self, head: bytes, exchange: Exchange) -> None:
+    def _send(self, head: bytes, exchange: Responder) -> None:
         """Send the request head, then its buffered body (streamed if spooled to a file)."""
         assert self.transport is not None
         self.exchange = exchange
@@ -165,6 +193,19 @@ class AppConnection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    def protocol_error(self, reason: str) -> None:
+        """The app broke the protocol on this connection: say so, answer 502 to the request
+        on it (if any), and close it — never reuse it."""
+        log.warning(
+            "Protocol error on a connection to app process %d: %s; closing it",
+            self.upstream.pid,
+            reason,
+        )
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_bad_response(reason)  # a 502 (or a cut response), which closes us
+        self.close()
+
     def close(self) -> None:
         """Close the connection; an exchange on it learns through connection_lost."""
         if self.transport is not None and not self.closed:
@@ -179,19 +220,19 @@ class SessionConnection(AppConnection):
         super().__init__(upstream)
         self.reader = FrameReader()
 
-    def start(self, exchange: Exchange) -> None:
+    def start(self, exchange: Responder) -> None:
         environ = build_environ(exchange.head, exchange.body.size)
         self._send(encode_request(environ, exchange.body.size), exchange)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            self.close()  # a loader never speaks unasked
+            self.protocol_error(f"it sent {len(data)} bytes while no request was open")
             return
         try:
             frames = self.reader.feed(data)
-        except ProtocolError:
-            self.close()
+        except ProtocolError as exc:
+            self.protocol_error(f"invalid session protocol frame: {exc}")
             return
         for kind, payload in frames:
             if kind == FRAME_BODY:
@@ -205,7 +246,7 @@ class SessionConnection(AppConnection):
                 exchange.on_abort()
                 return
             else:
-                self.close()
+                self.protocol_error(f"unknown session protocol frame type {kind!r}")
                 return
         exchange.flush()
 
@@ -233,7 +274,7 @@ class HttpConnection(AppConnection):
         self._until_close = False
         self._head_seen = False
 
-    def start(self, exchange: Exchange) -> None:
+    def start(self, exchange: Responder) -> None:
         head = exchange.head
         trusted = head.trusted
         lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
@@ -331,13 +372,12 @@ class HttpConnection(AppConnection):
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            self.close()  # nothing was asked: the app broke the protocol
+            self.protocol_error(f"it sent {len(data)} bytes while no request was open")
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            exchange.on_bad_response(str(exc))  # a 502, which closes this connection
-            self.close()
+            self.protocol_error(f"invalid HTTP response: {exc}")
             return
         if self.exchange is exchange:
             exchange.flush()
@@ -356,8 +396,12 @@ class HttpConnection(AppConnection):
 class Upstream:
     """The connection pool to one app process (Unix socket path or loopback TCP port)."""
 
-    def __init__(self, address: str | tuple[str, int], protocol: str, max_idle: int) -> None:
+    def __init__(
+        self, address: str | tuple[str, int], protocol: str, max_idle: int, pid: int = 0
+    ) -> None:
         self.address = address
+        #: The app process's pid, for the log.
+        self.pid = pid
         self.protocol = protocol
         self.factory: type[AppConnection] = (
             SessionConnection if protocol == "session" else HttpConnection
@@ -415,3 +459,35 @@ class Upstream:
         for conn in list(self.connections):
             conn.close()
         self.idle.clear()
+
+
+#: Idle keep-alive connections kept per process when its concurrency is unlimited.
+UNLIMITED_IDLE_CONNECTIONS = 64
+
+
+class Upstreams:
+    """The connection pools of every app process, by process.
+
+    The supervisor opens one when a process is ready and closes it when the process is
+    retired or gone (through core's wiring); exchanges look theirs up per request.
+    """
+
+    def __init__(self) -> None:
+        self._by_process: dict[Process, Upstream] = {}
+
+    def open(
+        self, process: Process, address: str | tuple[str, int], protocol: str, concurrency: int
+    ) -> None:
+        idle = concurrency if concurrency > 0 else UNLIMITED_IDLE_CONNECTIONS
+        self._by_process[process] = Upstream(address, protocol, idle, process.pid)
+
+    def close(self, process: Process) -> None:
+        upstream = self._by_process.pop(process, None)
+        if upstream is not None:
+            upstream.close_all()
+
+    def of(self, process: Process) -> Upstream | None:
+        return self._by_process.get(process)
+
+    def __len__(self) -> int:
+        return len(self._by_process)

@@ -1,10 +1,21 @@
 """The sans-IO pool: Pool → Group → Process → Session, and the effects transitions return."""
 
-from .effects import Effect, Grant, Reason, Reject, Rejected, Spawn, Stop, Wake
-from .group import Group, GroupOptions, Waiter
+from .effects import (
+    Effect,
+    Grant,
+    Reason,
+    Reject,
+    Rejected,
+    Requester,
+    Session,
+    Spawn,
+    Stop,
+    Waiter,
+    Wake,
+)
+from .group import Group, GroupOptions
 from .pool import Pool
 from .process import Enablement, Life, Process
-from .session import Session
 
 __all__ = [
     "Effect",
@@ -18,6 +29,7 @@ __all__ = [
     "Reason",
     "Reject",
     "Rejected",
+    "Requester",
     "Session",
     "Spawn",
     "Stop",

@@ -26,14 +26,22 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from .effects import Effect, Grant, Reason, Reject, Rejected, Spawn, Stop, Wake
+from .effects import (
+    Effect,
+    Grant,
+    Reason,
+    Reject,
+    Rejected,
+    Requester,
+    Session,
+    Spawn,
+    Stop,
+    Waiter,
+    Wake,
+)
 from .process import Enablement, Life, Process
-from .session import Session
-
-if TYPE_CHECKING:
-    from .pool import Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +64,22 @@ class GroupOptions:
     idle_time: float = 300.0
 
 
-class Waiter:
-    """A request waiting in a group's queue. ``token`` belongs to the driver."""
+class PoolCapacity(Protocol):
+    """What a group needs of its pool: the capacity all groups share (``pool.Pool``)."""
 
-    __slots__ = ("enqueued_at", "token", "waiting")
+    def is_full(self) -> bool: ...
 
-    def __init__(self, token: Any, now: float) -> None:
-        self.token = token
-        self.enqueued_at = now
-        #: True while in the queue; False once granted, rejected or cancelled.
-        self.waiting = True
+    def _next_seq(self) -> int: ...
+
+    def _make_room(self, group: Group, now: float, effects: list[Effect]) -> bool: ...
+
+    def _lend_idle_process(
+        self, group: Group, process: Process, now: float, effects: list[Effect]
+    ) -> None: ...
+
+    def _after_capacity_change(
+        self, now: float, effects: list[Effect], exclude: Group | None = None
+    ) -> None: ...
 
 
 class Group:
@@ -82,7 +96,7 @@ class Group:
     5. Every process in ``retiring`` is detached, shutting down, and still has sessions.
     """
 
-    def __init__(self, name: str, pool: Pool, options: GroupOptions) -> None:
+    def __init__(self, name: str, pool: PoolCapacity, options: GroupOptions) -> None:
         self.name = name
         self.pool = pool
         self.options = options
@@ -95,12 +109,15 @@ class Group:
         #: Consecutive failed spawns, and when the back-off after the last one ends.
         self.failures = 0
         self.backoff_until = 0.0
-        self.last_error: Any = None
+        #: The last failed spawn's error, for requests during the back-off.
+        self.last_error: Exception | None = None
         self.shutting_down = False
 
     # -- requests ---------------------------------------------------------------
 
-    def checkout(self, token: Any, now: float) -> tuple[Session | Waiter | Rejected, list[Effect]]:
+    def checkout(
+        self, token: Requester, now: float
+    ) -> tuple[Session | Waiter | Rejected, list[Effect]]:
         """Ask for a session: one now, a place in the queue, or a rejection."""
         effects: list[Effect] = []
         if self.shutting_down:
@@ -200,11 +217,9 @@ class Group:
     def _maybe_spawn(self, now: float, effects: list[Effect]) -> None:
         if self.wants_process(now) and self.pool._make_room(self, now, effects):
             self.spawning = True
-            effects.append(Spawn(self))
+            effects.append(Spawn(self.name))
 
-    def spawn_done(
-        self, pid: int, concurrency: int, now: float, handle: Any = None
-    ) -> tuple[Process, list[Effect]]:
+    def spawn_done(self, pid: int, concurrency: int, now: float) -> tuple[Process, list[Effect]]:
         """The spawn in flight produced a ready process."""
         assert self.spawning, "spawn_done without a spawn in flight"
         self.spawning = False
@@ -219,7 +234,6 @@ class Group:
             seq=self.pool._next_seq(),
             spawned_at=now,
             last_used=now,
-            handle=handle,
         )
         effects: list[Effect] = []
         if self.shutting_down:
@@ -231,7 +245,7 @@ class Group:
         self.pool._after_capacity_change(now, effects)
         return process, effects
 
-    def _note_failure(self, error: Any, now: float, effects: list[Effect]) -> None:
+    def _note_failure(self, error: Exception | None, now: float, effects: list[Effect]) -> None:
         """One more failure in a row: back off exponentially before the next spawn."""
         self.failures += 1
         self.last_error = error
@@ -243,7 +257,7 @@ class Group:
         if delay > 0:
             effects.append(Wake(self.backoff_until))
 
-    def spawn_failed(self, error: Any, now: float) -> list[Effect]:
+    def spawn_failed(self, error: Exception | None, now: float) -> list[Effect]:
         """The spawn in flight failed: every waiter learns why; retry after a back-off."""
         assert self.spawning, "spawn_failed without a spawn in flight"
         self.spawning = False
@@ -259,7 +273,9 @@ class Group:
 
     # -- process loss and retirement -----------------------------------------------
 
-    def process_died(self, process: Process, now: float, error: Any = None) -> list[Effect]:
+    def process_died(
+        self, process: Process, now: float, error: Exception | None = None
+    ) -> list[Effect]:
         """The OS process behind ``process`` exited (expectedly or not) and was reaped.
 
         ``error`` (the driver's) explains an early death, for requests during the back-off.

@@ -1,15 +1,14 @@
 """Process: one app process as the pool sees it — its states, its counters, its busyness.
 
 Pure data and arithmetic: no I/O, no clock reads. The OS-level side of a process
-(the child, its pipes, the connections to it) lives in a driver-owned ``handle``
-that the pool never looks into.
+(the child, its pipes, the connections to it) is kept by the driver, keyed by the
+``Process`` (identity: ``eq=False``); the pool never sees it.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 
 class Life(enum.Enum):
@@ -52,8 +51,6 @@ class Process:
     sessions: int = 0
     #: Sessions closed so far (requests done).
     processed: int = 0
-    #: Driver-owned state (child process, connections); opaque to the pool.
-    handle: Any = field(default=None, repr=False)
 
     def busyness(self) -> float:
         """Lower is less busy: utilisation for limited processes, open sessions otherwise.

@@ -3,6 +3,7 @@
 GET or POST /headers answers with the request's header lines as JSON ([name, value]
 pairs, in order), so tests can see exactly what Ferryman forwarded. GET /bad-header?c=HH
 answers with a header value holding the byte 0xHH (http.server does not check it).
+GET /garbage answers with bytes that are not HTTP.
 """
 
 import json
@@ -25,6 +26,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/headers":
             return self._headers()
+        if self.path == "/garbage":
+            # Not HTTP at all: the core must answer 502 and say why in its log.
+            self.wfile.write(b"this is not an HTTP response\r\n\r\n")
+            self.close_connection = True
+            return
         if self.path.startswith("/bad-header?c="):
             char = chr(int(self.path.rpartition("=")[2], 16))
             self.send_response(200)

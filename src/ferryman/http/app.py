@@ -1,0 +1,100 @@
+"""App: what the front needs to serve one app, and the driver it talks to.
+
+The HTTP side meets the supervisor only through ``PoolDriver``, a small typed
+protocol (carry out effects, tell the time, report an unreachable process) that
+``core`` wires to the real supervisor; so ``http/`` and ``supervisor.py`` never
+import each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from ..alerts import Alert
+from ..log import AccessLog
+from ..pool import Effect, Group, Process, Rejected
+from .upstream import Upstreams
+
+log = logging.getLogger("ferryman")
+
+
+class PoolDriver(Protocol):
+    """The driver of the pool, as the HTTP side sees it (``supervisor.Supervisor``)."""
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Carry out the effects of a pool transition."""
+
+    def now(self) -> float:
+        """The loop's clock, which every pool transition takes."""
+
+    def process_unreachable(self, process: Process, exc: BaseException) -> None:
+        """A connection to ``process`` was refused: it cannot serve."""
+
+
+class App:
+    """What the front needs to serve one app: its group, its driver and its responses.
+
+    It also watches ``tmp/restart.txt``: at most every ``stat_throttle_rate`` seconds,
+    when a request arrives, the file's mtime is compared with the last one seen; a
+    change restarts the app's processes.
+    """
+
+    def __init__(
+        self,
+        group: Group,
+        driver: PoolDriver,
+        *,
+        upstreams: Upstreams,
+        access_log: AccessLog,
+        rejection_response: Callable[[Rejected], tuple[int, bytes, bytes]],
+        restart_file: Path | None = None,
+        stat_throttle_rate: float = 1.0,
+    ) -> None:
+        self.group = group
+        self.driver = driver
+        #: The connections to each of the group's processes.
+        self.upstreams = upstreams
+        self.access_log = access_log
+        self.rejection_response = rejection_response
+        self.now = driver.now
+        self.restart_file = restart_file
+        self.stat_throttle_rate = stat_throttle_rate
+        #: loop time of the next restart.txt check (read on the hot path: a float compare)
+        self.next_restart_check = 0.0
+        self._restart_mtime = self._restart_file_mtime()
+        name = group.name.replace("%", "%%")
+        self.queue_full_alert = Alert(
+            f"The request queue of {name} is full: answered 503 to %d more request(s) since "
+            "the last report"
+        )
+
+    def _restart_file_mtime(self) -> int | None:
+        if self.restart_file is None:
+            return None
+        try:
+            return self.restart_file.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def queue_full(self, now: float) -> None:
+        """A request got 503 because the queue is full: say so in the log (throttled)."""
+        self.queue_full_alert.fire(
+            now,
+            "The request queue of %s is full (max_request_queue_size %d): answered 503. More "
+            "processes (--max-pool-size), threads (--thread-count) or a longer queue would "
+            "take such requests.",
+            self.group.name,
+            self.group.options.max_queue_size,
+        )
+
+    def check_restart(self, now: float) -> None:
+        self.next_restart_check = now + self.stat_throttle_rate
+        mtime = self._restart_file_mtime()
+        if mtime is None or mtime == self._restart_mtime:
+            return
+        self._restart_mtime = mtime
+        log.info("Restarting %s: %s was touched", self.group.name, self.restart_file)
+        self.driver.apply(self.group.restart(now))
