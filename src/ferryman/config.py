@@ -491,6 +491,16 @@ class Config:
         True, BOOL, "Log every request in the combined log format.", "Logging"
     )
 
+    # Development
+    selfcheck: bool = setting(
+        False,
+        BOOL,
+        "Check every invariant of the process pool after each batch of changes, and stop "
+        "the server at once (exit code 70, the broken invariant in the log) if one does not "
+        "hold. For developing Ferryman and for its tests: it costs time on every request.",
+        "Development",
+    )
+
     @property
     def is_development(self) -> bool:
         return self.environment == "development"

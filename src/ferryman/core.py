@@ -92,7 +92,7 @@ class Core:
         reports = ErrorReports(config.error_report_dir, config.error_report_limit)
         upstreams = Upstreams()
         spawners = {group.name: Spawner(config, self.spec, instance)}
-        supervisor = Supervisor(pool, spawners, reports, upstreams)
+        supervisor = Supervisor(pool, spawners, reports, upstreams, selfcheck=config.selfcheck)
         app = App(
             group,
             supervisor,

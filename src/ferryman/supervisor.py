@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Coroutine
+import sys
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from .errors import SpawnError
@@ -24,6 +25,20 @@ from .spawning.error_report import ErrorReports
 from .spawning.spawner import STOP_TERM_GRACE, Ready, Spawner
 
 log = logging.getLogger("ferryman")
+
+#: Exit code when the self-check finds a broken pool invariant (EX_SOFTWARE).
+BROKEN_INVARIANT_EXIT = 70
+
+
+def abort_on_broken_invariant(error: AssertionError) -> None:
+    """The self-check's default: say what broke, loudly, and stop the core at once (no
+    cleanup that could run on the broken state; app processes exit on their own when
+    their owner pipe closes)."""
+    log.critical("Self-check: a pool invariant does not hold: %s", error, exc_info=error)
+    for handler in log.handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(BROKEN_INVARIANT_EXIT)
 
 
 class ProcessConnections(Protocol):
@@ -57,8 +72,14 @@ class Supervisor:
         spawners: dict[str, Spawner],
         reports: ErrorReports,
         connections: ProcessConnections,
+        *,
+        selfcheck: bool = False,
+        on_broken_invariant: Callable[[AssertionError], None] = abort_on_broken_invariant,
     ) -> None:
         self.pool = pool
+        #: Verify the pool after every applied batch of effects (--selfcheck).
+        self.selfcheck = selfcheck
+        self.on_broken_invariant = on_broken_invariant
         self.spawners = spawners
         self.reports = reports
         self.connections = connections
@@ -98,6 +119,19 @@ class Supervisor:
             elif kind is Wake:
                 assert isinstance(effect, Wake)
                 self._wake_at(effect.at)
+        if self.selfcheck:
+            self.check_invariants()
+
+    def check_invariants(self) -> None:
+        """Pool.verify(), with what the driver itself knows: every process the pool lists
+        has its OS side here."""
+        try:
+            self.pool.verify(self.now())
+            for group in self.pool.groups.values():
+                for process in [*group.processes, *group.retiring]:
+                    assert process in self.handles, f"{process}: listed, but no child known"
+        except AssertionError as error:
+            self.on_broken_invariant(error)
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self.loop.create_task(coro)

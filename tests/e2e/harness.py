@@ -86,6 +86,8 @@ class Server:
         self.env = dict(os.environ)
         self.env["TMPDIR"] = str(self.tmpdir)
         self.env.pop("PYTHONWARNINGS", None)
+        # Every test server checks the pool's invariants after each change it makes.
+        self.env["FERRYMAN_SELFCHECK"] = "1"
         if env:
             self.env.update(env)
         self.lines: list[str] = []

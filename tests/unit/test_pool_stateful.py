@@ -16,6 +16,7 @@ from ferryman.pool import (
     Life,
     Pool,
     Process,
+    Reason,
     Reject,
     Rejected,
     Session,
@@ -44,11 +45,18 @@ class PoolMachine(RuleBasedStateMachine):
         self.pool = Pool(max_size=3)
         self.groups = [
             self.pool.add_group(
-                "a", GroupOptions(min_instances=1, max_queue_size=4, spawn_backoff=1.0)
+                "a",
+                GroupOptions(min_instances=1, max_queue_size=4, spawn_backoff=1.0, idle_time=3.0),
             ),
             self.pool.add_group(
                 "b",
-                GroupOptions(min_instances=0, max_instances=2, soft_limit=2, spawn_backoff=0.0),
+                GroupOptions(
+                    min_instances=0,
+                    max_instances=2,
+                    soft_limit=2,
+                    spawn_backoff=0.0,
+                    idle_time=2.0,  # short: idle retirement happens within a run
+                ),
             ),
         ]
         self.pending_spawns: set[str] = set()
@@ -58,6 +66,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.stopping: list[tuple[Group, Process]] = []
         self.next_pid = 100
         self.owner: dict[int, Group] = {}
+        self.shut_down = False
         self.apply(self.pool.tick(self.now))
 
     def apply(self, effects: list[Effect]) -> None:
@@ -75,7 +84,8 @@ class PoolMachine(RuleBasedStateMachine):
                     self.waiting.remove(entry)
                 case Stop(process=process):
                     assert process.enablement is Enablement.DETACHED
-                    assert process.sessions == 0, "a busy process was stopped"
+                    # Only shutdown stops busy processes (the front has waited for them).
+                    assert self.shut_down or process.sessions == 0, "a busy process was stopped"
                     assert all(p is not process for _, p in self.stopping), "stopped twice"
                     self.stopping.append((self.owner[process.pid], process))
                 case Wake():
@@ -162,6 +172,20 @@ class PoolMachine(RuleBasedStateMachine):
     def time_passes(self, dt: float) -> None:
         self.now += dt
         self.apply(self.pool.tick(self.now))
+
+    @precondition(lambda self: not self.shut_down)
+    @rule()
+    def shutdown(self) -> None:
+        """Shutdown stops every process, busy or not, and rejects every waiter; later
+        requests are rejected, later spawns report back harmlessly."""
+        self.shut_down = True
+        self.apply(self.pool.shutdown())
+        assert not self.waiting
+        assert all(not g.processes and not g.retiring and not g.queue for g in self.groups)
+        for group in self.groups:
+            outcome, effects = group.checkout(Req(), self.now)
+            assert outcome == Rejected(Reason.SHUTTING_DOWN)
+            assert effects == []
 
     @invariant()
     def pool_invariants_hold(self) -> None:
