@@ -29,10 +29,12 @@ from .spawning.detect import AppSpec
 from .spawning.error_page import page_for
 from .spawning.error_report import ErrorReports
 from .spawning.spawner import Spawner
-from .supervisor import Supervisor
+from .supervisor import MAX_TICK_INTERVAL, Supervisor
 
 log = logging.getLogger("ferryman")
 
+#: Shortest pause between two periodic looks at the pool, however short pool_idle_time is.
+MIN_TICK_INTERVAL = 0.25
 #: Signals that stop the server gracefully (a second one stops it at once).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -212,5 +214,5 @@ def _listen_target(config: Config) -> str:
 def _tick_interval(config: Config) -> float:
     """How often the pool looks for idle processes: often enough for pool_idle_time."""
     if not config.pool_idle_time:
-        return 10.0
-    return min(10.0, max(0.25, config.pool_idle_time / 4))
+        return MAX_TICK_INTERVAL
+    return min(MAX_TICK_INTERVAL, max(MIN_TICK_INTERVAL, config.pool_idle_time / 4))

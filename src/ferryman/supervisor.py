@@ -26,6 +26,10 @@ from .spawning.spawner import STOP_TERM_GRACE, Ready, Spawner
 
 log = logging.getLogger("ferryman")
 
+#: Longest pause between two periodic looks at the pool (idle retirement).
+MAX_TICK_INTERVAL = 10.0
+#: How long an exited process's last output lines may take to reach the log.
+OUTPUT_DRAIN_TIMEOUT = 1.0
 #: Exit code when the self-check finds a broken pool invariant (EX_SOFTWARE).
 BROKEN_INVARIANT_EXIT = 70
 
@@ -93,7 +97,7 @@ class Supervisor:
         self._spawns: dict[Group, asyncio.Task[Any]] = {}
         self._wakes: dict[float, asyncio.TimerHandle] = {}
         self._ticker: asyncio.TimerHandle | None = None
-        self._tick_interval = 10.0
+        self._tick_interval = MAX_TICK_INTERVAL
         self.spawn_count = 0
 
     def now(self) -> float:
@@ -257,7 +261,7 @@ class Supervisor:
         self.apply(effects)
 
     async def _release(self, handle: ProcessHandle) -> None:
-        await handle.child.finish_output(1.0)
+        await handle.child.finish_output(OUTPUT_DRAIN_TIMEOUT)
         handle.child.release()
         if isinstance(handle.ready.address, str):
             try:

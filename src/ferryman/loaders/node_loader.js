@@ -23,6 +23,8 @@ const { pathToFileURL } = require("url");
 
 // The handshake's version (keep in step with ferryman/spawning/kinds.py).
 const HANDSHAKE_VERSION = 1;
+// While stopping: how often to check that Ferryman is still there to wait for us.
+const CORE_CHECK_INTERVAL_MS = 200;
 
 const args = JSON.parse(process.argv[2]);
 const parentPid = process.ppid;
@@ -139,7 +141,7 @@ function stop() {
   // itself dies meanwhile, nobody would: check for that.
   setInterval(() => {
     if (!coreAlive()) process.exit(0);
-  }, 200).unref();
+  }, CORE_CHECK_INTERVAL_MS).unref();
 }
 
 process.stdin.on("data", () => {});

@@ -56,6 +56,8 @@ PROTOCOL = "session"
 HANDSHAKE_VERSION = 1
 
 MAX_FRAME = 1 << 20  # body chunks larger than this are split into several frames
+#: How often a stopping loader looks whether its requests in flight have finished.
+STOP_POLL_INTERVAL = 0.02
 RECV_SIZE = 1 << 16
 HOP_BY_HOP = frozenset(
     [
@@ -645,7 +647,7 @@ class Server(object):
             pass
         self.listener.close()
         while any(self.busy) and core_alive():
-            time.sleep(0.02)
+            time.sleep(STOP_POLL_INTERVAL)
 
 
 def set_process_title(title: str) -> None:
