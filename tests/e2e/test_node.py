@@ -270,3 +270,22 @@ def test_sigterm_lets_node_requests_in_flight_finish(tmp_path: Path) -> None:
         assert [r.status for r in requests] == [200] * 6
         assert server.proc.wait(30) == 0
         assert not any(alive(pid) for pid in apps)
+
+
+def test_later_listens_are_left_alone() -> None:
+    """An app that opens a metrics port (http) and a raw TCP port besides its main server
+    starts, and both extra ports answer where the app asked for them."""
+    with serving(APPS / "node_two_listens") as server:
+        status, body = server.get("/")
+        assert status == 200
+        ports = json.loads(body)
+        assert set(ports) == {"http", "tcp"}, ports
+        with socket.create_connection(("127.0.0.1", ports["http"]), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.endswith(b"metrics ok\n")
+        with socket.create_connection(("127.0.0.1", ports["tcp"]), timeout=10) as sock:
+            assert sock.recv(100) == b"raw ok\n"
+        assert "cluster._getServer" not in server.log_text()

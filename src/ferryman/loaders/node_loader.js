@@ -90,10 +90,29 @@ cluster.fork = function fork() {
 const originalListen = net.Server.prototype.listen;
 let server = null;
 
+// With `cluster` inert, Node takes this process for a worker and would route every TCP
+// listen() through the primary (cluster._getServer), which does not exist: a later
+// listen() is made `exclusive`, which listens directly, as a primary's would.
+function exclusiveListenArgs(listenArgs) {
+  if (typeof net._normalizeArgs !== "function") return listenArgs;
+  const [options, callback] = net._normalizeArgs(listenArgs);
+  if (options === null || typeof options !== "object" || options._handle || options.handle) {
+    return listenArgs; // a handle or file descriptor: as given
+  }
+  const exclusive = Object.assign({}, options, { exclusive: true });
+  const first = listenArgs[0];
+  if (typeof first !== "object" || first === null) {
+    // listen(port, host, backlog, cb): the backlog is not part of the options.
+    const backlog = Number(listenArgs[1]) || Number(listenArgs[2]);
+    if (backlog) exclusive.backlog = backlog;
+  }
+  return callback ? [exclusive, callback] : [exclusive];
+}
+
 net.Server.prototype.listen = function listen(...listenArgs) {
   if (server !== null) {
     // Only the first server is Ferryman's; others (e.g. a metrics port) listen as asked.
-    return originalListen.apply(this, listenArgs);
+    return originalListen.apply(this, exclusiveListenArgs(listenArgs));
   }
   server = this;
   step("listen", "in_progress");
