@@ -10,8 +10,10 @@ Most servers here run with --min-instances 0, so the first request triggers the 
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -500,3 +502,29 @@ def test_reports_go_to_the_temp_dir_by_default() -> None:
         assert failure.status == 500
         assert failure.report == server.tmpdir / f"ferryman-error-{failure.error_id}.html"
         assert failure.report.is_file()
+
+
+# -- Passenger's INTERP idiom --------------------------------------------------------------------
+
+
+def _other_interpreter(tmp_path: Path) -> str:
+    """A Python other than the one Ferryman runs: the system's, else a link to ours (a
+    different sys.executable is all the idiom looks at)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate) and os.path.realpath(candidate) != os.path.realpath(
+            sys.executable
+        ):
+            return candidate
+    link = tmp_path / "python-elsewhere"
+    link.symlink_to(sys.executable)
+    return str(link)
+
+
+def test_passenger_interp_idiom_reexecutes_the_loader(tmp_path: Path) -> None:
+    """passenger_wsgi.py re-executing itself under INTERP (os.execl(INTERP, INTERP,
+    *sys.argv)) starts and serves, under that interpreter."""
+    interp = _other_interpreter(tmp_path)
+    with serving(APPS / "wsgi_interp", "--envvar", f"INTERP={interp}") as server:
+        status, body = server.get("/")
+        assert status == 200
+        assert body == f"served by {interp}\n".encode()

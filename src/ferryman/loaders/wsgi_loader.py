@@ -82,8 +82,14 @@ class Handshake(object):
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
-        if fd is not None:
-            os.set_inheritable(fd, False)  # processes the app starts must not hold it open
+
+    def keep_across_exec(self, keep: bool) -> None:
+        """While the app loads, the fd survives exec: Passenger's INTERP idiom re-executes
+        this loader under another interpreter (``os.execl(INTERP, INTERP, *sys.argv)``),
+        which then reports on the same fd. Once loaded, processes the app starts must not
+        hold it open."""
+        if self.fd is not None:
+            os.set_inheritable(self.fd, keep)
 
     def send(self, message: dict[str, Any]) -> None:
         if self.fd is None:
@@ -692,6 +698,7 @@ def main() -> None:
     set_process_title("Ferryman WSGI: %s" % app_root)
 
     handshake.step("load_app", "in_progress")
+    handshake.keep_across_exec(True)
     try:
         app = load_app(app_root, args["startup_file"])
     except AppLoadError as exc:
@@ -711,6 +718,7 @@ def main() -> None:
         )
         handshake.close()
         sys.exit(1)
+    handshake.keep_across_exec(False)
     handshake.step("load_app", "performed")
 
     handshake.step("listen", "in_progress")
