@@ -18,7 +18,7 @@ from .config import flag_of, reference_markdown, resolve, settings, shown_defaul
 from .core import Core
 from .errors import ConfigError
 from .log import setup_logging
-from .spawning.detect import detect
+from .spawning.detect import detect, with_interpreter
 from .spawning.error_report import ErrorReports
 
 
@@ -34,7 +34,7 @@ def build_parser() -> ArgumentParser:
         prog="ferryman",
         description="Ferryman: a polyglot application server with a least-busy process pool.",
     )
-    parser.add_argument("--version", action="version", version=f"ferryman {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"ferryman {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     commands.required = True
     start = commands.add_parser("start", help="serve the app in APP_DIR")
@@ -89,7 +89,7 @@ def start(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name, _, _ in settings()}
     try:
         config, warnings = resolve(Path(args.app_dir), given, os.environ)
-        spec = detect(config)
+        spec = with_interpreter(detect(config), config, Path.cwd())
         ErrorReports(config.error_report_dir, config.error_report_limit).check()
         sink = setup_logging(config)
     except ConfigError as exc:
@@ -102,7 +102,11 @@ def start(args: argparse.Namespace) -> int:
         try:
             return run(Core(config, spec, sink).run())
         except ConfigError as exc:
-            log.error("%s", exc)
+            # Found only when listening (a host that does not resolve, an address that is
+            # not this machine's): said like every other configuration error.
+            sys.stderr.write(f"ferryman: {exc}\n")
+            if config.log_file:
+                log.error("%s", exc)
             return exc.exit_code
     finally:
         sink.close()

@@ -116,6 +116,35 @@ def _choice_kind(*choices: str) -> Kind:
     return Kind("one of " + ", ".join(choices), parse, "{" + ",".join(choices) + "}")
 
 
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
+
+
+def _address_kind() -> Kind:
+    """An IP address, or a host name by RFC 1123's rules; something that looks like an
+    IPv4 address but is not one (999.1.1.1) is refused here, not when binding."""
+
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise ValueError
+        text = raw.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            pass
+        if re.fullmatch(r"[0-9.]+", text) or not _HOST_NAME.fullmatch(text):
+            raise ValueError
+        return text
+
+    return Kind(
+        "an IP address or a host name (e.g. 127.0.0.1, ::1, 0.0.0.0, localhost)", parse, "HOST"
+    )
+
+
 def _app_type_kind() -> Kind:
     """'auto' or a kind of the registry (read when a value is checked, so kinds added
     later are allowed too)."""
@@ -244,16 +273,20 @@ ProxyNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Everything ``ferryman start`` runs with. Only ``app_dir`` is not a setting."""
+    """Everything ``ferryman start`` runs with. Only ``app_dir`` and ``origins`` are not
+    settings."""
 
     app_dir: Path
+    #: Where each setting not at its default came from: a flag, a variable, a file key.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     # Listening
     port: int = setting(3000, _port_or_zero(), "TCP port to listen on.", "Listening", short="-p")
     address: str = setting(
         "127.0.0.1",
-        _text_kind("an IP address or host name", "HOST"),
-        "Address to listen on.",
+        _address_kind(),
+        "Address to listen on: an IP address of this machine (0.0.0.0 or :: for all) or a "
+        "host name that resolves to one.",
         "Listening",
         short="-a",
     )
@@ -501,6 +534,10 @@ class Config:
         "Development",
     )
 
+    def origin(self, name: str) -> str:
+        """Where setting ``name``'s value came from ("default" when nobody set it)."""
+        return self.origins.get(name, "default")
+
     @property
     def is_development(self) -> bool:
         return self.environment == "development"
@@ -634,14 +671,20 @@ def resolve(
     if not app_dir.is_dir():
         raise ConfigError(f"app directory {str(app_dir)!r} does not exist or is not a directory")
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     config_file = app_dir / CONFIG_FILE
     if config_file.exists():
-        values.update(read_config_file(config_file))
+        file_values = read_config_file(config_file)
+        values.update(file_values)
+        origins.update((name, f"{CONFIG_FILE} key {name}") for name in file_values)
     env_values, unknown = read_environment(env)
     values.update(env_values)
-    values.update(read_cli(cli))
+    origins.update((name, env_of(name)) for name in env_values)
+    cli_values = read_cli(cli)
+    values.update(cli_values)
+    origins.update((name, flag_of(name)) for name in cli_values)
     warnings = [f"ignoring unknown environment variable {var}" for var in sorted(unknown)]
-    config = Config(app_dir=app_dir.resolve(), **values)
+    config = Config(app_dir=app_dir.resolve(), origins=origins, **values)
     _check_together(config)
     return config, warnings
 

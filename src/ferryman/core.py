@@ -10,15 +10,17 @@ process, remove the instance directory.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
 from . import __version__
 from .config import CONFIG_FILE, Config
-from .errors import SpawnError
+from .errors import ConfigError, SpawnError
 from .http.app import App
 from .http.front import FrontServer
 from .http.upstream import Upstreams
@@ -108,8 +110,18 @@ class Core:
         try:
             urls = front.listen()
         except OSError as exc:
-            log.error("Cannot listen on %s: %s", _listen_target(config), exc.strerror or exc)
             await supervisor.shutdown()
+            if not config.socket and (
+                isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            ):
+                # The value itself is wrong (no such host, not an address of this machine):
+                # a configuration error like any other (exit code 2).
+                raise ConfigError(
+                    f"invalid value {config.address!r} for address (from "
+                    f"{config.origin('address')}): must be an address of this machine or a "
+                    f"host name that resolves to one; {exc.strerror or exc}"
+                ) from None
+            log.error("Cannot listen on %s: %s", _listen_target(config), exc.strerror or exc)
             return 1
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig, front, supervisor)
@@ -176,11 +188,20 @@ class Core:
         config = self.config
         kind = self.spec.kind
         log.info("Ferryman %s serving %s", __version__, self.spec.root)
+        interpreter = self.spec.interpreter
         if kind.interpreter_setting is None:
             log.info("  app type: %s, started with: %s", kind.title, self.spec.entry)
+        elif interpreter is not None:
+            log.info(
+                "  app type: %s (%s), run by %s (%s)",
+                kind.title,
+                self.spec.entry,
+                interpreter.path,
+                interpreter.version,
+            )
         else:
-            interpreter = getattr(config, kind.interpreter_setting)
-            log.info("  app type: %s (%s), run by %s", kind.title, self.spec.entry, interpreter)
+            shown = getattr(config, kind.interpreter_setting)
+            log.info("  app type: %s (%s), run by %s", kind.title, self.spec.entry, shown)
         if (self.spec.root / CONFIG_FILE).is_file():
             log.info("  settings read from %s", self.spec.root / CONFIG_FILE)
         if kind.threaded:

@@ -78,9 +78,11 @@ class Server:
         self,
         app_dir: Path | str = STUB,
         args: Sequence[str] = (),
+        *,
         env: dict[str, str] | None = None,
         wait_ready: int = 1,
         fd_limit: int | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.tmpdir = Path(tempfile.mkdtemp(prefix="fm-", dir="/tmp"))
         self.env = dict(os.environ)
@@ -98,7 +100,7 @@ class Server:
             # Same PID: the limit is set, then the interpreter execs itself with ferryman.
             argv[1:1] = ["-c", _WITH_FD_LIMIT % (fd_limit, fd_limit)]
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=cwd
         )
         self.pid = self.proc.pid
         self.app_pids: set[int] = set()
@@ -314,8 +316,9 @@ def serving(
     env: dict[str, str] | None = None,
     wait_ready: int = 1,
     fd_limit: int | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[Server]:
-    server = Server(app_dir, args, env=env, wait_ready=wait_ready, fd_limit=fd_limit)
+    server = Server(app_dir, args, env=env, wait_ready=wait_ready, fd_limit=fd_limit, cwd=cwd)
     try:
         yield server
     finally:

@@ -12,7 +12,7 @@ import pytest
 
 from ferryman import __version__
 
-from .harness import STUB, serving, wait_until
+from .harness import APPS, STUB, serving, wait_until
 
 
 def ferryman(
@@ -178,3 +178,77 @@ def test_log_file_receives_the_log(tmp_path: Path) -> None:
     assert '"GET /print?msg=to-the-file HTTP/1.1" 200' in text
     assert f"Logging to {log_file}" in console
     assert "stub says" not in console
+
+
+# -- interpreters, addresses: checked before anything listens --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "why"),
+    [
+        ("--python", "no-such-python", "'no-such-python' was not found on PATH"),
+        ("--python", "/nonexistent/bin/python", "/nonexistent/bin/python does not exist"),
+        ("--python", "/usr", "/usr is a directory"),
+        ("--python", "/bin/true", "/bin/true --version printed"),
+    ],
+)
+def test_an_unusable_python_stops_the_start(flag: str, value: str, why: str) -> None:
+    """One line naming the setting, the value and what is wrong; exit 2; nothing listens."""
+    result = ferryman("start", str(STUB), "--port", "0", flag, value)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"ferryman: invalid value {value!r} for python (from {flag}): ")
+    assert why in lines[0]
+    assert "Listening" not in result.stderr
+
+
+def test_an_unusable_nodejs_stops_the_start(tmp_path: Path) -> None:
+    result = ferryman("start", str(APPS / "node_http"), "--port", "0", "--nodejs", "/bin/true")
+    assert result.returncode == 2
+    assert "invalid value '/bin/true' for nodejs (from --nodejs)" in result.stderr
+    assert "Node.js 18 (or newer)" in result.stderr
+
+
+def test_a_wsgi_app_does_not_need_node(tmp_path: Path) -> None:
+    """Only the interpreter the app runs under is checked."""
+    with serving(STUB, "--nodejs", "/nonexistent/node") as server:
+        assert server.get("/")[0] == 200
+
+
+def test_a_relative_interpreter_path_is_relative_to_where_ferryman_runs(tmp_path: Path) -> None:
+    """--python venv/bin/python means ./venv/bin/python from the shell's directory, not
+    from the app's; the banner shows the path it resolved and the version."""
+    here = tmp_path / "here"
+    (here / "venv" / "bin").mkdir(parents=True)
+    (here / "venv" / "bin" / "python").symlink_to(sys.executable)
+    with serving(STUB, "--python", "venv/bin/python", cwd=here) as server:
+        resolved = here / "venv" / "bin" / "python"
+        version = "Python {}.{}.{}".format(*sys.version_info[:3])
+        server.wait_for_log(re.escape(f"run by {resolved} ({version})"))
+        assert server.get("/")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("999.1.1.1", "must be an IP address or a host name"),
+        ("bad_host!", "must be an IP address or a host name"),
+        ("nosuchhost.invalid", "must be an address of this machine or a host name that resolves"),
+        ("192.0.2.1", "must be an address of this machine"),  # TEST-NET: not ours
+    ],
+)
+def test_an_address_that_cannot_be_used_is_a_configuration_error(address: str, why: str) -> None:
+    result = ferryman("start", str(STUB), "--port", "0", "--address", address)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ferryman: ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"ferryman: invalid value {address!r} for address (from --address)")
+    assert why in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_dash_capital_v_is_version() -> None:
+    result = ferryman("-V")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ferryman {__version__}"

@@ -11,11 +11,13 @@ In order, unless ``app_type`` or ``startup_file`` says otherwise:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
 from ..errors import AppNotFound
+from .interpreter import Interpreter, find_interpreter
 from .kinds import KINDS, AppKind, kind_for_suffix
 
 
@@ -27,6 +29,8 @@ class AppSpec:
     root: Path
     startup_file: str = ""
     start_command: str = ""
+    #: The interpreter that runs the loader, found and checked (see ``with_interpreter``).
+    interpreter: Interpreter | None = None
 
     @property
     def kind(self) -> AppKind:
@@ -76,6 +80,19 @@ def detect(config: Config) -> AppSpec:
         f"no app found in {root}: looked for {', '.join(looked_for)}"
         " (use --startup-file or --app-start-command to say how to start it)"
     )
+
+
+def with_interpreter(spec: AppSpec, config: Config, cwd: Path) -> AppSpec:
+    """``spec`` with its kind's interpreter found and checked (ConfigError if unusable);
+    unchanged for kinds that run their own command."""
+    kind = spec.kind
+    if kind.interpreter_setting is None or kind.interpreter_check is None:
+        return spec
+    setting = kind.interpreter_setting
+    interpreter = find_interpreter(
+        setting, str(getattr(config, setting)), config.origin(setting), kind.interpreter_check, cwd
+    )
+    return dataclasses.replace(spec, interpreter=interpreter)
 
 
 def _command_kinds() -> list[AppKind]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .interpreter import InterpreterCheck
 from .journey import COMMAND_STEPS, LOADER_STEPS, StepSpec
 
 LOADERS = Path(__file__).resolve().parent.parent / "loaders"
@@ -41,6 +42,8 @@ class AppKind:
     suffixes: tuple[str, ...] = ()
     #: The setting that names the interpreter running the loader (None: own command).
     interpreter_setting: str | None = None
+    #: How that interpreter is checked at start (its version, the oldest supported).
+    interpreter_check: InterpreterCheck | None = None
     #: The loader file the interpreter runs (None: the app's own command).
     loader: Path | None = None
     #: What the core speaks to the process: "session" (the session protocol) or "http".
@@ -93,6 +96,7 @@ WSGI = AppKind(
     looked_for=("passenger_wsgi.py", "wsgi.py", "app.py"),
     suffixes=(".py",),
     interpreter_setting="python",
+    interpreter_check=InterpreterCheck("Python", r"Python (\d+\.\d+(?:\.\d+)?)", (3, 9)),
     loader=LOADERS / "wsgi_loader.py",
     protocol="session",
     threaded=True,
@@ -104,6 +108,7 @@ NODE = AppKind(
     looked_for=("app.js", "package.json main", "index.js", "server.js"),
     suffixes=(".js", ".cjs", ".mjs"),
     interpreter_setting="nodejs",
+    interpreter_check=InterpreterCheck("Node.js", r"v(\d+\.\d+\.\d+)", (18,)),
     loader=LOADERS / "node_loader.js",
     protocol="http",
 )

@@ -266,7 +266,10 @@ class Spawner:
     async def _spawn_loader(self) -> tuple[Child, Ready]:
         kind = self.spec.kind
         assert kind.loader is not None and kind.interpreter_setting is not None
-        interpreter = str(getattr(self.config, kind.interpreter_setting))
+        if self.spec.interpreter is not None:
+            interpreter = self.spec.interpreter.path  # found and checked at start
+        else:
+            interpreter = str(getattr(self.config, kind.interpreter_setting))
         attempt = Attempt(self, self.app_environment(), interpreter, Journey.of(kind.steps))
         journey = attempt.journey
         journey.begin("prepare", time.time())
