@@ -520,6 +520,15 @@ class Config:
         "Least severe level logged.",
         "Logging",
     )
+    app_output_level: str = setting(
+        "info",
+        _choice_kind("debug", "info", "warning", "error"),
+        "Least severe app output logged, independently of log_level: an app's stdout lines "
+        "are logged at info, its stderr lines (tracebacks, most logging libraries) at "
+        "warning. So '--log-level warning' quiets Ferryman without hiding the app's output; "
+        "'--app-output-level warning' keeps only the app's stderr.",
+        "Logging",
+    )
     access_log: bool = setting(
         True, BOOL, "Log every request in the combined log format.", "Logging"
     )

@@ -135,6 +135,8 @@ def setup_logging(config: Config) -> LogSink:
     logger.addHandler(handler)
     logger.setLevel(config.log_level.upper())
     logger.propagate = False
+    # App output has its own level: --log-level quiets Ferryman, not the app.
+    logging.getLogger("ferryman.app").setLevel(config.app_output_level.upper())
     return sink
 
 

@@ -209,16 +209,20 @@ class Supervisor:
     def _log_spawn_error(self, group: Group, error: SpawnError) -> None:
         """One line: app, summary, error ID and report (the app's output is logged already)."""
         error.report_path = self.reports.write(error)
+        first, *more = error.summary.splitlines() or [""]
         log.error(
             "Could not start a process for %s: %s [step: %s, category: %s]"
             " (error ID %s; report: %s)",
             error.app_root or group.name,
-            error.summary.replace("\n", "\\n"),
+            first,
             error.step,
             error.category,
             error.error_id,
             error.report_path or "none written",
         )
+        # The rest of a multi-line message (Node's "Require stack:"...), a line each.
+        for line in more:
+            log.error("  (error ID %s) %s", error.error_id, line)
 
     # -- ending processes -----------------------------------------------------------------------
 

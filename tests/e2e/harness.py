@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -109,16 +110,38 @@ class Server:
         self.port = 0
         self.unix_socket = ""
         try:
-            match = self.wait_for_log(_LISTENING, timeout=15)
-            if match.group(1):
-                self.port = int(match.group(1))
-            else:
-                self.unix_socket = match.group(2)
+            self._find_address(timeout=15)
             for _ in range(wait_ready):
                 self.wait_for_ready()
         except BaseException:
             self.close()
             raise
+
+    def _find_address(self, timeout: float) -> None:
+        """Where the server listens: from its "Listening on" log line, or, when its log
+        level hides that line, from its instance directory's properties.json."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                for line in self.lines:
+                    match = _LISTENING.search(line)
+                    if match:
+                        if match.group(1):
+                            self.port = int(match.group(1))
+                        else:
+                            self.unix_socket = match.group(2)
+                        return
+            for properties in self.tmpdir.glob("ferryman.*/properties.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    address = json.loads(properties.read_text())["addresses"][0]
+                    if address.startswith("unix:"):
+                        self.unix_socket = address[5:]
+                    else:
+                        self.port = int(address.rpartition(":")[2])
+                    return
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError("the server never listened; log:\n" + self.log_text())
+            time.sleep(0.02)
 
     # -- log --------------------------------------------------------------------------------
 

@@ -252,3 +252,27 @@ def test_dash_capital_v_is_version() -> None:
     result = ferryman("-V")
     assert result.returncode == 0
     assert result.stdout.strip() == f"ferryman {__version__}"
+
+
+# -- app output and log levels ------------------------------------------------------------------
+
+
+def test_log_level_warning_keeps_the_apps_output() -> None:
+    """--log-level warning quiets Ferryman's own info lines, not the app: its traceback
+    (stderr) and its prints (stdout) are still logged."""
+    with serving(STUB, "--log-level", "warning", "--no-access-log", wait_ready=0) as server:
+        mark = server.mark()
+        assert server.get("/error")[0] == 500
+        server.wait_for_log(r"WARNING .*App \d+ output: RuntimeError: stub error", start=mark)
+        assert server.get("/print?msg=hello")[0] == 200
+        server.wait_for_log(r"INFO .*App \d+ output: stub says: hello", start=mark)
+        assert not any("Starting a process" in line for line in server.lines)
+
+
+def test_app_output_level_warning_keeps_only_stderr() -> None:
+    with serving(STUB, "--app-output-level", "warning", "--no-access-log") as server:
+        mark = server.mark()
+        assert server.get("/print?msg=quiet")[0] == 200
+        assert server.get("/error")[0] == 500
+        server.wait_for_log(r"App \d+ output: RuntimeError: stub error", start=mark)
+        assert not any("stub says: quiet" in line for line in server.lines[mark:])

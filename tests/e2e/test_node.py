@@ -289,3 +289,16 @@ def test_later_listens_are_left_alone() -> None:
         with socket.create_connection(("127.0.0.1", ports["tcp"]), timeout=10) as sock:
             assert sock.recv(100) == b"raw ok\n"
         assert "cluster._getServer" not in server.log_text()
+
+
+def test_a_multi_line_start_error_is_logged_line_by_line() -> None:
+    """Node's 'Cannot find module' message spans lines: each is its own log line, never
+    one line with literal backslash-n in it."""
+    with serving(APPS / "node_missing_module", "--min-instances", "0", wait_ready=0) as server:
+        status, body = server.get("/")
+        assert status == 500
+        line = server.wait_for_log(r"Could not start a process for .*Cannot find module")
+        assert "\\n" not in line.string
+        error_id = re.search(r"error ID (\w+)", line.string)
+        assert error_id is not None
+        server.wait_for_log(rf"\(error ID {error_id.group(1)}\) Require stack:")

@@ -227,37 +227,42 @@ def test_startup_file_deleted_before_a_restart(tmp_path: Path, report_dir: Path)
         )
 
 
-def test_python_that_does_not_exist(tmp_path: Path, report_dir: Path) -> None:
-    """--python naming a missing file fails 'Starting the interpreter' with the OS's reason."""
-    missing = tmp_path / "no-such-dir" / "python3"
-    args = flags(report_dir, "--python", str(missing))
-    with serving(STUB, *args, wait_ready=0) as server:
+def test_python_that_is_gone_by_the_time_a_process_starts(tmp_path: Path, report_dir: Path) -> None:
+    """An interpreter that was there at start (checked then) and is gone when a process is
+    started later (a virtualenv removed by a deploy) fails 'Starting the interpreter' with
+    the OS's reason."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    python = venv / "python3"
+    python.symlink_to(sys.executable)
+    with serving(STUB, *flags(report_dir, "--python", str(python)), wait_ready=0) as server:
+        shutil.rmtree(venv)
         assert_explained(
             server,
             report_dir,
             step="spawn",
             category="interpreter_not_found",
-            texts=[str(missing), "No such file or directory"],
+            texts=[str(python), "No such file or directory"],
         )
 
 
-@pytest.mark.parametrize("interpreter", ["shell-script", "/bin/echo"])
-def test_python_that_is_not_python(tmp_path: Path, report_dir: Path, interpreter: str) -> None:
-    """A --python that is not Python fails before the loader starts; its output is shown."""
-    if interpreter == "shell-script":
-        script = tmp_path / "not-python"
-        script.write_text("#!/bin/sh\necho 'not python: just a shell script'\nexit 0\n")
-        script.chmod(0o755)
-        path, printed = str(script), "not python: just a shell script"
-    else:
-        path, printed = interpreter, "wsgi_loader.py"  # echo prints its arguments
-    with serving(STUB, *flags(report_dir, "--python", path), wait_ready=0) as server:
+def test_python_that_is_not_python(tmp_path: Path, report_dir: Path) -> None:
+    """A --python that answers --version like Python but is not Python fails before the
+    loader starts; its output is shown."""
+    script = tmp_path / "not-python"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "Python 3.11.0"; exit 0; fi\n'
+        "echo 'not python: just a shell script'\nexit 0\n"
+    )
+    script.chmod(0o755)
+    with serving(STUB, *flags(report_dir, "--python", str(script)), wait_ready=0) as server:
         assert_explained(
             server,
             report_dir,
             step="loader_start",
             category="interpreter_failed",
-            texts=[printed, "exit code 0", path],
+            texts=["not python: just a shell script", "exit code 0", str(script)],
         )
 
 

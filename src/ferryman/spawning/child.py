@@ -3,13 +3,19 @@
 A child owns: the write end of its *owner pipe* (its stdin; closing it tells the
 child to exit, and the kernel closes it if the core dies), a pidfd that becomes
 readable when the child exits (so it is reaped without SIGCHLD handlers), and the
-read end of its output pipe (its stdout and stderr, logged line by line).
+read ends of its stdout and stderr pipes, logged line by line.
 ``release()`` frees them all; ``stop()`` and ``kill()`` end the process.
+
+App output is logged by the ``ferryman.app`` logger, whose level is
+``--app-output-level`` and not ``--log-level``: quieting Ferryman's own messages
+never hides an app's traceback. Lines from stdout are logged at INFO, lines from
+stderr (tracebacks, warnings, most logging libraries) at WARNING.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -18,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger("ferryman")
+#: App output's own logger (its level: --app-output-level).
+app_log = logging.getLogger("ferryman.app")
 
 #: Lines of output kept for error reports.
 OUTPUT_LINES_KEPT = 200
@@ -25,11 +33,13 @@ _MAX_LINE = 16 * 1024
 
 
 class OutputReader(asyncio.Protocol):
-    """Logs a child's stdout/stderr as ``App <pid> output: <line>`` and keeps the last lines."""
+    """Logs one of a child's output streams as ``App <pid> output: <line>`` at ``level``,
+    and keeps the last lines (in ``lines``, shared by its streams, in arrival order)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, level: int, lines: deque[str]) -> None:
         self.pid = pid
-        self.lines: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
+        self.level = level
+        self.lines = lines
         self._partial = b""
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -45,7 +55,7 @@ class OutputReader(asyncio.Protocol):
     def _emit(self, raw: bytes) -> None:
         line = raw.rstrip(b"\r").decode("utf-8", "replace")
         self.lines.append(line)
-        log.info("App %d output: %s", self.pid, line)
+        app_log.log(self.level, "App %d output: %s", self.pid, line)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
@@ -65,8 +75,10 @@ class Child:
         self._loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = self._loop.create_future()
         self._exit_callbacks: list[Callable[[int], None]] = []
-        self._output_transport: asyncio.ReadTransport | None = None
-        self.output: OutputReader | None = None
+        self._output_transports: list[asyncio.ReadTransport] = []
+        self.outputs: list[OutputReader] = []
+        #: The last lines of its stdout and stderr, in the order they came.
+        self.lines: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
         self._pidfd: int | None = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
 
@@ -79,28 +91,23 @@ class Child:
         cwd: str,
         pass_fds: Sequence[int] = (),
     ) -> Child:
-        """Fork+exec ``argv`` with stdin = owner pipe, stdout+stderr = output pipe.
+        """Fork+exec ``argv`` with stdin = owner pipe, stdout and stderr = two pipes.
 
         The child runs in its own session, so the terminal's Ctrl-C reaches only
         the core, which then stops the children in order. Raises OSError if the
         program cannot be executed; nothing is left open in that case.
         """
-        owner_r, owner_w = os.pipe()
+        fds: list[int] = []  # every pipe end not yet handed to an owner
         try:
-            out_r, out_w = os.pipe()
-        except BaseException:
-            os.close(owner_r)
-            os.close(owner_w)
-            raise
-        child: Child | None = None
-        popen: subprocess.Popen[bytes] | None = None
-        try:
+            owner_r, owner_w = _pipe(fds)
+            out_r, out_w = _pipe(fds)
+            err_r, err_w = _pipe(fds)
             try:
                 popen = subprocess.Popen(
                     argv,
                     stdin=owner_r,
                     stdout=out_w,
-                    stderr=out_w,
+                    stderr=err_w,
                     pass_fds=tuple(pass_fds),
                     close_fds=True,
                     cwd=cwd,
@@ -108,36 +115,35 @@ class Child:
                     start_new_session=True,
                 )
             finally:
-                os.close(owner_r)
-                os.close(out_w)
-            child = cls(popen, owner_w)
-            owner_w = -1  # owned by the child object now
-            popen = None
-            reader_file = os.fdopen(out_r, "rb", buffering=0)
-            out_r = -1  # owned by the file object now
-            try:
-                pid = child.pid
-                transport, reader = await child._loop.connect_read_pipe(
-                    lambda: OutputReader(pid), reader_file
-                )
-            except BaseException:
-                reader_file.close()
-                raise
-            child._output_transport = transport
-            child.output = reader
+                for fd in (owner_r, out_w, err_w):  # the child has its copies
+                    _close(fd, fds)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        fds.remove(owner_w)
+        child = cls(popen, owner_w)
+        try:
+            for fd, level in ((out_r, logging.INFO), (err_r, logging.WARNING)):
+                reader_file = os.fdopen(fd, "rb", buffering=0)
+                fds.remove(fd)  # owned by the file object now
+                try:
+                    transport, reader = await child._loop.connect_read_pipe(
+                        functools.partial(OutputReader, child.pid, level, child.lines),
+                        reader_file,
+                    )
+                except BaseException:
+                    reader_file.close()
+                    raise
+                child._output_transports.append(transport)
+                child.outputs.append(reader)
             return child
         except BaseException:
-            if out_r >= 0:
-                os.close(out_r)
-            if owner_w >= 0:
-                os.close(owner_w)
-            if child is not None:
-                child.kill()
-                await child.exited
-                child.release()
-            elif popen is not None:
-                popen.kill()
-                popen.wait()
+            for fd in fds:
+                os.close(fd)
+            child.kill()
+            await child.exited
+            child.release()
             raise
 
     # -- exit --------------------------------------------------------------------------------
@@ -175,7 +181,7 @@ class Child:
         return not self.exited.done()
 
     def output_lines(self) -> list[str]:
-        return list(self.output.lines) if self.output is not None else []
+        return list(self.lines)
 
     # -- ending it -----------------------------------------------------------------------------
 
@@ -219,21 +225,31 @@ class Child:
         return await self.exited
 
     async def finish_output(self, timeout: float = 1.0) -> None:
-        """Wait briefly for the output pipe to reach EOF, so the last lines are logged."""
-        if self.output is not None and not self.output.closed.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self.output.closed), timeout)
-            except TimeoutError:
-                pass
+        """Wait briefly for the output pipes to reach EOF, so the last lines are logged."""
+        pending = [reader.closed for reader in self.outputs if not reader.closed.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     def release(self) -> None:
         """Close every fd the child owns. The process must have exited (or be killed)."""
         self.close_owner_pipe()
-        if self._output_transport is not None:
-            self._output_transport.close()
-            self._output_transport = None
+        for transport in self._output_transports:
+            transport.close()
+        self._output_transports.clear()
         if not self.exited.done():
             # Still running: kill it; the pidfd reader reaps it when it dies.
             self.kill()
         else:
             self._close_pidfd()
+
+
+def _pipe(fds: list[int]) -> tuple[int, int]:
+    """A pipe whose ends are added to ``fds`` (to be closed by whoever fails)."""
+    read, write = os.pipe()
+    fds += (read, write)
+    return read, write
+
+
+def _close(fd: int, fds: list[int]) -> None:
+    os.close(fd)
+    fds.remove(fd)
