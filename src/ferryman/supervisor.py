@@ -12,9 +12,11 @@ through ``ProcessConnections``, which ``core`` wires to the HTTP side.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -247,15 +249,8 @@ class Supervisor:
                 process.pid,
                 status,
             )
-            if lived < group.options.early_death:
-                error = SpawnError(
-                    f"the app exited {lived:.1f} s after it started ({status}): it crashes"
-                    " right after starting; starting it again after a back-off",
-                    category="exited",
-                    step="finish",
-                    output=handle.child.output_lines(),
-                    app_root=str(self.spawners[group.name].spec.root),
-                )
+            if group.died_starting(process, now):
+                error = self._died_starting(handle, lived, status)
                 self._log_spawn_error(group, error)
         else:
             log.info("App %d stopped", process.pid)
@@ -263,6 +258,28 @@ class Supervisor:
         del self.handles[process]
         self._start(self._release(handle))
         self.apply(effects)
+
+    def _died_starting(self, handle: ProcessHandle, lived: float, status: str) -> SpawnError:
+        """The error of a process that became ready and died before serving anything:
+        explained with the journey, environment and interpreter of its spawn."""
+        record = handle.ready.record
+        journey = None
+        if record is not None:
+            journey = copy.deepcopy(record.journey)
+            if "finish" in journey.steps:
+                journey.fail("finish", time.time())
+        return SpawnError(
+            f"the app exited {lived:.1f} s after it started ({status}), before it served "
+            "anything: it crashes right after starting; starting it again after a back-off",
+            category="exited",
+            step="finish",
+            journey=journey,
+            output=handle.child.output_lines(),
+            app_root=str(self.spawners[handle.group.name].spec.root),
+            environment=record.environment if record is not None else None,
+            interpreter=record.interpreter if record is not None else "",
+            interpreter_version=record.interpreter_version if record is not None else "",
+        )
 
     async def _release(self, handle: ProcessHandle) -> None:
         await handle.child.finish_output(OUTPUT_DRAIN_TIMEOUT)

@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from .harness import GATE_APP, Gates, Request, alive, serving, wait_until
+from .harness import GATE_APP, STUB, Gates, Request, alive, serving, wait_until
 
 
 def test_killed_app_process_fails_only_its_request_and_is_replaced(tmp_path: Path) -> None:
@@ -44,3 +44,18 @@ def test_killed_core_leaves_no_app_process(tmp_path: Path) -> None:
             pid for pid in apps if alive(pid)
         ]
         busy.join(10)
+
+
+def test_a_request_that_kills_a_new_process_is_a_crash_not_a_failed_start() -> None:
+    """One process; the first request, right after it started, makes it exit: that request
+    gets 502, the process is replaced, and the next requests are served — no error page,
+    no back-off, no "could not start" in the log."""
+    with serving(STUB, "--min-instances", "1", "--max-pool-size", "1") as server:
+        status, body = server.get("/exit?code=3")
+        assert status == 502, body
+        for _ in range(10):
+            status, body = server.get("/pid")
+            assert status == 200, body
+        log = server.log_text()
+        assert "Could not start" not in log
+        assert "Error starting web application" not in log

@@ -533,3 +533,21 @@ def test_passenger_interp_idiom_reexecutes_the_loader(tmp_path: Path) -> None:
         status, body = server.get("/")
         assert status == 200
         assert body == f"served by {interp}\n".encode()
+
+
+def test_a_process_dying_right_after_ready_gets_a_full_page(report_dir: Path) -> None:
+    """A crash loop (ready, then dead before serving anything) is explained like any failed
+    start: its journey, environment and interpreter are on the page, none of them empty."""
+    args = ("--error-report-dir", str(report_dir), "--spawn-backoff", "30")
+    with serving(APPS / "wsgi_dies_early", *args, wait_ready=0) as server:
+        server.wait_for_log(FAILURE_LINE)  # the first process died, serving nothing
+        status, headers, body = server.request("GET", "/")  # in the back-off: the page
+        page = body.decode()
+        assert status == 500, page
+        assert "after it started" in page and "before it served anything" in page
+        assert "<h2>Journey</h2>" in page
+        assert "Registering the ready process" in page
+        assert "<h2>Environment given to the app</h2>" in page
+        assert "PASSENGER_APP_ENV" in page
+        assert re.search(r"Interpreter: \S+ Python 3\.\d+", page), page[-800:]
+        assert "dies-early app: exiting now" in page

@@ -167,3 +167,14 @@ def test_every_category_the_code_produces_has_words_and_a_hint() -> None:
     produced |= {"handshake_malformed", "internal"}
     assert produced <= set(CATEGORIES), produced - set(CATEGORIES)
     assert {"import_error", "syntax_error", "app_missing", "app_not_callable"} <= produced
+
+
+def test_sections_with_nothing_to_show_are_left_out() -> None:
+    """No journey, no environment, no interpreter known: those sections are absent, never
+    shown empty."""
+    error = SpawnError("it went wrong", category="exited", step="finish")
+    page = render_friendly(error).decode()
+    assert "<h2>Journey</h2>" not in page
+    assert "Environment given to the app" not in page
+    assert "Interpreter:" not in page
+    assert "it went wrong" in page

@@ -354,6 +354,24 @@ def test_a_process_dying_right_after_it_started_is_a_crash_loop() -> None:
     pool.verify(104.0)
 
 
+@pytest.mark.parametrize("how", ["while serving", "after serving"])
+def test_a_process_dying_after_it_served_is_a_crash_not_a_failed_start(how: str) -> None:
+    """A request killed it, the app is fine: replaced at once, no back-off, no error for
+    the requests that follow."""
+    pool, group = pool_with(min_instances=1, spawn_backoff=3.0, early_death=2.0)
+    (a,) = bring_up(group, 2, 1, now=100.0)  # room for two: one request spawns nothing
+    session = sessions_of(group.checkout(Req(), 100.5)[0])
+    if how == "after serving":
+        session.close(100.6)
+    assert group.died_starting(a, 101.0) is False
+    effects = group.process_died(a, 101.0, None)
+    assert effects == [Spawn(group.name)]
+    assert group.backoff_until == 0.0
+    assert group.last_error is None
+    session.close(101.5)  # its session ends later (the request got 502): changes nothing
+    pool.verify(101.5)
+
+
 # -- capacity across groups -------------------------------------------------------------------
 
 

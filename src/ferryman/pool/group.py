@@ -56,8 +56,8 @@ class GroupOptions:
     #: First back-off after a failed spawn; doubles per consecutive failure.
     spawn_backoff: float = 1.0
     spawn_backoff_cap: float = 60.0
-    #: A process that dies sooner than this after it became ready counts as a failed
-    #: spawn (for the back-off): it is crash-looping.
+    #: A process that dies sooner than this after it became ready, having served nothing,
+    #: counts as a failed spawn (for the back-off): it is crash-looping.
     early_death: float = 2.0
     #: Processes above min_instances that served nothing for this long are retired
     #: (0 = never).
@@ -288,12 +288,23 @@ class Group:
         if was_enabled:
             process.enablement = Enablement.DETACHED
             self.processes.remove(process)
-            if now - process.spawned_at < self.options.early_death:
+            if self.died_starting(process, now):
                 # It died right after starting: a crash loop, not bad luck. Back off as
                 # after a failed spawn, or it would be replaced in a tight loop.
                 self._note_failure(error if error is not None else self.last_error, now, effects)
             self._after_loss(now, effects)
         return effects
+
+    def died_starting(self, process: Process, now: float) -> bool:
+        """Whether a death of ``process`` now is a failed start (a crash loop): it dies
+        within ``early_death`` of becoming ready *without having served anything*. A
+        process that dies while serving, or after it served, crashed: a request killed
+        it, and the app is fine for the others; it is replaced at once, no back-off."""
+        return (
+            now - process.spawned_at < self.options.early_death
+            and process.processed == 0
+            and process.sessions == 0
+        )
 
     def _after_loss(self, now: float, effects: list[Effect]) -> None:
         """A process left the group: replace it if wanted; never strand the queue."""

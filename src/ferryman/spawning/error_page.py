@@ -162,6 +162,22 @@ def render_friendly(error: SpawnError) -> bytes:
         f'<tr><td>{_e(name)}</td><td class="v">{_e(value)}</td></tr>'
         for name, value in error.environment
     )
+    # Sections with nothing to show are left out, never shown empty.
+    journey_section = (
+        f"<h2>Journey</h2>\n{_journey_rows(journey, error.step)}" if journey is not None else ""
+    )
+    environment_section = (
+        "<h2>Environment given to the app</h2>\n<p>Values of variables whose names look "
+        "secret are redacted, as are passwords in URLs.</p>\n"
+        f"<table>{env_rows}</table>"
+        if error.environment
+        else ""
+    )
+    interpreter = (
+        f" &middot; Interpreter: {_e(error.interpreter)} {_e(error.interpreter_version)}"
+        if error.interpreter
+        else ""
+    )
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(error.created_at))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -176,17 +192,13 @@ Category: <code>{_e(error.category)}</code>.</p></div>
 <h2>How to fix it</h2>
 <div class="hint"><p>{_e(category.hint)}</p></div>
 {details}
-<h2>Journey</h2>
-{_journey_rows(journey, error.step)}
+{journey_section}
 <h2>Output of the app process (last {len(error.output)} lines)</h2>
 <pre>{_e(output)}</pre>
-<h2>Environment given to the app</h2>
-<p>Values of variables whose names look secret are redacted, as are passwords in URLs.</p>
-<table>{env_rows}</table>
+{environment_section}
 <footer>
 <p>Error ID: <strong>{_e(error.error_id)}</strong> &middot; {_e(when)}</p>
-<p>App: {_e(error.app_root)} &middot; Interpreter: {_e(error.interpreter)}
-{_e(error.interpreter_version)}</p>
+<p>App: {_e(error.app_root)}{interpreter}</p>
 <p>Ferryman {_e(error.ferryman_version)} on Python {_e(platform.python_version())}.
 This page is shown because friendly error pages are on (the default in development);
 start Ferryman with --no-friendly-error-pages to show only the error ID.</p>

@@ -78,6 +78,17 @@ def command_argv(command: str, path: str | None) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class SpawnRecord:
+    """How a process was started: kept to explain its death if it dies right after."""
+
+    journey: Journey
+    #: The app's environment, secrets redacted.
+    environment: list[tuple[str, str]]
+    interpreter: str
+    interpreter_version: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Where a ready process listens, which protocol it speaks, how many requests it takes."""
 
@@ -86,6 +97,7 @@ class Ready:
     concurrency: int  # 0 = unlimited
     #: Seconds to wait after closing its stdin before SIGTERM (0: it does not watch stdin).
     eof_grace: float = STOP_EOF_GRACE
+    record: SpawnRecord | None = None
 
 
 class HandshakeReader(asyncio.Protocol):
@@ -156,6 +168,14 @@ class Attempt:
         self.child: Child | None = None
         self.reader: HandshakeReader | None = None
         self.socket_path = ""
+
+    def record(self) -> SpawnRecord:
+        return SpawnRecord(
+            self.journey,
+            redacted_environment(self.env),
+            self.interpreter,
+            self.reader.interpreter if self.reader is not None else "",
+        )
 
     def error(self, summary: str, category: str, step: str, details: str = "") -> SpawnError:
         # A core step still waiting (the handshake) ended with the failure too.
@@ -399,7 +419,7 @@ class Spawner:
                 "handshake_malformed",
                 "handshake",
             )
-        return Ready(attempt.socket_path, protocol, concurrency)
+        return Ready(attempt.socket_path, protocol, concurrency, record=attempt.record())
 
     # -- apps started by their own command, listening on $PORT ------------------------------------
 
@@ -418,7 +438,9 @@ class Spawner:
             await self._await_port(attempt, port)
             journey.done("listen", time.time())
             journey.done("finish", time.time())
-            return child, Ready(("127.0.0.1", port), "http", 0, eof_grace=0.0)
+            return child, Ready(
+                ("127.0.0.1", port), "http", 0, eof_grace=0.0, record=attempt.record()
+            )
         except BaseException:
             if attempt.child is not None:
                 await _kill_and_release(attempt.child)
