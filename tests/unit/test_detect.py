@@ -69,3 +69,43 @@ def test_a_missing_startup_file_is_named(tmp_path: Path) -> None:
 def test_generic_without_a_command_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AppNotFound, match="app_start_command"):
         make(tmp_path, {"app.py": ""}, app_type="generic")
+
+
+MANAGE_PY = """import os, sys
+def main():
+    os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')
+"""
+
+
+@pytest.mark.parametrize(
+    ("files", "startup"),
+    [
+        # manage.py names the settings module: its package's wsgi.py
+        ({"manage.py": MANAGE_PY, "mysite/settings.py": "", "mysite/wsgi.py": "",
+          "other/settings.py": "", "other/wsgi.py": ""}, "mysite/wsgi.py"),
+        # a settings module in a nested package
+        ({"manage.py": MANAGE_PY.replace("mysite.settings", "config.site.settings"),
+          "config/site/settings.py": "", "config/site/wsgi.py": ""}, "config/site/wsgi.py"),
+        # manage.py says nothing usable: the one package with settings.py and wsgi.py
+        ({"manage.py": "print('custom')\n", "proj/settings.py": "", "proj/wsgi.py": "",
+          "docs/conf.py": ""}, "proj/wsgi.py"),
+        # a passenger_wsgi.py at the root still comes first
+        ({"manage.py": MANAGE_PY, "mysite/settings.py": "", "mysite/wsgi.py": "",
+          "passenger_wsgi.py": ""}, "passenger_wsgi.py"),
+    ],
+)  # fmt: skip
+def test_a_django_project_is_found_from_manage_py(
+    tmp_path: Path, files: dict[str, str], startup: str
+) -> None:
+    spec = make(tmp_path, files)
+    assert (spec.app_type, spec.startup_file) == ("wsgi", startup)
+
+
+def test_a_django_project_with_two_candidates_is_not_guessed(tmp_path: Path) -> None:
+    files = {"manage.py": "", "a/settings.py": "", "a/wsgi.py": "", "b/settings.py": "",
+             "b/wsgi.py": ""}  # fmt: skip
+    with pytest.raises(AppNotFound) as caught:
+        make(tmp_path, files)
+    message = str(caught.value)
+    assert "a Django manage.py project" in message
+    assert "--startup-file" in message and "mysite/wsgi.py" in message

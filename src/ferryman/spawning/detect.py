@@ -78,7 +78,8 @@ def detect(config: Config) -> AppSpec:
         looked_for.insert(0, "app_start_command")
     raise AppNotFound(
         f"no app found in {root}: looked for {', '.join(looked_for)}"
-        " (use --startup-file or --app-start-command to say how to start it)"
+        " (use --startup-file, e.g. --startup-file mysite/wsgi.py, or --app-start-command to"
+        " say how to start it)"
     )
 
 

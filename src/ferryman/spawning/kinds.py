@@ -75,6 +75,38 @@ def _node_startup_file(root: Path) -> str:
     return first_file("index.js", "server.js")(root)
 
 
+#: manage.py's ``os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")``.
+_DJANGO_SETTINGS = re.compile(
+    r"""DJANGO_SETTINGS_MODULE["']\s*,\s*["']([A-Za-z_][\w.]*)\.settings["']"""
+)
+
+
+def django_wsgi_file(root: Path) -> str:
+    """A Django project's ``<project>/wsgi.py``, found from ``manage.py``: the package its
+    DJANGO_SETTINGS_MODULE names, else the one package with both settings.py and wsgi.py."""
+    manage = root / "manage.py"
+    if not manage.is_file():
+        return ""
+    try:
+        match = _DJANGO_SETTINGS.search(manage.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        match = None
+    if match:
+        candidate = match.group(1).replace(".", "/") + "/wsgi.py"
+        if (root / candidate).is_file():
+            return candidate
+    found = sorted(
+        f"{path.parent.name}/wsgi.py"
+        for path in root.glob("*/settings.py")
+        if (path.parent / "wsgi.py").is_file()
+    )
+    return found[0] if len(found) == 1 else ""
+
+
+def _wsgi_startup_file(root: Path) -> str:
+    return first_file("passenger_wsgi.py", "wsgi.py", "app.py")(root) or django_wsgi_file(root)
+
+
 _PROCFILE_WEB = re.compile(r"^web:\s*(.+?)\s*$", re.MULTILINE)
 
 
@@ -92,8 +124,8 @@ def procfile_web_command(root: Path) -> str:
 WSGI = AppKind(
     name="wsgi",
     title="Python WSGI",
-    find=first_file("passenger_wsgi.py", "wsgi.py", "app.py"),
-    looked_for=("passenger_wsgi.py", "wsgi.py", "app.py"),
+    find=_wsgi_startup_file,
+    looked_for=("passenger_wsgi.py", "wsgi.py", "app.py", "a Django manage.py project"),
     suffixes=(".py",),
     interpreter_setting="python",
     interpreter_check=InterpreterCheck("Python", r"Python (\d+\.\d+(?:\.\d+)?)", (3, 9)),

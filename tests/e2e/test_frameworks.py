@@ -1,0 +1,27 @@
+"""Real framework apps, made the way their users make them, served as a new user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from .harness import serving
+
+
+def test_a_fresh_django_project_is_found_and_served(tmp_path: Path) -> None:
+    """``django-admin startproject`` then ``ferryman start`` in the project: its
+    mysite/wsgi.py is found from manage.py, and Django's welcome page is served."""
+    site = tmp_path / "site"
+    site.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "mysite", str(site)],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    with serving(site) as server:
+        server.wait_for_log(r"app type: Python WSGI \(mysite/wsgi\.py\)")
+        status, body = server.get("/")
+        assert status == 200
+        assert b"The install worked successfully" in body
