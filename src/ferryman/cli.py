@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -14,7 +15,16 @@ from typing import Any, NoReturn
 import uvloop
 
 from . import __version__
-from .config import flag_of, reference_markdown, resolve, settings, shown_default
+from .config import (
+    effective_settings,
+    flag_of,
+    json_value,
+    reference_markdown,
+    resolve,
+    settings,
+    shown_default,
+    toml_value,
+)
 from .core import Core
 from .errors import ConfigError
 from .log import setup_logging
@@ -41,13 +51,34 @@ def build_parser() -> ArgumentParser:
     start.add_argument(
         "app_dir", nargs="?", default=".", metavar="APP_DIR", help="the app (default: .)"
     )
+    add_setting_flags(start)
+    listing = commands.add_parser(
+        "settings",
+        help="print the effective settings for APP_DIR, or the configuration reference",
+        description="With APP_DIR: the settings 'ferryman start APP_DIR' would run with (the "
+        "same flags are understood), each with where its value comes from. Without: the "
+        "configuration reference.",
+    )
+    listing.add_argument(
+        "app_dir", nargs="?", default=None, metavar="APP_DIR", help="the app to show"
+    )
+    listing.add_argument("--json", action="store_true", help="effective settings as JSON")
+    listing.add_argument(
+        "--markdown", action="store_true", help="print the reference as Markdown (the default)"
+    )
+    add_setting_flags(listing)
+    return parser
+
+
+def add_setting_flags(command: argparse.ArgumentParser) -> None:
+    """One flag per setting of the registry, grouped by section."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, spec, default in settings():
         shown = shown_default(name, spec, default)
         help_text = spec.help if shown == "(none)" else f"{spec.help} (default: {shown})"
         group = groups.get(spec.section)
         if group is None:
-            group = groups[spec.section] = start.add_argument_group(spec.section)
+            group = groups[spec.section] = command.add_argument_group(spec.section)
         flags = [flag_of(name)] + ([spec.short] if spec.short else [])
         if spec.kind.boolean:
             group.add_argument(
@@ -70,19 +101,49 @@ def build_parser() -> ArgumentParser:
             group.add_argument(
                 *flags, dest=name, default=None, metavar=spec.kind.metavar, help=help_text
             )
-    listing = commands.add_parser("settings", help="print the configuration reference")
-    listing.add_argument(
-        "--markdown", action="store_true", help="(the default) print it as Markdown"
-    )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "settings":
-        sys.stdout.write(reference_markdown())
-        return 0
+        if args.app_dir is None and not args.json:
+            sys.stdout.write(reference_markdown())
+            return 0
+        return show_settings(args)
     return start(args)
+
+
+def show_settings(args: argparse.Namespace) -> int:
+    """The effective settings for an app, with where each value comes from (like nginx -T)."""
+    given = {name: getattr(args, name) for name, _, _ in settings()}
+    try:
+        config, warnings = resolve(Path(args.app_dir or "."), given, os.environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"ferryman: {exc}\n")
+        return exc.exit_code
+    for warning in warnings:
+        sys.stderr.write(f"ferryman: {warning}\n")
+    rows = effective_settings(config)
+    if args.json:
+        values = {
+            name: {"value": json_value(value), "origin": origin} for name, value, origin in rows
+        }
+        document = {"app_dir": str(config.app_dir), "settings": values}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return 0
+    lines = [f"# Effective settings for {config.app_dir} (as 'ferryman start' would run)", ""]
+    specs = {name: spec for name, spec, _ in settings()}
+    shown = []
+    for name, value, origin in rows:
+        if value is None:  # not set: said in a comment, so the output stays valid TOML
+            unset = specs[name].default_text or "not set"
+            shown.append((f"# {name}: {unset}", origin))
+        else:
+            shown.append((f"{name} = {toml_value(value)}", origin))
+    width = max(len(text) for text, _ in shown)
+    lines += [f"{text.ljust(width)}  # {origin}" for text, origin in shown]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
 
 
 def start(args: argparse.Namespace) -> int:

@@ -712,6 +712,39 @@ def _check_together(config: Config) -> None:
         )
 
 
+# -- the effective settings ------------------------------------------------------------------
+
+
+def effective_settings(config: Config) -> list[tuple[str, Any, str]]:
+    """Every setting as (name, value, where the value came from), in registry order."""
+    return [(name, getattr(config, name), config.origin(name)) for name, _, _ in settings()]
+
+
+def json_value(value: Any) -> Any:
+    """A setting's value as JSON can hold it (networks and pairs as strings and tables)."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, tuple):
+        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return {str(k): v for k, v in value}  # envvar: NAME -> value
+        return [json_value(v) for v in value]
+    return value
+
+
+def toml_value(value: Any) -> str:
+    """A setting's value as it would be written in Ferrymanfile.toml."""
+    shown = json_value(value)
+    if isinstance(shown, bool):
+        return "true" if shown else "false"
+    if isinstance(shown, int | float):
+        return str(shown)
+    if isinstance(shown, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in shown.items()) + "}"
+    if isinstance(shown, list):
+        return "[" + ", ".join(toml_value(v) for v in shown) + "]"
+    return '"' + str(shown).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 # -- documentation -------------------------------------------------------------------------
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -276,3 +278,56 @@ def test_app_output_level_warning_keeps_only_stderr() -> None:
         assert server.get("/error")[0] == 500
         server.wait_for_log(r"App \d+ output: RuntimeError: stub error", start=mark)
         assert not any("stub says: quiet" in line for line in server.lines[mark:])
+
+
+# -- ferryman settings APP_DIR --------------------------------------------------------------------
+
+
+def test_settings_of_an_app_say_where_each_value_comes_from(tmp_path: Path) -> None:
+    """Defaults, the file, the environment and flags, as 'ferryman start' would combine
+    them, each with its origin; the text is valid TOML that holds the same values."""
+    app = app_dir(tmp_path, "min_instances = 2\nthread_count = 3\n")
+    result = ferryman(
+        "settings", str(app), "--thread-count", "5", "--envvar", "A=1",
+        env={"FERRYMAN_PORT": "8123"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    origins = {}
+    for line in result.stdout.splitlines():
+        if " = " in line and not line.startswith("#"):
+            name = line.split(" = ")[0]
+            origins[name] = line.rsplit("# ", 1)[1]
+    assert origins["min_instances"] == "Ferrymanfile.toml key min_instances"
+    assert origins["thread_count"] == "--thread-count"  # the flag beats the file
+    assert origins["port"] == "FERRYMAN_PORT"
+    assert origins["max_pool_size"] == "default"
+    values = tomllib.loads(result.stdout)
+    assert values["thread_count"] == 5 and values["port"] == 8123
+    assert values["envvar"] == {"A": "1"}
+    assert "socket" not in values  # not set: shown as a comment
+
+
+def test_settings_as_json(tmp_path: Path) -> None:
+    app = app_dir(tmp_path, "environment = 'production'\n")
+    result = ferryman("settings", str(app), "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["app_dir"] == str(app.resolve())
+    assert document["settings"]["environment"] == {
+        "value": "production",
+        "origin": "Ferrymanfile.toml key environment",
+    }
+    assert document["settings"]["socket"] == {"value": None, "origin": "default"}
+
+
+def test_settings_of_an_app_with_an_invalid_value_is_the_usual_error(tmp_path: Path) -> None:
+    app = app_dir(tmp_path, "max_pool_size = 0\n")
+    result = ferryman("settings", str(app))
+    assert result.returncode == 2
+    assert "invalid value '0' for max_pool_size" in result.stderr
+
+
+def test_settings_without_an_app_is_the_reference() -> None:
+    result = ferryman("settings")
+    assert result.returncode == 0
+    assert result.stdout.startswith("# Configuration reference")
