@@ -35,6 +35,12 @@ from .supervisor import MAX_TICK_INTERVAL, Supervisor
 
 log = logging.getLogger("ferryman")
 
+#: After the graceful timeout, app processes get at least this long to exit by themselves
+#: once their stdin closes, then this long after SIGTERM: the whole stop ends within
+#: graceful_timeout + STOP_MARGIN (documented in the README).
+MIN_EOF_GRACE = 0.5
+STOP_TERM_AFTER_TIMEOUT = 1.0
+STOP_MARGIN = MIN_EOF_GRACE + STOP_TERM_AFTER_TIMEOUT
 #: Shortest pause between two periodic looks at the pool, however short pool_idle_time is.
 MIN_TICK_INTERVAL = 0.25
 #: Signals that stop the server gracefully (a second one stops it at once).
@@ -145,11 +151,16 @@ class Core:
             log.info(
                 "Shutting down: finishing requests in flight (up to %gs)", config.graceful_timeout
             )
+            deadline = loop.time() + config.graceful_timeout
             front.stop_accepting()
             if not await front.drained(config.graceful_timeout):
                 log.warning("Graceful timeout reached; closing the remaining connections")
                 front.abort_all()
-            await supervisor.shutdown()
+            # App processes get what is left of the graceful timeout to exit on their own
+            # (at least a moment), then SIGTERM and a short grace, then SIGKILL: the whole
+            # stop ends within graceful_timeout + STOP_MARGIN.
+            left = max(MIN_EOF_GRACE, deadline - loop.time())
+            await supervisor.shutdown(eof_grace=left, term_grace=STOP_TERM_AFTER_TIMEOUT)
             front.remove_socket_file()
             front.close_alerts()
             log.info("Ferryman stopped")

@@ -24,7 +24,7 @@ from .errors import SpawnError
 from .pool import Effect, Enablement, Grant, Group, Life, Pool, Process, Reject, Spawn, Stop, Wake
 from .spawning.child import Child
 from .spawning.error_report import ErrorReports
-from .spawning.spawner import STOP_TERM_GRACE, Ready, Spawner
+from .spawning.spawner import STOP_EOF_GRACE, STOP_TERM_GRACE, Ready, Spawner
 
 log = logging.getLogger("ferryman")
 
@@ -96,6 +96,8 @@ class Supervisor:
         #: A second stop signal: app processes get SIGTERM at once, not stdin EOF first.
         self.hurry = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: While shutting down: the most a stopping process waits (stdin EOF, SIGTERM).
+        self._stop_limits: tuple[float, float] | None = None
         self._spawns: dict[Group, asyncio.Task[Any]] = {}
         self._wakes: dict[float, asyncio.TimerHandle] = {}
         self._ticker: asyncio.TimerHandle | None = None
@@ -232,7 +234,11 @@ class Supervisor:
         handle = self.handles[process]
         self.connections.close(process)
         eof_grace = 0.0 if self.hurry else handle.ready.eof_grace
-        await handle.child.stop(eof_grace, STOP_TERM_GRACE)
+        term_grace = STOP_TERM_GRACE
+        if self._stop_limits is not None:  # shutting down: within the graceful timeout
+            eof_grace = min(eof_grace, self._stop_limits[0])
+            term_grace = min(term_grace, self._stop_limits[1])
+        await handle.child.stop(eof_grace, term_grace)
 
     def _exited(self, handle: ProcessHandle, code: int) -> None:
         """The child exited and was reaped: detach it, free its resources."""
@@ -298,9 +304,14 @@ class Supervisor:
 
     # -- shutdown ---------------------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        """Stop every process and wait for every task this supervisor started."""
+    async def shutdown(
+        self, eof_grace: float = STOP_EOF_GRACE, term_grace: float = STOP_TERM_GRACE
+    ) -> None:
+        """Stop every process and wait for every task this supervisor started; a process
+        gets at most ``eof_grace`` seconds to exit once its stdin closes, then at most
+        ``term_grace`` after SIGTERM."""
         self.stopping = True
+        self._stop_limits = (eof_grace, term_grace)
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None

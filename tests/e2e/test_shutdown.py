@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from pathlib import Path
+
+from ferryman.core import STOP_MARGIN
 
 from .harness import GATE_APP, Gates, Request, alive, serving, wait_until
 
@@ -73,3 +76,26 @@ def test_a_second_signal_cuts_requests_short_without_internal_errors(tmp_path: P
         assert "Traceback" not in log and "internal error" not in log, log
         assert "did not exit after its stdin closed" not in log  # no 5 s wait: SIGTERM at once
         assert not any(alive(pid) for pid in apps)
+
+
+def test_the_whole_stop_fits_in_the_graceful_timeout(tmp_path: Path) -> None:
+    """--graceful-timeout 2 with a request that would take a minute: the request is cut,
+    and the server has exited 0, its app processes gone, within the graceful timeout plus
+    the documented margin (STOP_MARGIN, 1.5 s) — not 5 s more per process."""
+    gates = Gates(tmp_path)
+    with serving(
+        GATE_APP, "--graceful-timeout", "2", "--min-instances", "2", "--max-pool-size", "2",
+        wait_ready=2,
+    ) as server:  # fmt: skip
+        mark = server.mark()
+        stuck = Request(server, f"/wait?gate={gates.path('never')}")
+        server.wait_for_log(r"waiting never", start=mark)
+        apps = server.children()
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        took = time.monotonic() - started
+        assert took < 2 + STOP_MARGIN + 0.5, took
+        assert not any(alive(pid) for pid in apps)
+        stuck.join(10)
+        assert stuck.status != 200
