@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import grp
 import ipaddress
 import math
+import pwd
 import re
 import shlex
 import sys
@@ -29,6 +31,9 @@ ENV_PREFIX = "FERRYMAN_"
 
 
 # -- kinds of values --------------------------------------------------------------------
+
+#: Trusted proxies: networks, and UNIX_PEERS for peers on the Unix socket.
+ProxyNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...]
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,40 @@ def _address_kind() -> Kind:
     )
 
 
+def _mode_kind() -> Kind:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            text = format(raw, "o")  # TOML's 0o660, or a plain 660 meant as octal
+        elif isinstance(raw, str):
+            text = raw.strip().removeprefix("0o")
+        else:
+            raise ValueError
+        if not re.fullmatch(r"[0-7]{3,4}", text) or int(text, 8) > 0o777:
+            raise ValueError
+        return int(text, 8)
+
+    return Kind("an octal file mode such as 0660 or 0666", parse, "MODE")
+
+
+def _owner_kind() -> Kind:
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError
+        user, _, group = raw.strip().partition(":")
+        try:
+            if user:
+                pwd.getpwnam(user)
+            if group:
+                grp.getgrnam(group)
+        except KeyError:
+            raise ValueError from None
+        if not user and not group:
+            raise ValueError
+        return raw.strip()
+
+    return Kind("USER, USER:GROUP or :GROUP naming an existing user and group", parse, "OWNER")
+
+
 def _app_type_kind() -> Kind:
     """'auto' or a kind of the registry (read when a value is checked, so kinds added
     later are allowed too)."""
@@ -217,20 +256,29 @@ ENVVARS = Kind(
 )
 
 
-def _networks_parse(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+#: In trusted_proxies: peers on a Unix socket (--socket) are trusted.
+UNIX_PEERS = "unix"
+
+
+def _networks_parse(raw: Any) -> ProxyNetworks:
     entries = raw.replace(",", " ").split() if isinstance(raw, str) else raw
     if not isinstance(entries, Sequence):
         raise ValueError
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network | str] = []
     for entry in entries:
         if not isinstance(entry, str):
             raise ValueError
-        nets.extend(ipaddress.ip_network(e, strict=False) for e in entry.replace(",", " ").split())
+        for part in entry.replace(",", " ").split():
+            if part.lower() == UNIX_PEERS:
+                nets.append(UNIX_PEERS)
+            else:
+                nets.append(ipaddress.ip_network(part, strict=False))
     return tuple(nets)
 
 
 NETWORKS = Kind(
-    "IP addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8, ::1)",
+    "IP addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8, ::1), or 'unix' for peers on "
+    "the Unix socket",
     _networks_parse,
     "ADDR",
     repeatable=True,
@@ -268,9 +316,6 @@ def setting(
     return field(default=default, metadata={"setting": spec})
 
 
-ProxyNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-
-
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything ``ferryman start`` runs with. Only ``app_dir`` and ``origins`` are not
@@ -296,6 +341,24 @@ class Config:
         "Listen on this Unix domain socket instead of TCP.",
         "Listening",
         short="-S",
+    )
+
+    socket_mode: int = setting(
+        0o660,
+        _mode_kind(),
+        "Permissions of the --socket file: 0660 lets its owner and group (e.g. nginx's, with "
+        "--socket-owner) connect, and nobody else.",
+        "Listening",
+        default_text="0660",
+    )
+    socket_owner: str | None = setting(
+        None,
+        _owner_kind(),
+        "Owner of the --socket file, as USER or USER:GROUP (e.g. app:www-data, so that "
+        "nginx running as www-data may connect); changing the user needs root, a group "
+        "you belong to does not.",
+        "Listening",
+        default_text="the user Ferryman runs as",
     )
 
     # Application
@@ -502,8 +565,9 @@ class Config:
         (),
         NETWORKS,
         "Peers whose X-Forwarded-For/-Proto/-Host headers are believed (default: none). From "
-        "any other peer, those headers (and Forwarded, X-Real-IP, X-Forwarded-Port/-Ssl) are "
-        "dropped before the app sees them. Peers on a Unix socket are always trusted.",
+        "any other peer, those headers (and Forwarded, X-Real-IP, every other X-Forwarded-*) "
+        "are dropped before the app sees them. 'unix' trusts the peers on --socket (e.g. "
+        "nginx on the same machine).",
         "HTTP",
     )
 

@@ -117,6 +117,13 @@ class Core:
             urls = front.listen()
         except OSError as exc:
             await supervisor.shutdown()
+            if config.socket and config.socket_owner and exc.errno == errno.EPERM:
+                raise ConfigError(
+                    f"invalid value {config.socket_owner!r} for socket_owner (from "
+                    f"{config.origin('socket_owner')}): cannot give {config.socket} to it: "
+                    f"{exc.strerror} (changing the user needs root; a group you belong to "
+                    "works)"
+                ) from None
             if not config.socket and (
                 isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
             ):

@@ -331,3 +331,20 @@ def test_settings_without_an_app_is_the_reference() -> None:
     result = ferryman("settings")
     assert result.returncode == 0
     assert result.stdout.startswith("# Configuration reference")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "allowed"),
+    [
+        ("--socket-mode", "999", "an octal file mode"),
+        ("--socket-mode", "rw-rw----", "an octal file mode"),
+        ("--socket-owner", "no-such-user-here", "USER, USER:GROUP or :GROUP"),
+        ("--socket-owner", "root:no-such-group", "USER, USER:GROUP or :GROUP"),
+        ("--trusted-proxies", "unix-ish", "or 'unix'"),
+    ],
+)
+def test_socket_settings_are_checked(tmp_path: Path, flag: str, value: str, allowed: str) -> None:
+    result = ferryman("start", str(STUB), "-S", str(tmp_path / "s.sock"), flag, value)
+    assert result.returncode == 2
+    assert f"invalid value {value!r} for {flag[2:].replace('-', '_')}" in result.stderr
+    assert allowed in result.stderr

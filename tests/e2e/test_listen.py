@@ -11,9 +11,10 @@ from .harness import STUB, serving
 
 
 def test_serves_on_a_unix_socket(tmp_path: Path) -> None:
-    """--socket PATH serves HTTP on a Unix socket; its peers count as trusted proxies."""
+    """--socket PATH serves HTTP on a Unix socket; with --trusted-proxies unix its peers
+    count as trusted proxies."""
     path = tmp_path / "front.sock"
-    with serving(STUB, "--socket", str(path)) as server:
+    with serving(STUB, "--socket", str(path), "--trusted-proxies", "unix") as server:
         assert server.unix_socket == str(path)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)

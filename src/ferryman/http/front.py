@@ -30,11 +30,11 @@ from typing import cast
 import httptools
 
 from ..alerts import Alert
-from ..config import Config, ProxyNetworks
+from ..config import UNIX_PEERS, Config, ProxyNetworks
 from .app import App
 from .body import SPOOL_THRESHOLD
 from .exchange import CLIENT_CLOSED, Exchange
-from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix
+from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix, owner_ids
 from .request import RequestHead, is_trusted
 from .response import simple_response
 from .spool import SpoolBudget, SpoolFull
@@ -112,7 +112,8 @@ class FrontServer:
         """Bind the listening sockets; returns the addresses, e.g. ``http://127.0.0.1:3000``."""
         config = self.config
         if config.socket:
-            socks = [open_unix(config.socket)]
+            owner = owner_ids(config.socket_owner) if config.socket_owner else None
+            socks = [open_unix(config.socket, config.socket_mode, owner)]
             urls = [f"unix:{config.socket}"]
         else:
             socks = open_tcp(config.address, config.port)
@@ -285,10 +286,11 @@ class ClientConnection(asyncio.Protocol):
             networks = self.server.trusted_proxies
             self.trusted = bool(networks) and is_trusted(peer[0], networks)
         else:
-            # Unix socket: the peer is a local process, normally the reverse proxy.
+            # Unix socket: the peer is a local process, normally the reverse proxy; it is
+            # believed only when the operator says so (--trusted-proxies unix).
             self.remote_addr = b"127.0.0.1"
             self.remote_port = b"0"
-            self.trusted = True
+            self.trusted = UNIX_PEERS in self.server.trusted_proxies
         self.server.connections.add(self)
         self._arm(self.header_timeout)
         if self.server.closing:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
 import logging
 import os
+import pwd
 import resource
 import socket
 import stat
@@ -155,19 +157,37 @@ def open_tcp(host: str, port: int) -> list[socket.socket]:
     return socks
 
 
-def open_unix(path: str) -> socket.socket:
-    """A listening Unix socket at ``path``; a stale socket file left there is replaced."""
+def open_unix(path: str, mode: int = 0o660, owner: tuple[int, int] | None = None) -> socket.socket:
+    """A listening Unix socket at ``path`` with ``mode`` and ``owner`` (uid, gid; -1 keeps
+    one), set before it listens, so that no one else can connect in between; a stale
+    socket file left there is replaced."""
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode) and not _in_use(path):
             os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(LISTEN_BACKLOG)
+        try:
+            os.chmod(path, mode)
+            if owner is not None:
+                os.chown(path, *owner)
+            sock.listen(LISTEN_BACKLOG)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def owner_ids(owner: str) -> tuple[int, int]:
+    """(uid, gid) for 'USER', 'USER:GROUP' or ':GROUP' (-1: unchanged)."""
+    user, _, group = owner.partition(":")
+    uid = pwd.getpwnam(user).pw_uid if user else -1
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    return uid, gid
 
 
 def _in_use(path: str) -> bool:

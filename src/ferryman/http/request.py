@@ -19,7 +19,7 @@ def is_trusted(address: str, networks: ProxyNetworks) -> bool:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
         return False
-    return any(ip in net for net in networks)
+    return any(not isinstance(net, str) and ip in net for net in networks)
 
 
 def forwarded_client(xff: bytes, networks: ProxyNetworks) -> bytes | None:
