@@ -551,3 +551,17 @@ def test_a_process_dying_right_after_ready_gets_a_full_page(report_dir: Path) ->
         assert "PASSENGER_APP_ENV" in page
         assert re.search(r"Interpreter: \S+ Python 3\.\d+", page), page[-800:]
         assert "dies-early app: exiting now" in page
+
+
+def test_an_asgi_app_is_recognised_with_the_recipe_to_serve_it(report_dir: Path) -> None:
+    """A FastAPI-style app in app.py is not started as WSGI (to fail on every request):
+    the start fails at once, saying it is ASGI and how to serve it."""
+    with serving(APPS / "wsgi_asgi_app", *flags(report_dir), wait_ready=0) as server:
+        failure = assert_explained(
+            server,
+            report_dir,
+            step="load_app",
+            category="asgi_app",
+            texts=["app.app is an ASGI application", "uvicorn main:app"],
+        )
+        assert "--app-start-command" in failure.page

@@ -434,3 +434,44 @@ def test_the_loader_imports_little() -> None:
     imported = set(result.stdout.split())
     assert "socket" in imported, "the check must see the loader's own imports"
     assert not imported & {"typing", "traceback"}
+
+
+# -- ASGI apps are recognised -----------------------------------------------------------
+
+
+async def _asgi_function(scope: Any, receive: Any, send: Any) -> None:
+    pass
+
+
+class _AsgiApp:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+
+class _InheritsAsgi(_AsgiApp):
+    pass
+
+
+class _WsgiApp:
+    def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
+        return []
+
+
+def _wsgi_function(environ: Any, start_response: Any) -> list[bytes]:
+    return []
+
+
+@pytest.mark.parametrize(
+    ("app", "asgi"),
+    [
+        (_asgi_function, True),
+        (_AsgiApp(), True),
+        (_InheritsAsgi(), True),
+        (_AsgiApp().__call__, True),
+        (_WsgiApp(), False),
+        (_wsgi_function, False),
+        (len, False),
+    ],
+)
+def test_asgi_apps_are_told_from_wsgi_apps(app: Any, asgi: bool) -> None:
+    assert loader.is_asgi_app(app) is asgi

@@ -148,6 +148,12 @@ def load_app(app_root: str, startup_file: str) -> WSGIApp:
                     "%s.%s is a %s, not a callable WSGI app"
                     % (module_name, name, type(app).__name__),
                 )
+            if is_asgi_app(app):
+                raise AppLoadError(
+                    "asgi_app",
+                    "%s.%s is an ASGI application (its __call__ is 'async def', taking scope, "
+                    "receive and send), not a WSGI one" % (module_name, name),
+                )
             return app  # type: ignore[no-any-return]
     found = [name for name, value in vars(module).items() if _maybe_app(name, value, module_name)]
     hint = (
@@ -158,6 +164,28 @@ def load_app(app_root: str, startup_file: str) -> WSGIApp:
     raise AppLoadError(
         "app_missing", "%s defines neither 'application' nor 'app'%s" % (startup_file, hint)
     )
+
+
+#: The code flag of an ``async def`` function (inspect.CO_COROUTINE, without importing
+#: inspect into every app process).
+_CO_COROUTINE = 0x80
+
+
+def is_asgi_app(app: Any) -> bool:
+    """Whether ``app`` is an ASGI callable: an ``async def`` function, or an object whose
+    ``__call__`` is one (FastAPI, Starlette, Django's ASGIHandler...)."""
+    if isinstance(app, types.MethodType):
+        app = app.__func__
+    if not isinstance(app, types.FunctionType):
+        call = vars(type(app)).get("__call__")  # a class's own __call__ (not inherited)
+        if call is None:
+            call = next(
+                (vars(c)["__call__"] for c in type(app).__mro__ if "__call__" in vars(c)), None
+            )
+        if not isinstance(call, types.FunctionType):
+            return False
+        app = call
+    return bool(app.__code__.co_flags & _CO_COROUTINE)
 
 
 def _maybe_app(name: str, value: Any, module_name: str) -> bool:

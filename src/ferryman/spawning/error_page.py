@@ -46,6 +46,16 @@ CATEGORIES: dict[str, Category] = {
         "Ferryman serves the callable named 'application' (or 'app') in the startup file. "
         "Define it there, or import it, e.g. 'from mysite.wsgi import application'.",
     ),
+    "asgi_app": Category(
+        "The app is an ASGI application (FastAPI, Starlette, Django's ASGI handler...), "
+        "which Ferryman's WSGI loader cannot serve",
+        "Serve it with an ASGI server that listens on the port Ferryman gives it, as an "
+        "any-language app, e.g. --app-start-command 'uvicorn main:app --host 127.0.0.1 "
+        "--port $PORT' (install uvicorn in the app's environment; 'main:app' is the module "
+        "and the variable of your app). Ferryman then balances, restarts and explains it "
+        "as for any app. If the project also has a WSGI entry point (Django's wsgi.py), "
+        "point --startup-file at that instead.",
+    ),
     "app_not_callable": Category(
         "The app's 'application' (or 'app') is not callable",
         "It must be a WSGI callable: a function or object taking (environ, start_response).",
