@@ -177,11 +177,9 @@ def is_asgi_app(app: Any) -> bool:
     if isinstance(app, types.MethodType):
         app = app.__func__
     if not isinstance(app, types.FunctionType):
-        call = vars(type(app)).get("__call__")  # a class's own __call__ (not inherited)
-        if call is None:
-            call = next(
-                (vars(c)["__call__"] for c in type(app).__mro__ if "__call__" in vars(c)), None
-            )
+        # The __call__ the class defines or inherits, as a plain function (looked up in
+        # the class dicts: getattr would bind it, or find a builtin slot wrapper).
+        call = next((vars(c)["__call__"] for c in type(app).__mro__ if "__call__" in vars(c)), None)
         if not isinstance(call, types.FunctionType):
             return False
         app = call
