@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
+
+import pytest
 
 from .harness import APPS
 
 EXPRESS = APPS / "node_express"
 
 
-def ensure_express_installed() -> None:
-    """``npm ci`` the Express fixture if its node_modules is missing (CI does it up front)."""
-    if (EXPRESS / "node_modules" / "express" / "package.json").is_file():
+def ensure_express_installed(app: Path = EXPRESS, path: str | None = None) -> None:
+    """``npm ci`` the Express fixture if its node_modules is missing (CI does it up front).
+
+    Without npm (``path``: where to look, default $PATH) the test fails with one line
+    saying so, rather than with an error from deep inside a spawn.
+    """
+    if (app / "node_modules" / "express" / "package.json").is_file():
         return
-    npm = shutil.which("npm")
-    assert npm, "npm is needed to install the Express fixture app's dependencies"
+    npm = shutil.which("npm", path=path)
+    if npm is None:
+        pytest.fail(
+            "npm is needed to install the Express fixture app's dependencies "
+            "(apt-get install npm; .ci/run does it)",
+            pytrace=False,
+        )
     result = subprocess.run(
         [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=EXPRESS,
+        cwd=app,
         capture_output=True,
         text=True,
         timeout=300,

@@ -302,3 +302,15 @@ def test_a_multi_line_start_error_is_logged_line_by_line() -> None:
         error_id = re.search(r"error ID (\w+)", line.string)
         assert error_id is not None
         server.wait_for_log(rf"\(error ID {error_id.group(1)}\) Require stack:")
+
+
+def test_a_missing_npm_is_said_in_one_line(tmp_path: Path) -> None:
+    """On a machine without npm, the Express tests fail saying exactly that."""
+    app = tmp_path / "express"
+    app.mkdir()
+    (app / "package.json").write_text((EXPRESS / "package.json").read_text())
+    with pytest.raises(pytest.fail.Exception) as caught:
+        ensure_express_installed(app, path=str(tmp_path / "empty-bin"))
+    message = str(caught.value)
+    assert message.startswith("npm is needed")
+    assert "\n" not in message
