@@ -354,6 +354,43 @@ def test_a_process_dying_right_after_it_started_is_a_crash_loop() -> None:
     pool.verify(104.0)
 
 
+def test_a_crash_loop_backs_off_longer_each_time() -> None:
+    """Ready, dead before serving, again and again: 1 s, 2 s, 4 s... between starts (a
+    process becoming ready does not end the streak; it dies again at once)."""
+    pool, group = pool_with(min_instances=1, spawn_backoff=1.0, early_death=2.0)
+    now = 100.0
+    waits = []
+    for _ in range(4):
+        group.spawning = True
+        process, _ = group.spawn_done(pid=1000 + int(now), concurrency=1, now=now)
+        now += 0.3
+        effects = group.process_died(process, now, CRASHED)
+        wake = next(e for e in effects if isinstance(e, Wake))
+        waits.append(wake.at - now)
+        now = wake.at
+        assert pool.tick(now) == [Spawn(group.name)]
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_healthy_process_ends_the_streak() -> None:
+    """After a crash loop, a process that serves a request (or lives past early_death)
+    makes the next failure start from the first back-off again."""
+    for healthy_by in ("serving", "living"):
+        pool, group = pool_with(min_instances=1, spawn_backoff=1.0, early_death=2.0)
+        group.failures = 5  # a long streak before
+        (a,) = bring_up(group, 2, 1, now=100.0)
+        if healthy_by == "serving":
+            sessions_of(group.checkout(Req(), 100.1)[0]).close(100.2)
+        else:
+            pool.tick(103.0)
+        assert group.failures == 0
+        group.process_died(a, 110.0, CRASHED)
+        group.spawning = True
+        (b, _) = group.spawn_done(pid=2, concurrency=1, now=120.0)
+        effects = group.process_died(b, 120.5, CRASHED)
+        assert Wake(121.5) in effects
+
+
 @pytest.mark.parametrize("how", ["while serving", "after serving"])
 def test_a_process_dying_after_it_served_is_a_crash_not_a_failed_start(how: str) -> None:
     """A request killed it, the app is fine: replaced at once, no back-off, no error for

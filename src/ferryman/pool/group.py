@@ -106,7 +106,9 @@ class Group:
         self.queue: deque[Waiter] = deque()
         #: A spawn is in flight (counts against the pool's capacity).
         self.spawning = False
-        #: Consecutive failed spawns, and when the back-off after the last one ends.
+        #: Consecutive failed starts, and when the back-off after the last one ends. A
+        #: process becoming ready does not end the streak (it may die at once, a crash
+        #: loop): a healthy one does — one that served a request, or outlived early_death.
         self.failures = 0
         self.backoff_until = 0.0
         #: The last failed spawn's error, for requests during the back-off.
@@ -168,6 +170,7 @@ class Group:
         process.sessions -= 1
         process.processed += 1
         process.last_used = now
+        self.failures = 0  # the app served a request: whatever failed before is over
         effects: list[Effect] = []
         if process.enablement is Enablement.ENABLED:
             self._serve_queue(now, effects)
@@ -223,7 +226,6 @@ class Group:
         """The spawn in flight produced a ready process."""
         assert self.spawning, "spawn_done without a spawn in flight"
         self.spawning = False
-        self.failures = 0
         self.backoff_until = 0.0
         self.last_error = None
         limit = concurrency if concurrency > 0 else self.options.soft_limit
@@ -332,6 +334,14 @@ class Group:
             self._detach(process, effects)
             self._after_loss(now, effects)
         return effects
+
+    def note_healthy(self, now: float) -> None:
+        """Forget past failures once a process has outlived ``early_death`` (called on
+        every tick): a later death is bad luck again, not part of a crash loop."""
+        if self.failures and any(
+            now - p.spawned_at >= self.options.early_death for p in self.processes
+        ):
+            self.failures = 0
 
     def retire_idle(self, now: float, effects: list[Effect]) -> None:
         """Retire processes above min_instances that have been idle for ``idle_time``.

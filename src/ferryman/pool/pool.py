@@ -39,6 +39,7 @@ class Pool:
         """Periodic/awaited check: retire idle processes, spawn what groups want now."""
         effects: list[Effect] = []
         for group in self.groups.values():
+            group.note_healthy(now)
             group.retire_idle(now, effects)
             group._maybe_spawn(now, effects)
         return effects
