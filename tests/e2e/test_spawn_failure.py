@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from .harness import APPS, alive, process_children, serving, wait_until
@@ -32,11 +34,13 @@ def test_app_that_never_becomes_ready_is_killed_at_the_start_timeout() -> None:
 
 
 def test_a_directory_given_as_the_interpreter_is_explained(tmp_path: Path) -> None:
-    """--python pointing at a virtualenv's directory: the page says where the interpreter is."""
-    with serving(
-        APPS / "wsgi_broken", "--python", str(tmp_path), "--min-instances", "0", wait_ready=0
-    ) as server:
-        status, body = server.get("/")
-        assert status == 500
-        assert b"it is a directory" in body
-        assert f"{tmp_path}/bin/".encode() in body
+    """--python pointing at a virtualenv's directory: the start stops at once (exit 2),
+    saying where the interpreter would be."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", "start", str(APPS / "wsgi_broken"), "--port", "0",
+         "--python", str(tmp_path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{tmp_path} is a directory" in result.stderr
+    assert f"{tmp_path}/bin/" in result.stderr

@@ -469,8 +469,8 @@ class Exchange:
         conn = self.upstream
         self._finish(upstream_ok=conn is not None and conn.reusable(), abort_client=True)
 
-    def on_upstream_lost(self) -> None:
-        """The connection to the process closed before the response ended."""
+    def on_upstream_lost(self, exc: Exception | None = None) -> None:
+        """The connection to the process closed before the response ended (``exc``: how)."""
         conn = self.upstream
         self.upstream = None
         if self.state >= DRAINING:
@@ -478,6 +478,11 @@ class Exchange:
         if self._head_sent or self._client_gone:
             self.flush()
             self._finish(upstream_ok=False, abort_client=True)
+        elif conn is not None and conn.uses == 1 and isinstance(exc, ConnectionResetError):
+            # Reset, not closed: the process never accepted this connection (its listening
+            # socket went away with the process, with ours still in its backlog). The
+            # request did not reach the app: as if the connection had been refused.
+            self._unreachable(ConnectionRefusedError(f"the connection was reset: {exc}"))
         elif (
             conn is not None
             and conn.uses > 1

@@ -70,6 +70,16 @@ _NOTED_SIZES = frozenset(len(name) for name in _NOTED)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n")
 _BWS = frozenset(b" \t")
+#: A Host value (RFC 9112 3.2): uri-host [ ":" port ]; anything else gets 400.
+_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+#: Host values already checked (short ones, a bounded number): most requests name a few.
+_GOOD_HOSTS: set[bytes] = set()
+_GOOD_HOSTS_LIMIT = 256
+_GOOD_HOST_MAX_SIZE = 64
+#: A closing connection reads and drops what the client still sends for this long, and
+#: this much (RFC 9112 9.6: a staged close), so that the response is not lost to a reset.
+LINGER_TIME = 2.0
+LINGER_LIMIT = 1024 * 1024
 _NO_ROOM = b"Service Unavailable: no room to store the request body now.\n"
 
 
@@ -249,6 +259,15 @@ class ClientConnection(asyncio.Protocol):
         self._continue_owed = False
         #: We closed (or aborted) the transport; nothing more may be written.
         self._write_closed = False
+        #: An unknown method's request line, gathered until it is whole (to judge it).
+        self._method_line: bytes | None = None
+        #: The bytes from the start of the message being parsed (while its head arrives),
+        #: and how many messages were complete when it started.
+        self._line_start = b""
+        self._line_start_at = -1
+        #: Our side is closed; the client's input is read and dropped (see _close).
+        self._lingering = False
+        self._lingered = 0
         self.loop = server.loop
         self.parser = new_parser(self)
         self.transport: asyncio.Transport | None = None
@@ -269,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         #: A 4xx answer owed once the earlier pipelined requests are answered.
-        self._refusal: tuple[int, bytes] | None = None
+        self._refusal: tuple[int, bytes, bool] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -297,10 +316,25 @@ class ClientConnection(asyncio.Protocol):
             self.shutdown()  # accepted just before the server stopped accepting
 
     def data_received(self, data: bytes) -> None:
+        if self._method_line is not None:
+            self._method_line += data
+            self._judge_method_line()
+            return
         if self.closing:
+            if self._lingering:
+                self._lingered += len(data)
+                if self._lingered > LINGER_LIMIT and self.transport is not None:
+                    self.transport.abort()  # it keeps sending: enough
             return
         starts_message = self.current is None
         completed = self.completed
+        if starts_message:
+            # The next message starts at data[0]: kept (a reference, no copy) to judge its
+            # request line if the parser refuses its method.
+            self._line_start = data
+            self._line_start_at = completed
+        elif not self.head_complete and len(self._line_start) <= self.max_header_size:
+            self._line_start += data  # a head in pieces (rare)
         if starts_message or not self.head_complete:
             self.head_size += len(data)
         try:
@@ -317,16 +351,12 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(500, b"Internal Server Error\n")
             return
         except httptools.HttpParserInvalidMethodError:
-            # A method the parser does not know. When the request line is well-formed (and
-            # at the start of ``data``, so we can see it), it is a method Ferryman does not
-            # implement (RFC 9110 9.1: 501); anything else is malformed.
-            seen = starts_message and completed == self.completed
-            if seen and _REQUEST_LINE.match(data):
-                self._refuse(501, b"Not Implemented: unknown request method.\n")
-            else:
-                self._refuse(400, b"Bad Request: invalid request method.\n")
+            self._unknown_method()
             return
         except httptools.HttpParserError as exc:
+            if "Invalid method for HTTP" in str(exc):  # an RTSP method (DESCRIBE...)
+                self._unknown_method()
+                return
             if "PRI" in str(exc):  # the HTTP/2 connection preface
                 self._refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
                 return
@@ -338,6 +368,28 @@ class ClientConnection(asyncio.Protocol):
             and (self.head_size > self.max_header_size)
         ):
             self._refuse(431, b"Request Header Fields Too Large\n")
+
+    def _unknown_method(self) -> None:
+        """A method the parser does not know. When its request line is well-formed, it is a
+        method Ferryman does not implement (RFC 9110 9.1: 501); anything else is malformed.
+        The line is judged once it is whole (it may come in pieces)."""
+        if self._line_start_at == self.completed:  # we hold the message from its start
+            self._method_line = self._line_start
+            self._judge_method_line()
+        else:
+            self._refuse(400, b"Bad Request: invalid request method.\n", method_known=False)
+
+    def _judge_method_line(self) -> None:
+        """An unknown method: 501 if its request line is well-formed, else 400."""
+        line = self._method_line
+        assert line is not None
+        if b"\n" not in line and len(line) <= self.max_header_size:
+            return  # the rest of the line is still to come
+        self._method_line = None
+        if _REQUEST_LINE.match(line):
+            self._refuse(501, b"Not Implemented: unknown request method.\n", method_known=False)
+        else:
+            self._refuse(400, b"Bad Request: invalid request method.\n", method_known=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -408,6 +460,10 @@ class ClientConnection(asyncio.Protocol):
             self._arm(self.header_timeout)
 
     def on_url(self, url: bytes) -> None:
+        if not self._target and self.parser.get_method() == b"PRI":
+            # An HTTP/2 connection preface (or the like): the parser would wait for
+            # the rest of one; this port speaks HTTP/1.
+            raise _Refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
         self._target += url
         self._head_bytes += len(url)
 
@@ -461,6 +517,12 @@ class ClientConnection(asyncio.Protocol):
         if not self._seen & _HOST and version == b"1.1":
             # RFC 9112 3.2: exactly one Host in HTTP/1.1 (a second one was refused already).
             raise _Refuse(400, b"Bad Request: an HTTP/1.1 request needs exactly one Host.\n")
+        host = self._host
+        if host and host not in _GOOD_HOSTS:
+            if _HOST_VALUE.fullmatch(host) is None:
+                raise _Refuse(400, b"Bad Request: the Host header is not a host[:port].\n")
+            if len(host) <= _GOOD_HOST_MAX_SIZE and len(_GOOD_HOSTS) < _GOOD_HOSTS_LIMIT:
+                _GOOD_HOSTS.add(host)
         if self._target[:1] != b"/":
             self._other_target_form(method)
         server = self.server
@@ -533,6 +595,10 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.completed += 1
         self._rate_from = 0.0
+        if exchange.keep_alive and not self.parser.should_keep_alive():
+            # Something after the head (a "Connection: close" trailer) made the parser
+            # read no further on this connection: close after the response.
+            exchange.keep_alive = False
         if self._write_closed:
             exchange.cancel()  # pipelined after a response that closed the connection
             return
@@ -608,12 +674,12 @@ class ClientConnection(asyncio.Protocol):
         if abort:
             # Close, not reset: earlier responses still buffered must reach the client;
             # the cut-short one is recognisable as such by its framing.
-            self._close()
+            self._close(linger=True)
             return
         if exchange.close_after or not exchange.keep_alive:
             # Requests pipelined after a "close" are dropped unanswered, as RFC 9112 allows.
             self._drop_pipeline()
-            self._close()
+            self._close(linger=True)
             return
         if pipeline:
             pipeline[0].start(self.loop.time())
@@ -643,8 +709,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- policy helpers -------------------------------------------------------------------------
 
-    def _refuse(self, status: int, message: bytes) -> None:
-        """Answer a bad request with ``status`` and close, after answering earlier requests."""
+    def _refuse(self, status: int, message: bytes, *, method_known: bool = True) -> None:
+        """Answer a bad request with ``status`` and close, after answering earlier requests.
+
+        ``method_known``: the parser read this request's method (every refusal but those
+        of an unknown method), so a HEAD can be answered without a body.
+        """
         if self._write_closed:
             return  # bytes that came after we closed: nobody to answer
         self.closing = True
@@ -653,17 +723,19 @@ class ClientConnection(asyncio.Protocol):
         if current is not None:
             current.cancel()
         self._pause_reading()
-        self._refusal = (status, message)
+        # A refused HEAD gets no body, as any answer to HEAD.
+        head_only = current is not None and method_known and self.parser.get_method() == b"HEAD"
+        self._refusal = (status, message, head_only)
         if not self.pipeline:
             self._send_refusal()
 
     def _send_refusal(self) -> None:
         assert self._refusal is not None
-        status, message = self._refusal
+        status, message, head_only = self._refusal
         self._refusal = None
         log.info("%d for a request from %s", status, self.remote_addr.decode())
-        self.write(simple_response(status, message, close=True))
-        self._close()
+        self.write(simple_response(status, message, close=True, head_only=head_only))
+        self._close(linger=True)
 
     def _drop_pipeline(self) -> None:
         while self.pipeline:
@@ -683,10 +755,30 @@ class ClientConnection(asyncio.Protocol):
             self.reading_paused = True
             self.transport.pause_reading()
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
+        """Close the connection; with ``linger``, in stages (the client may still be
+        sending: a bad request's body, pipelined requests)."""
         self.closing = True
         self._write_closed = True
         self._cancel_timer()
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if not linger or not transport.can_write_eof():
+            transport.close()
+            return
+        # A staged close: our side ends (after what is buffered), and what the client still
+        # sends is read and dropped for a moment; closing with unread input at once would
+        # make the kernel answer with a reset, which can destroy the response in flight.
+        transport.write_eof()
+        self._lingering = True
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        self._timer = self.loop.call_later(LINGER_TIME, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._timer = None
         if self.transport is not None and not self.closed:
             self.transport.close()
 

@@ -58,7 +58,7 @@ class Responder(Protocol):
 
     def on_abort(self) -> None: ...
 
-    def on_upstream_lost(self) -> None: ...
+    def on_upstream_lost(self, exc: Exception | None = None) -> None: ...
 
     def on_bad_response(self, why: str) -> None: ...
 
@@ -127,7 +127,7 @@ class AppConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            exchange.on_upstream_lost()
+            exchange.on_upstream_lost(exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
