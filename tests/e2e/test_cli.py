@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ferryman import __version__
+from ferryman.config import env_of, flag_of, settings
 
 from .harness import APPS, STUB, serving, wait_until
 
@@ -48,6 +49,31 @@ def test_console_script_is_installed() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert __version__ in result.stdout
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("flags", [(), ("--markdown",)], ids=["settings", "settings-markdown"])
+def test_settings_prints_the_configuration_reference(flags: tuple[str, ...]) -> None:
+    """``ferryman settings`` (``--markdown`` is the default) prints the reference of every
+    setting, with its flag and environment variable: exactly docs/configuration.md, and
+    every option the README's table names is in it."""
+    result = ferryman("settings", *flags)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    reference = result.stdout
+    assert reference == (REPOSITORY / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for name, spec, _ in settings():
+        assert f"### `{name}`\n\n{spec.help}\n" in reference, name
+        assert f"`{flag_of(name)}`" in reference, name
+        assert f"* Environment: `{env_of(name)}`" in reference, name
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| option | default |") : readme.index("Every option can")]
+    options = set(re.findall(r"`(-[A-Za-z]|--[a-z][a-z-]+)", table))
+    assert {"--port", "-e", "--environment", "--envvar", "-S"} <= options, options
+    for option in options:
+        assert f"`{option}`" in reference, option
 
 
 def app_dir(tmp_path: Path, toml: str | None = None) -> Path:
@@ -149,6 +175,33 @@ def test_precedence_file_then_environment_then_cli(tmp_path: Path) -> None:
         assert server.wait_for_log(banner).group(1) == "3"
     with serving(app) as server:
         assert server.wait_for_log(banner).group(1) == "2"
+
+
+#: Where the app finds its environment's name (as Passenger exports it).
+APP_ENVIRONMENT_VARIABLES = ("WSGI_ENV", "PASSENGER_APP_ENV", "RACK_ENV", "RAILS_ENV", "NODE_ENV")
+
+
+@pytest.mark.parametrize(
+    "app", [STUB, APPS / "node_http", APPS / "generic_http"], ids=["wsgi", "node", "generic"]
+)
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [((), "development"), (("-e", "production"), "production"),
+     (("--environment", "staging"), "staging")],
+    ids=["default", "-e", "--environment"],
+)  # fmt: skip
+def test_the_environment_is_exported_to_the_app(
+    app: Path, flags: tuple[str, ...], expected: str
+) -> None:
+    """The environment's name (-e, default development) is in the app process's own
+    environment as WSGI_ENV, PASSENGER_APP_ENV, RACK_ENV, RAILS_ENV and NODE_ENV, over
+    whatever the shell that started Ferryman had there."""
+    inherited = dict.fromkeys(APP_ENVIRONMENT_VARIABLES, "from-the-shell")
+    with serving(app, *flags, env=inherited) as server:
+        status, body = server.get("/osenv?names=" + ",".join(APP_ENVIRONMENT_VARIABLES))
+        assert status == 200, body
+        assert json.loads(body) == dict.fromkeys(APP_ENVIRONMENT_VARIABLES, expected)
+        assert f"environment: {expected};" in server.log_text()
 
 
 def test_access_log_uses_the_combined_format() -> None:

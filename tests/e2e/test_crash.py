@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from .harness import GATE_APP, STUB, Gates, Request, alive, serving, wait_until
+from .harness import APPS, GATE_APP, STUB, Gates, Request, alive, serving, wait_until
 
 
 def test_killed_app_process_fails_only_its_request_and_is_replaced(tmp_path: Path) -> None:
@@ -44,6 +44,27 @@ def test_killed_core_leaves_no_app_process(tmp_path: Path) -> None:
             pid for pid in apps if alive(pid)
         ]
         busy.join(10)
+
+
+def test_killed_core_leaves_no_node_process(tmp_path: Path) -> None:
+    """kill -9 of the core: Node.js app processes, even one mid-request, exit within 5 s."""
+    gates = Gates(tmp_path)
+    with serving(
+        APPS / "node_http", "--min-instances", "2", "--max-pool-size", "2", wait_ready=2
+    ) as server:
+        mark = server.mark()
+        busy = Request(server, f"/wait?gate={gates.path('never')}")
+        server.wait_for_log(r"waiting never", start=mark)
+        apps = server.children()
+        assert len(apps) == 2
+        assert apps == sorted(server.app_pids)
+        server.proc.kill()
+        server.proc.wait(10)
+        assert wait_until(lambda: not any(alive(pid) for pid in apps), timeout=5), [
+            pid for pid in apps if alive(pid)
+        ]
+        busy.join(10)
+        assert busy.status == -1  # the core died with the request: no response
 
 
 def test_a_request_that_kills_a_new_process_is_a_crash_not_a_failed_start() -> None:

@@ -786,6 +786,30 @@ def test_idle_keepalive_connection_is_closed(limits: Server) -> None:
         assert time.monotonic() - idle_from >= 0.5
 
 
+def test_a_body_that_stalls_gets_408_after_body_timeout() -> None:
+    """--body-timeout 2 (and no minimum rate): a client that sends half its body and stops
+    gets 408 and the connection closed about 2 s after its last byte; a client whose body
+    pieces are each less than 2 s apart is served, however long the whole body takes."""
+    with serving(STUB, "--body-timeout", "2", "--min-body-rate", "0") as server:
+        mark = server.mark()
+        with Wire(server.port, timeout=15) as wire:
+            wire.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhalf")
+            stalled_at = time.monotonic()
+            resp = wire.read_response()
+            waited = time.monotonic() - stalled_at
+            assert_refused(resp, wire, 408)
+        assert 1.9 <= waited < 4, waited
+        server.wait_for_log(r"408: 127\.0\.0\.1 was too slow sending a request", start=mark)
+
+        with Wire(server.port, timeout=15) as wire:
+            wire.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+            for piece in (b"a", b"b", b"c"):
+                time.sleep(1)  # the pace under test: 3 s in all, 1 s between pieces
+                wire.send(piece)
+            resp = wire.read_response()
+        assert (resp.status, resp.body) == (200, b"abc")
+
+
 # -- regressions found in review ------------------------------------------------------------
 
 

@@ -99,3 +99,32 @@ def test_the_whole_stop_fits_in_the_graceful_timeout(tmp_path: Path) -> None:
         assert not any(alive(pid) for pid in apps)
         stuck.join(10)
         assert stuck.status != 200
+
+
+def test_a_request_outlasting_the_graceful_timeout_is_cut_off(tmp_path: Path) -> None:
+    """--graceful-timeout 1: a request still running 1 s after SIGTERM is cut off (the
+    client gets no response, the access log says 499); the server exits 0 within the
+    graceful timeout plus STOP_MARGIN, no app process survives, the instance is gone."""
+    gates = Gates(tmp_path)
+    with serving(GATE_APP, "--graceful-timeout", "1", "--max-pool-size", "1") as server:
+        mark = server.mark()
+        hanging = Request(server, f"/wait?gate={gates.path('never')}")
+        server.wait_for_log("waiting never", start=mark)
+        server.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        hanging.join(15)
+        cut_after = time.monotonic() - stopped_at
+        assert not hanging.is_alive()
+        assert hanging.status == -1, hanging.body  # closed without a response
+        assert b"RemoteDisconnected" in hanging.body
+        # The request had its whole graceful time, and not much more.
+        assert 0.95 <= cut_after < 3, cut_after
+        assert server.proc.wait(30) == 0
+        took = time.monotonic() - stopped_at
+        assert took < 1 + STOP_MARGIN + 0.5, took
+        server.wait_for_log("Graceful timeout reached; closing the remaining connections")
+        server.wait_for_log(r'"GET /wait\?gate=\S+ HTTP/1\.1" 499 ')
+        assert server.app_pids
+        assert not any(alive(pid) for pid in server.app_pids)
+        assert server.instance_dirs() == []
+        assert "Traceback" not in server.log_text()

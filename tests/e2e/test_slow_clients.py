@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import hashlib
 import os
 import socket
+import struct
+import termios
 import time
 
 import pytest
@@ -20,6 +24,42 @@ def _rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def _response_files(server: Server) -> int:
+    """Anonymous temp files the core holds open (buffered responses, spooled bodies)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{server.pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{server.pid}/fd/{fd}").endswith("(deleted)")
+    return count
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes that arrived in ``sock``'s receive queue and the client has not read yet."""
+    data = fcntl.ioctl(sock.fileno(), termios.FIONREAD, struct.pack("i", 0))
+    value: int = struct.unpack("i", data)[0]
+    return value
+
+
+def _unacked_toward(server: Server, sock: socket.socket) -> int:
+    """Bytes the core's socket toward ``sock`` holds that the client has not taken in
+    (tx_queue in /proc/net/tcp: written by the core, not yet acknowledged by the client)."""
+    local = f"0100007F:{server.port:04X}"
+    remote = f"0100007F:{sock.getsockname()[1]:04X}"
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return int(fields[4].split(":")[0], 16)
+    return 0
+
+
+def _client_is_full(server: Server, sock: socket.socket) -> bool:
+    """The client's receive window is full: bytes wait unread in its socket and the core
+    has more written toward it that it cannot take in. (On loopback, unacknowledged bytes
+    stay only while the receiver has no room.)"""
+    return _unread(sock) > 0 and _unacked_toward(server, sock) > 0
 
 
 def test_a_slow_upload_does_not_hold_the_only_process() -> None:
@@ -46,7 +86,8 @@ def test_a_slow_upload_does_not_hold_the_only_process() -> None:
 
 
 def test_a_slow_reader_gets_a_big_response_without_the_core_buffering_it_all() -> None:
-    """A 64 MB response to a client that stops reading: the core holds back, then delivers."""
+    """A 64 MB response to a client that reads nothing until the app is done with it: the
+    core holds it back mostly on disk (its memory grows by less than 16 MiB), then delivers."""
     size = 64 * 1024 * 1024
     with serving(STUB, "--min-instances", "1", "--max-pool-size", "1") as server:
         before = _rss_kb(server.pid)
@@ -55,10 +96,15 @@ def test_a_slow_reader_gets_a_big_response_without_the_core_buffering_it_all() -
             sock.sendall(
                 f"GET /big?n={size} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
             )
-            time.sleep(1.5)  # the client reads nothing for a while
+            # The client reads nothing until the core has taken the whole response from the
+            # app: the response has begun, then the one process (1 thread) answers another
+            # request, which it can only do once it has written all 64 MB.
+            assert wait_until(lambda: _unread(sock) > 0, 10)
+            assert server.get("/pid", timeout=30)[0] == 200
             stalled = _rss_kb(server.pid)
-            # Back-pressure: the core keeps about a megabyte per connection, not the body.
+            # The core keeps about a megabyte per connection in memory, the rest on disk.
             assert stalled - before < 16 * 1024, (before, stalled)
+            assert _response_files(server) == 1
             received = 0
             tail = b""
             while chunk := sock.recv(1 << 20):
@@ -78,15 +124,19 @@ def _slow_socket(port: int) -> socket.socket:
 
 
 def test_a_client_leaving_a_held_back_download_frees_the_process() -> None:
-    """Back-pressure paused the app's connection; the client leaves: the process is freed."""
+    """The core holds back a download the client does not take; the client leaves: the
+    process serves the next request and the held-back bytes' temp file is gone."""
     with serving(
         STUB, "--min-instances", "1", "--max-pool-size", "1", "--thread-count", "1"
     ) as server:
         with _slow_socket(server.port) as sock:
             sock.sendall(b"GET /big?n=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
-            time.sleep(1)  # the core holds back; the client gives up
+            # The core holds back what the client does not take (past its write buffer, in
+            # a temp file); then the client gives up.
+            assert wait_until(lambda: _response_files(server) == 1, 10)
         status, _ = server.get("/pid", timeout=10)
         assert status == 200
+        assert wait_until(lambda: _response_files(server) == 0, 10)
 
 
 def test_connections_paused_for_one_client_are_not_reused_paused() -> None:
@@ -99,7 +149,8 @@ def test_connections_paused_for_one_client_are_not_reused_paused() -> None:
             with _slow_socket(server.port) as sock:
                 request = f"GET /blob?n={size} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                 sock.sendall(request.encode())
-                time.sleep(0.2)
+                # The client takes nothing until the core has filled it up and holds more.
+                assert wait_until(functools.partial(_client_is_full, server, sock), 10)
                 received = 0
                 while chunk := sock.recv(65536):
                     received += len(chunk)
@@ -121,15 +172,6 @@ def test_a_client_leaving_a_stream_frees_the_process() -> None:
 
 
 # -- response buffering: a slow reader never holds the process ---------------------------
-
-
-def _response_files(server: Server) -> int:
-    """Anonymous temp files the core holds open (buffered responses, spooled bodies)."""
-    count = 0
-    for fd in os.listdir(f"/proc/{server.pid}/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/{server.pid}/fd/{fd}").endswith("(deleted)")
-    return count
 
 
 def test_a_reader_that_reads_nothing_does_not_hold_the_only_process() -> None:

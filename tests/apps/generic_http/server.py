@@ -3,7 +3,8 @@
 GET or POST /headers answers with the request's header lines as JSON ([name, value]
 pairs, in order), so tests can see exactly what Ferryman forwarded. GET /bad-header?c=HH
 answers with a header value holding the byte 0xHH (http.server does not check it).
-GET /garbage answers with bytes that are not HTTP.
+GET /garbage answers with bytes that are not HTTP. GET /osenv?names=A,B answers with those
+variables of the process's environment as JSON.
 """
 
 import json
@@ -30,6 +31,16 @@ class Handler(BaseHTTPRequestHandler):
             # Not HTTP at all: the core must answer 502 and say why in its log.
             self.wfile.write(b"this is not an HTTP response\r\n\r\n")
             self.close_connection = True
+            return
+        if self.path.startswith("/osenv?names="):
+            # The process's own environment, for the variables named in ?names=A,B.
+            names = [n for n in self.path.partition("=")[2].split(",") if n]
+            body = json.dumps({name: os.environ.get(name) for name in names}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if self.path.startswith("/bad-header?c="):
             char = chr(int(self.path.rpartition("=")[2], 16))

@@ -46,6 +46,13 @@ const server = http.createServer((req, res) => {
       setTimeout(next, delay);
     };
     next();
+  } else if (path === "/osenv") {
+    // The process's own environment, for the variables named in ?names=A,B.
+    const names = (url.searchParams.get("names") || "").split(",").filter((n) => n);
+    const found = {};
+    for (const name of names) found[name] = name in process.env ? process.env[name] : null;
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end(JSON.stringify(found));
   } else if (path === "/headers") {
     res.end(JSON.stringify(req.headers));
   } else if (path === "/close") {

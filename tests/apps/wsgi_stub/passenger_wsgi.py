@@ -78,6 +78,11 @@ def app(environ, start_response):
         data["wsgi.version"] = list(environ["wsgi.version"])
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(data).encode()]
+    if path == "/osenv":
+        # The process's own environment (os.environ), for the variables named in ?names=A,B.
+        names = [name for name in q.get("names", "").split(",") if name]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({name: os.environ.get(name) for name in names}).encode()]
     if path == "/stream":
         n = int(q.get("n", "5"))
         delay = float(q.get("delay", "0"))
