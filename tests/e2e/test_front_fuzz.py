@@ -246,7 +246,9 @@ class Reference:
         """The method of the ``index``-th request, guessed from request lines if need be."""
         if index < len(self.requests):
             return self.requests[index].method
-        line = rb"(?:^|\n)[\r\n]*([A-Z]+)[ \t]+[^ \t\r\n]+(?:[ \t]+HTTP/[^\r\n]*)?\r?\n"
+        # A body's bytes may run into the next request line (a one-byte body, then "HEAD
+        # ..."): what precedes the method on its line is skipped.
+        line = rb"(?:^|\n)[^A-Z\r\n]*([A-Z]+)[ \t]+[^ \t\r\n]+(?:[ \t]+HTTP/[^\r\n]*)?\r?\n"
         lines = re.findall(line, self.rest)
         index -= len(self.requests)
         return lines[index] if index < len(lines) else b"GET"
