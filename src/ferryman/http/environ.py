@@ -39,29 +39,37 @@ _CONSUMED = frozenset([b"HTTP_TRANSFER_ENCODING", b"HTTP_EXPECT", b"CONTENT_LENG
 #: Header name → environ key. Bounded: at most _CACHE_ENTRIES names of at most
 #: _CACHE_KEY_BYTES bytes (about 100 KB in all); longer or later names are worked out
 #: each time. Real clients send a few dozen distinct names.
-_KEY_CACHE: dict[bytes, bytes | None] = {}
+#: name → (environ key or None, whether only a trusted proxy may send it)
+_KEY_CACHE: dict[bytes, tuple[bytes | None, bool]] = {}
 _CACHE_ENTRIES = 512
 _CACHE_KEY_BYTES = 64
-_MISSING = b"\0missing"
 #: (Host, scheme) → (SERVER_NAME, SERVER_PORT): most requests name the same few hosts.
 #: Bounded the same way (cleared when full).
 _HOST_CACHE: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 _PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
 
 
-def header_key(name: bytes) -> bytes | None:
-    """``HTTP_X_FOO`` for ``X-Foo``; None for names that must be dropped."""
-    try:
-        return _KEY_CACHE[name]
-    except KeyError:
-        pass
+def header_entry(name: bytes) -> tuple[bytes | None, bool]:
+    """(``HTTP_X_FOO`` for ``X-Foo`` or None for names that must be dropped, whether the
+    header is a client claim only a trusted proxy may make)."""
+    entry = _KEY_CACHE.get(name)
+    if entry is not None:
+        return entry
     key: bytes | None = None
+    claim = False
     if _VALID_NAME.match(name):
         upper = name.upper().replace(b"-", b"_")
         key = _SPECIAL_KEYS.get(upper, b"HTTP_" + upper)
+        claim = key in _CLAIM_KEYS or key.startswith(_FORWARDED_KEY_PREFIX)
+    entry = (key, claim)
     if len(name) <= _CACHE_KEY_BYTES and len(_KEY_CACHE) < _CACHE_ENTRIES:
-        _KEY_CACHE[name] = key
-    return key
+        _KEY_CACHE[name] = entry
+    return entry
+
+
+def header_key(name: bytes) -> bytes | None:
+    """``HTTP_X_FOO`` for ``X-Foo``; None for names that must be dropped."""
+    return header_entry(name)[0]
 
 
 def is_client_claim(lower_name: bytes) -> bool:
@@ -124,12 +132,9 @@ def build_environ(head: RequestHead, body_length: int) -> bytes:
     fields: dict[bytes, bytes] = {}
     cache = _KEY_CACHE
     for name, value in head.headers:
-        key = cache.get(name, _MISSING)
-        if key is _MISSING:
-            key = header_key(name)
-        if key is None or (
-            not trusted and (key in _CLAIM_KEYS or key.startswith(_FORWARDED_KEY_PREFIX))
-        ):
+        entry = cache.get(name)
+        key, claim = entry if entry is not None else header_entry(name)
+        if key is None or (claim and not trusted):
             continue
         if key in fields:
             fields[key] += (b"; " if key == b"HTTP_COOKIE" else b", ") + value

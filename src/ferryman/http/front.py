@@ -49,7 +49,7 @@ SEND_CHECK_INTERVAL = 5.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # The request headers the front acts on, each a bit in ``ClientConnection._seen``.
-_HOST, _LENGTH, _EXPECT, _CHUNKED = 1, 2, 4, 8
+_HOST, _LENGTH, _EXPECT, _CHUNKED, _UPGRADE = 1, 2, 4, 8, 16
 #: Fields that may appear once (RFC 9110 5.3: not list-based): a second one is a 400,
 #: never joined, so that two parties cannot read two different values.
 _SINGLETON_NAMES = [
@@ -57,8 +57,10 @@ _SINGLETON_NAMES = [
     b"range", b"if-range", b"if-modified-since", b"if-unmodified-since", b"max-forwards",
     b"referer", b"date", b"from",
 ]  # fmt: skip
-_NOTED: dict[bytes, int] = {b"expect": _EXPECT, b"transfer-encoding": _CHUNKED}
-_NOTED.update((name, 1 << (i + 4)) for i, name in enumerate(_SINGLETON_NAMES))
+_NOTED: dict[bytes, int] = {
+    b"expect": _EXPECT, b"transfer-encoding": _CHUNKED, b"upgrade": _UPGRADE
+}  # fmt: skip
+_NOTED.update((name, 1 << (i + 5)) for i, name in enumerate(_SINGLETON_NAMES))
 _NOTED[b"host"] = _HOST
 _NOTED[b"content-length"] = _LENGTH
 _SINGLETONS = 0
@@ -460,7 +462,12 @@ class ClientConnection(asyncio.Protocol):
             self._arm(self.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        if not self._target and self.parser.get_method() == b"PRI":
+        if (
+            not self._target
+            and self._line_start[:1] == b"P"
+            and self._line_start_at == self.completed
+            and self.parser.get_method() == b"PRI"
+        ):
             # An HTTP/2 connection preface (or the like): the parser would wait for
             # the rest of one; this port speaks HTTP/1.
             raise _Refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
@@ -531,16 +538,17 @@ class ClientConnection(asyncio.Protocol):
             self._target,
             version,
             self._headers,
-            host=self._host,
-            peer_addr=self.remote_addr,
-            peer_port=self.remote_port,
-            trusted=self.trusted,
-            server_name=server.server_name,
-            server_port=server.server_port,
+            self._host,
+            self.remote_addr,
+            self.remote_port,
+            self.trusted,
+            server.server_name,
+            server.server_port,
         )
         if self.trusted:
             head.believe_proxy(server.trusted_proxies)
-        if parser.should_upgrade():
+        # (the parser can only be upgrading with an Upgrade header, or for CONNECT)
+        if (self._seen & _UPGRADE or method == b"CONNECT") and parser.should_upgrade():
             if method == b"CONNECT":
                 raise _Refuse(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
             # Upgrades (WebSocket) are not tunnelled yet: the request is served as plain
@@ -595,7 +603,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.completed += 1
         self._rate_from = 0.0
-        if exchange.keep_alive and not self.parser.should_keep_alive():
+        if self._trailer_bytes and exchange.keep_alive and not self.parser.should_keep_alive():
             # Something after the head (a "Connection: close" trailer) made the parser
             # read no further on this connection: close after the response.
             exchange.keep_alive = False

@@ -54,13 +54,12 @@ class RequestHead:
         "version",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built once per request: positional calls are cheaper
         self,
         method: bytes,
         target: bytes,
         version: bytes,
         headers: list[tuple[bytes, bytes]],
-        *,
         host: bytes,
         peer_addr: bytes,
         peer_port: bytes,
