@@ -386,3 +386,30 @@ def test_running_out_of_fds_is_logged_and_connections_wait_in_the_backlog() -> N
                 sock.close()
         assert "Traceback" not in "\n".join(server.lines[mark:])
         assert server.get("/")[0] == 200
+
+
+# -- requests after a body the front decoded, or an upgrade it ignored ------------------------
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5 ; a=b\r\nhello\r\n0\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+    ],
+    ids=["after-a-chunked-body", "after-an-ignored-upgrade"],
+)
+def test_the_next_request_is_read_as_usual(stub: Server, first: bytes) -> None:
+    """Pipelined behind a chunked body (decoded by the front) or an upgrade request (served
+    as plain HTTP), the next request is served, and a bad one refused with 400, not 500."""
+    with Wire(stub.port) as wire:
+        wire.send(first + req("GET", "/"))
+        assert wire.read_response().status == 200
+        assert wire.read_response().body == b"Hello from Ferryman's stub app\n"
+    with Wire(stub.port) as wire:
+        wire.send(first + req("GET", "/", "Authorization: a", "Authorization: b"))
+        assert wire.read_response().status == 200
+        refused = wire.read_response()
+        assert refused.status == 400
+        assert b"repeated authorization" in refused.body

@@ -33,6 +33,7 @@ from ..alerts import Alert
 from ..config import UNIX_PEERS, Config, ProxyNetworks
 from .app import App
 from .body import SPOOL_THRESHOLD
+from .chunked import ChunkedBody, ChunkError
 from .exchange import CLIENT_CLOSED, Exchange
 from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix, owner_ids
 from .request import RequestHead, is_trusted
@@ -83,6 +84,10 @@ _GOOD_HOST_MAX_SIZE = 64
 LINGER_TIME = 2.0
 LINGER_LIMIT = 1024 * 1024
 _NO_ROOM = b"Service Unavailable: no room to store the request body now.\n"
+
+
+class _TakeChunkedBody(Exception):
+    """Raised in on_headers_complete to stop the parser: the front decodes the body."""
 
 
 class _Refuse(Exception):
@@ -250,6 +255,12 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade = False
         #: Bytes of the trailer section so far (bounded like a head).
         self._trailer_bytes = 0
+        #: Why a parser callback stopped the parser (see _stop).
+        self._stopped: _Refuse | _TakeChunkedBody | None = None
+        #: The chunked body being decoded by the front (see chunked.py), if any.
+        self._chunked: ChunkedBody | None = None
+        #: The Transfer-Encoding values of the head being parsed.
+        self._te = b""
         #: The head being parsed: its target, its headers and its Host.
         self._target = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -322,6 +333,9 @@ class ClientConnection(asyncio.Protocol):
             self._method_line += data
             self._judge_method_line()
             return
+        if self._chunked is not None:
+            self._decode_chunked(data)
+            return
         if self.closing:
             if self._lingering:
                 self._lingered += len(data)
@@ -330,6 +344,7 @@ class ClientConnection(asyncio.Protocol):
             return
         starts_message = self.current is None
         completed = self.completed
+        take_body = False
         if starts_message:
             # The next message starts at data[0]: kept (a reference, no copy) to judge its
             # request line if the parser refuses its method.
@@ -345,13 +360,18 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade_ignored(data[exc.args[0] :] if exc.args else b"")
             return
         except httptools.HttpParserCallbackError as exc:
-            refusal = exc.__context__
-            if isinstance(refusal, _Refuse):
-                self._refuse(refusal.status, refusal.message)
+            # Why a callback stopped the parser is noted on the connection: the exception
+            # itself is not chained when this runs inside another handler.
+            stopped, self._stopped = self._stopped, None
+            if isinstance(stopped, _TakeChunkedBody):
+                take_body = True  # carried on below, outside this handler
+            elif isinstance(stopped, _Refuse):
+                self._refuse(stopped.status, stopped.message)
+                return
             else:
-                log.error("internal error while parsing a request", exc_info=refusal)
+                log.error("internal error while parsing a request", exc_info=exc.__context__)
                 self._refuse(500, b"Internal Server Error\n")
-            return
+                return
         except httptools.HttpParserInvalidMethodError:
             self._unknown_method()
             return
@@ -364,12 +384,54 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._refuse(400, b"Bad Request: " + str(exc).encode("utf-8", "replace") + b"\n")
             return
+        if take_body:
+            # Outside the except clause: whatever the next requests raise must not be
+            # chained to the exception that stopped the parser.
+            head = self._line_start
+            self._chunked = ChunkedBody(self.max_header_size)
+            self._upgrade = False  # served as plain HTTP once its body is read
+            self._decode_chunked(head[head.find(b"\r\n\r\n") + 4 :])
+            return
         if (
             self.current is not None
             and not self.head_complete
             and (self.head_size > self.max_header_size)
         ):
             self._refuse(431, b"Request Header Fields Too Large\n")
+
+    def _stop(self, status: int, message: bytes) -> _Refuse:
+        """The exception a parser callback raises to refuse the request (noted first)."""
+        stopped = self._stopped = _Refuse(status, message)
+        return stopped
+
+    def _stop_for_chunked_body(self) -> _TakeChunkedBody:
+        stopped = self._stopped = _TakeChunkedBody()
+        return stopped
+
+    def _decode_chunked(self, data: bytes) -> None:
+        """Body bytes of a chunked request, until it ends; then the parser goes on with a
+        fresh start on whatever follows (the next request)."""
+        decoder = self._chunked
+        assert decoder is not None
+        try:
+            used = decoder.feed(data, self.on_body)
+        except ChunkError as exc:
+            self._chunked = None
+            self._refuse(exc.status, exc.message)
+            return
+        except _Refuse as refusal:  # from on_body: too large, no room
+            self._chunked = None
+            self._stopped = None
+            self._refuse(refusal.status, refusal.message)
+            return
+        if not decoder.done:
+            return
+        self._chunked = None
+        self.parser = new_parser(self)
+        self.on_message_complete()
+        rest = data[used:]
+        if rest:
+            self.data_received(rest)
 
     def _unknown_method(self) -> None:
         """A method the parser does not know. When its request line is well-formed, it is a
@@ -458,6 +520,7 @@ class ClientConnection(asyncio.Protocol):
         self._target = b""
         self._headers = []
         self._host = b""
+        self._te = b""
         if not self.pipeline:
             self._arm(self.header_timeout)
 
@@ -470,7 +533,7 @@ class ClientConnection(asyncio.Protocol):
         ):
             # An HTTP/2 connection preface (or the like): the parser would wait for
             # the rest of one; this port speaks HTTP/1.
-            raise _Refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
+            raise self._stop(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
         self._target += url
         self._head_bytes += len(url)
 
@@ -481,7 +544,7 @@ class ClientConnection(asyncio.Protocol):
             # where nothing checks them): they are dropped, and bounded like a head.
             self._trailer_bytes += len(name) + len(value) + 4
             if self._trailer_bytes > self.max_header_size:
-                raise _Refuse(431, b"Request Header Fields Too Large\n")
+                raise self._stop(431, b"Request Header Fields Too Large\n")
             return
         if value and value[-1] in _BWS:
             value = value.rstrip(b" \t")  # RFC 9110 5.5: surrounding whitespace is not value
@@ -492,7 +555,7 @@ class ClientConnection(asyncio.Protocol):
             bit = _NOTED.get(name.lower(), 0)
             if bit:
                 if bit & self._seen & _SINGLETONS:
-                    raise _Refuse(
+                    raise self._stop(
                         400, b"Bad Request: repeated " + name.lower() + b" header field.\n"
                     )
                 self._seen |= bit
@@ -502,6 +565,8 @@ class ClientConnection(asyncio.Protocol):
                     self._length = int(value) if value.isdigit() else -1
                 elif bit == _EXPECT:
                     self._expect = value.lower()
+                elif bit == _CHUNKED:
+                    self._te = value if not self._te else self._te + b"," + value
 
     def on_headers_complete(self) -> None:
         current = self.current
@@ -509,25 +574,25 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         self.head_complete = True
         if self._head_bytes > self.max_header_size:
-            raise _Refuse(431, b"Request Header Fields Too Large\n")
+            raise self._stop(431, b"Request Header Fields Too Large\n")
         method = parser.get_method()
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             if parser.get_http_version() == "0.9":
-                raise _Refuse(400, b"Bad Request: HTTP/0.9 is not served.\n")
-            raise _Refuse(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
+                raise self._stop(400, b"Bad Request: HTTP/0.9 is not served.\n")
+            raise self._stop(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
         current.keep_alive = parser.should_keep_alive()
         current.head_only = method == b"HEAD"
         if version == b"1.0" and self._seen & _CHUNKED:
             # RFC 9112 6.1: Transfer-Encoding in 1.0 means the framing is faulty.
-            raise _Refuse(400, b"Bad Request: Transfer-Encoding in an HTTP/1.0 request.\n")
+            raise self._stop(400, b"Bad Request: Transfer-Encoding in an HTTP/1.0 request.\n")
         if not self._seen & _HOST and version == b"1.1":
             # RFC 9112 3.2: exactly one Host in HTTP/1.1 (a second one was refused already).
-            raise _Refuse(400, b"Bad Request: an HTTP/1.1 request needs exactly one Host.\n")
+            raise self._stop(400, b"Bad Request: an HTTP/1.1 request needs exactly one Host.\n")
         host = self._host
         if host and host not in _GOOD_HOSTS:
             if _HOST_VALUE.fullmatch(host) is None:
-                raise _Refuse(400, b"Bad Request: the Host header is not a host[:port].\n")
+                raise self._stop(400, b"Bad Request: the Host header is not a host[:port].\n")
             if len(host) <= _GOOD_HOST_MAX_SIZE and len(_GOOD_HOSTS) < _GOOD_HOSTS_LIMIT:
                 _GOOD_HOSTS.add(host)
         if self._target[:1] != b"/":
@@ -550,20 +615,20 @@ class ClientConnection(asyncio.Protocol):
         # (the parser can only be upgrading with an Upgrade header, or for CONNECT)
         if (self._seen & _UPGRADE or method == b"CONNECT") and parser.should_upgrade():
             if method == b"CONNECT":
-                raise _Refuse(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
+                raise self._stop(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
             # Upgrades (WebSocket) are not tunnelled yet: the request is served as plain
             # HTTP/1.1 (RFC 9110 7.8 lets a server ignore Upgrade), body included.
             self._upgrade = True
         length = self._length
         if self.max_body_size and length > self.max_body_size:
-            raise _Refuse(413, b"Content Too Large\n")
+            raise self._stop(413, b"Content Too Large\n")
         if length > SPOOL_THRESHOLD and not self.spool.fits_on_disk(length):
             self.server.spool_full(self.remote_addr, length)
-            raise _Refuse(503, _NO_ROOM) from None
+            raise self._stop(503, _NO_ROOM) from None
         expect = self._expect
         if expect is not None and version == b"1.1":
             if expect != b"100-continue":
-                raise _Refuse(417, b"Expectation Failed\n")
+                raise self._stop(417, b"Expectation Failed\n")
             if length > 0 or self._seen & _CHUNKED:  # no body, no 100 (RFC 9110 10.1.1)
                 if self.pipeline:
                     self._continue_owed = True  # not in the middle of an earlier response
@@ -575,6 +640,14 @@ class ClientConnection(asyncio.Protocol):
             if self.min_body_rate and (length > 0 or self._seen & _CHUNKED):
                 self._rate_from = self.loop.time()
                 self._rate_bytes = 0
+        if (
+            self._seen & _CHUNKED
+            and not self._seen & _LENGTH
+            and self._te.rpartition(b",")[2].strip().lower() == b"chunked"
+            and self._line_start_at == self.completed  # we hold the message from its start
+        ):
+            # The body is decoded by the front, not the parser (chunked.py says why).
+            raise self._stop_for_chunked_body()
 
     def on_body(self, body: bytes) -> None:
         current = self.current
@@ -583,12 +656,12 @@ class ClientConnection(asyncio.Protocol):
             current.body.append(body)
         except SpoolFull:
             self.server.spool_full(self.remote_addr, current.body.size + len(body))
-            raise _Refuse(503, _NO_ROOM) from None
+            raise self._stop(503, _NO_ROOM) from None
         except OSError as exc:  # e.g. ENOSPC in the temp directory
             log.error("Cannot store a request body in a temp file: %s", exc)
-            raise _Refuse(503, _NO_ROOM) from None
+            raise self._stop(503, _NO_ROOM) from None
         if self.max_body_size and current.body.size > self.max_body_size:
-            raise _Refuse(413, b"Content Too Large\n")
+            raise self._stop(413, b"Content Too Large\n")
         if not self.pipeline:
             self._rate_bytes += len(body)
             self._arm(self.body_timeout)
@@ -626,14 +699,14 @@ class ClientConnection(asyncio.Protocol):
         target = self._target
         if target == b"*":
             if method != b"OPTIONS":
-                raise _Refuse(400, b"Bad Request: the target * is only for OPTIONS.\n")
+                raise self._stop(400, b"Bad Request: the target * is only for OPTIONS.\n")
             return
         if method == b"CONNECT":
-            raise _Refuse(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
+            raise self._stop(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
         try:
             origin, authority = absolute_to_origin(target)
         except TargetError as exc:
-            raise _Refuse(400, b"Bad Request: " + str(exc).encode() + b".\n") from None
+            raise self._stop(400, b"Bad Request: " + str(exc).encode() + b".\n") from None
         self._target = origin
         self._host = authority
         # RFC 9112 3.2.2: the target's authority, not the Host header, names the host.
