@@ -513,6 +513,14 @@ TABLE = [
     Case("9112-9.3-http10-keep-alive-any-case",
          b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: Keep-Alive\r\n\r\n", 200, OPEN,
          body=HELLO),
+    # RFC 9112 9.3: 'If the "close" connection option is present, the connection will not
+    # persist after the current response' — keep-alive beside it changes nothing.
+    Case("9112-9.3-http10-close-beats-keep-alive",
+         b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+         b"Connection: keep-alive\r\n\r\n", 200, CLOSE, body=HELLO),
+    Case("9112-9.3-http11-close-among-options",
+         b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive, Close\r\n\r\n",
+         200, CLOSE, body=HELLO),
     # RFC 9112 9.3.2: "A server MAY process a sequence of pipelined requests in parallel if
     # they all have safe methods, but it MUST send the corresponding responses in the same
     # order that the requests were received."

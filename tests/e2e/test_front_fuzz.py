@@ -436,7 +436,7 @@ def check_environ(
         allowed.update(k for k in map(app_key, head_names(head)) if k)
         hosts |= head_hosts(head)
         # An absolute-form target's authority is the host (the app sees origin-form).
-        line = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0].split(b" ")
+        line = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0].split()
         own = authority(line[1]) if len(line) > 1 else None
         if own is not None:
             hosts.add(own)
@@ -683,7 +683,8 @@ def _check_response(stream: bytes, ref: Reference, index: int, resp: Response) -
         # 400 too when the target has bytes the parser refuses (non-ASCII): malformed;
         # and when requests came before it in the stream: the front tells an unknown
         # method from a malformed line only when it can see the line whole from its start.
-        clear = index == 0 and re.fullmatch(rb"[\x21-\x7e]+", request.target) is not None
+        form = rb"/[\x21-\x7e]*|\*|[A-Za-z][A-Za-z0-9+.-]*://[\x21-\x7e]*"  # a target's forms
+        clear = index == 0 and re.fullmatch(form, request.target) is not None
         rules.append(("method", frozenset({405, 501} if clear else {400, 405, 501})))
     if request.target == b"*" and request.method != b"OPTIONS" and not preface:
         rules.append(("star", frozenset({400})))

@@ -50,7 +50,7 @@ SEND_CHECK_INTERVAL = 5.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # The request headers the front acts on, each a bit in ``ClientConnection._seen``.
-_HOST, _LENGTH, _EXPECT, _CHUNKED, _UPGRADE = 1, 2, 4, 8, 16
+_HOST, _LENGTH, _EXPECT, _CHUNKED, _UPGRADE, _CLOSE = 1, 2, 4, 8, 16, 32
 #: Fields that may appear once (RFC 9110 5.3: not list-based): a second one is a 400,
 #: never joined, so that two parties cannot read two different values.
 _SINGLETON_NAMES = [
@@ -59,9 +59,10 @@ _SINGLETON_NAMES = [
     b"referer", b"date", b"from",
 ]  # fmt: skip
 _NOTED: dict[bytes, int] = {
-    b"expect": _EXPECT, b"transfer-encoding": _CHUNKED, b"upgrade": _UPGRADE
+    b"expect": _EXPECT, b"transfer-encoding": _CHUNKED, b"upgrade": _UPGRADE,
+    b"connection": _CLOSE,
 }  # fmt: skip
-_NOTED.update((name, 1 << (i + 5)) for i, name in enumerate(_SINGLETON_NAMES))
+_NOTED.update((name, 1 << (i + 6)) for i, name in enumerate(_SINGLETON_NAMES))
 _NOTED[b"host"] = _HOST
 _NOTED[b"content-length"] = _LENGTH
 _SINGLETONS = 0
@@ -554,7 +555,12 @@ class ClientConnection(asyncio.Protocol):
         if len(name) in _NOTED_SIZES:
             bit = _NOTED.get(name.lower(), 0)
             if bit:
-                if bit & self._seen & _SINGLETONS:
+                if bit == _CLOSE:
+                    # "close" among the Connection options ends the connection, whatever
+                    # else is there (RFC 9112 9.3; the parser lets keep-alive win in 1.0).
+                    if b"close" not in [t.strip() for t in value.lower().split(b",")]:
+                        return
+                elif bit & self._seen & _SINGLETONS:
                     raise self._stop(
                         400, b"Bad Request: repeated " + name.lower() + b" header field.\n"
                     )
@@ -581,7 +587,7 @@ class ClientConnection(asyncio.Protocol):
             if parser.get_http_version() == "0.9":
                 raise self._stop(400, b"Bad Request: HTTP/0.9 is not served.\n")
             raise self._stop(505, b"HTTP Version Not Supported: this port speaks HTTP/1.1.\n")
-        current.keep_alive = parser.should_keep_alive()
+        current.keep_alive = parser.should_keep_alive() and not self._seen & _CLOSE
         current.head_only = method == b"HEAD"
         if version == b"1.0" and self._seen & _CHUNKED:
             # RFC 9112 6.1: Transfer-Encoding in 1.0 means the framing is faulty.
