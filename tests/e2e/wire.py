@@ -44,6 +44,8 @@ class Wire:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buffer = bytearray()
         self.eof = False
+        #: The connection ended with a reset rather than a close.
+        self.reset = False
 
     def __enter__(self) -> Wire:
         return self
@@ -61,6 +63,7 @@ class Wire:
         try:
             data = self.sock.recv(65536)
         except ConnectionResetError:
+            self.reset = True
             data = b""
         if not data:
             self.eof = True

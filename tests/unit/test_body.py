@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from ferryman.http.body import READ_CHUNK, SPOOL_THRESHOLD, RequestBody
 from ferryman.http.spool import SpoolBudget, SpoolFull
-
-
-@pytest.fixture
-def temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private directory that tempfile uses while the test runs."""
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spool))
-    return spool
 
 
 def open_fds() -> int:
