@@ -12,8 +12,14 @@ measured (requests/s, latency, errors, CPU time of all its processes, RSS), and
 stopped by its PID before the next one starts. Results go to
 bench/results/<time>.json and a Markdown table with Ferryman/peer ratios.
 
+Ferryman runs twice: ``ferryman`` is the compiled build (mypyc; built from this
+checkout into bench/.venv-compiled, again whenever the sources change) and
+``ferryman-pure`` the same sources as plain Python. Ratios are the compiled
+build's.
+
 Peers: Phusion Passenger (Debian's ``passenger``, builtin engine), gunicorn
-(sync and gthread), uWSGI (``pyuwsgi`` from PyPI), and the app with no app
+(sync and gthread), uWSGI (``pyuwsgi`` from PyPI), granian (WSGI interface,
+the fastest Python server a user would pick instead), and the app with no app
 server in front (uWSGI's workers speaking HTTP themselves; Node.js's own
 ``http`` under ``cluster``). Missing Python peers are installed into
 bench/.venv; Passenger and wrk come from Debian (``apt-get install passenger
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -325,23 +332,66 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name)
 
 
+PYTHON_PEERS = {"gunicorn": "gunicorn", "uwsgi": "pyuwsgi", "granian": "granian"}
+COMPILED_VENV = BENCH / ".venv-compiled"
+
+
+def base_python() -> str:
+    return str(getattr(sys, "_base_executable", sys.executable))
+
+
 def ensure_python_peers() -> None:
-    """gunicorn and uWSGI into bench/.venv (same base Python) if they are not installed."""
-    if find_tool("gunicorn") and find_tool("uwsgi"):
+    """gunicorn, uWSGI and granian into bench/.venv (same base Python) where missing."""
+    missing = [package for tool, package in PYTHON_PEERS.items() if not find_tool(tool)]
+    if not missing:
         return
     venv = BENCH / ".venv"
     if not (venv / "bin" / "python").exists():
-        base = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([base, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "gunicorn", "pyuwsgi"], check=True
-    )
+        subprocess.run([base_python(), "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *missing], check=True)
 
 
-def ferryman_argv(kind: str) -> Callable[[Setup], list[str]]:
+def source_stamp() -> str:
+    """What the compiled build was made from: the sources, the build hook, the metadata."""
+    digest = hashlib.sha256()
+    files = sorted((REPO / "src" / "ferryman").rglob("*.py"))
+    for path in [*files, REPO / "hatch_build.py", REPO / "pyproject.toml"]:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_compiled_ferryman() -> str | None:
+    """This checkout, compiled (FERRYMAN_BUILD=compiled), in bench/.venv-compiled: its
+    Python, or None (with the reason printed) when it cannot be built here."""
+    python = COMPILED_VENV / "bin" / "python"
+    stamp_file = COMPILED_VENV / "ferryman-source.sha256"
+    stamp = source_stamp()
+    if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        return str(python)
+    say("building the compiled Ferryman into bench/.venv-compiled (about a minute)")
+    if not python.exists():
+        subprocess.run([base_python(), "-m", "venv", str(COMPILED_VENV)], check=True)
+    built = subprocess.run(
+        [str(COMPILED_VENV / "bin" / "pip"), "install", "--quiet", "--force-reinstall",
+         "--no-deps", str(REPO)],
+        env={**os.environ, "FERRYMAN_BUILD": "compiled"},
+        check=False,
+    )  # fmt: skip
+    if built.returncode != 0:
+        say("the compiled build failed: ferryman rows are missing (ferryman-pure runs)")
+        return None
+    deps = [str(COMPILED_VENV / "bin" / "pip"), "install", "--quiet", "uvloop", "httptools"]
+    subprocess.run(deps, check=True)
+    stamp_file.write_text(stamp)
+    return str(python)
+
+
+def ferryman_argv(kind: str, python: str | None) -> Callable[[Setup], list[str]]:
+    """Ferryman run by ``python`` (the compiled build's venv; None: this Python)."""
+
     def argv(s: Setup) -> list[str]:
         args = [
-            sys.executable, "-m", "ferryman", "start", str(s.app),
+            python or "ferryman-compiled", "-m", "ferryman", "start", str(s.app),
             "--port", str(s.port), "--environment", "production", "--no-access-log",
             "--min-instances", str(s.minimum), "--max-pool-size", str(s.procs),
             "--max-request-queue-size", "0", "--log-level", "warning",
@@ -390,14 +440,31 @@ def gunicorn_argv(gunicorn: str, worker: list[str]) -> Callable[[Setup], list[st
     return argv
 
 
+def granian_argv(granian: str) -> Callable[[Setup], list[str]]:
+    def argv(s: Setup) -> list[str]:
+        return [
+            granian, "--interface", "wsgi", "--http", "1", "--no-ws",
+            "--host", "127.0.0.1", "--port", str(s.port),
+            "--workers", str(s.procs), "--blocking-threads", str(s.threads),
+            "--log-level", "warning", "--no-access-log",
+            "--working-dir", str(s.app), "passenger_wsgi:application",
+        ]  # fmt: skip
+
+    return argv
+
+
 def passenger_daemon(cmd: str) -> bool:
     """Passenger Standalone daemonizes its watchdog (and with it core and apps)."""
     return cmd.startswith(("Passenger watchdog", "Passenger core")) or "temp-dir-toucher" in cmd
 
 
-def servers() -> dict[str, Server]:
+def servers(compiled: str | None) -> dict[str, Server]:
+    """Every server by name; ``compiled`` is the Python of the compiled Ferryman build."""
     gunicorn = find_tool("gunicorn") or "gunicorn"
     uwsgi = find_tool("uwsgi") or "uwsgi"
+    granian = find_tool("granian") or "granian"
+    # The pure build: this checkout's sources first on the path, whatever is installed.
+    pure = {"PYTHONPATH": str(REPO / "src")}
 
     def uwsgi_argv(http_flag: list[str]) -> Callable[[Setup], list[str]]:
         def argv(s: Setup) -> list[str]:
@@ -417,8 +484,17 @@ def servers() -> dict[str, Server]:
             "ferryman",
             "wsgi",
             "ferryman",
-            ferryman_argv("wsgi"),
+            ferryman_argv("wsgi", compiled),
             lambda pid, cmd, root: "wsgi_loader.py" in cmd,
+            spawns_on_demand=True,
+        ),
+        "ferryman-pure": Server(
+            "ferryman-pure",
+            "wsgi",
+            "ferryman",
+            ferryman_argv("wsgi", sys.executable),
+            lambda pid, cmd, root: "wsgi_loader.py" in cmd,
+            env=lambda s: pure,
             spawns_on_demand=True,
         ),
         "passenger": Server(
@@ -455,6 +531,15 @@ def servers() -> dict[str, Server]:
             # the HTTP router) counts as an app process.
             lambda pid, cmd, root: pid != root,
         ),
+        "granian": Server(
+            "granian",
+            "wsgi",
+            "peer",
+            granian_argv(granian),
+            # granian's workers parse HTTP (in Rust) and run the app: they count as app
+            # processes; its front is the supervising process alone.
+            lambda pid, cmd, root: pid != root,
+        ),
         "wsgi-direct": Server(
             "wsgi-direct",
             "wsgi",
@@ -468,7 +553,7 @@ def servers() -> dict[str, Server]:
             "ferryman",
             "node",
             "ferryman",
-            ferryman_argv("node"),
+            ferryman_argv("node", compiled),
             lambda pid, cmd, root: "node_loader.js" in cmd or cmd.startswith("Ferryman Node"),
             spawns_on_demand=True,
         ),
@@ -502,12 +587,14 @@ class Options:
     warmup: float
     python: str
     logs: Path
+    #: The compiled Ferryman's Python (None: it could not be built).
+    compiled: str | None = None
 
 
 class Bench:
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.servers = servers()
+        self.servers = servers(options.compiled)
         self.results: dict[str, Any] = {}
         self.missing: dict[str, str] = {}
         # Below the ephemeral range, so that no client socket (e.g. wrk's) holds the port.
@@ -699,6 +786,7 @@ def machine() -> dict[str, str]:
         "passenger": version(["passenger", "--version"]),
         "gunicorn": version([find_tool("gunicorn") or "gunicorn", "--version"]),
         "uwsgi": version([find_tool("uwsgi") or "uwsgi", "--version"]),
+        "granian": version([find_tool("granian") or "granian", "--version"]),
     }
 
 
@@ -791,7 +879,10 @@ def markdown(results: dict[str, Any], info: dict[str, str], command: str) -> str
 
 # -- main --------------------------------------------------------------------------------
 
-WSGI_PEERS = ["ferryman", "passenger", "gunicorn-sync", "gunicorn-gthread", "uwsgi", "wsgi-direct"]
+WSGI_PEERS = [
+    "ferryman", "ferryman-pure", "passenger", "gunicorn-sync", "gunicorn-gthread", "uwsgi",
+    "granian", "wsgi-direct",
+]  # fmt: skip
 NODE_PEERS = ["ferryman-node", "passenger-node", "node-direct"]
 SCENARIOS = ["hello-wsgi", "hello-node", "io", "mixed", "upload", "spawn-memory"]
 
@@ -809,16 +900,17 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
     ensure_python_peers()
+    compiled = ensure_compiled_ferryman()
     scenarios = args.scenario or (["hello-wsgi"] if args.quick else SCENARIOS)
     seconds = 3.0 if args.quick else min(args.seconds, MAX_WRK_SECONDS)
     RESULTS.mkdir(exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
     bench = Bench(Options(seconds, max(3, args.repeats), 1.0 if args.quick else 2.0,
-                          sys.executable, logs))  # fmt: skip
+                          sys.executable, logs, compiled))  # fmt: skip
 
     def pick(names: list[str]) -> list[str]:
         if args.quick:
-            names = [n for n in names if n in ("ferryman", "uwsgi")]
+            names = [n for n in names if n in ("ferryman", "ferryman-pure", "uwsgi")]
         if args.server:
             names = [n for n in names if n in args.server or n.split("-")[0] in args.server]
         return names
@@ -839,7 +931,9 @@ def main(argv: list[str] | None = None) -> int:
         setup = {"procs": 2, "threads": 4}
         bench.throughput("upload", pick(WSGI_PEERS), "/upload", [16], setup=setup, body=2**20)
     if "spawn-memory" in scenarios:
-        bench.spawn_and_memory(pick(["ferryman", "passenger", "gunicorn-sync", "uwsgi"]))
+        bench.spawn_and_memory(
+            pick(["ferryman", "ferryman-pure", "passenger", "gunicorn-sync", "uwsgi", "granian"])
+        )
 
     info = machine()
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])

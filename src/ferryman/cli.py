@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import uvloop
 
-from . import __version__
+from . import describe
 from .config import (
     effective_settings,
     flag_of,
@@ -44,7 +44,7 @@ def build_parser() -> ArgumentParser:
         prog="ferryman",
         description="Ferryman: a polyglot application server with a least-busy process pool.",
     )
-    parser.add_argument("-V", "--version", action="version", version=f"ferryman {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=describe())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     commands.required = True
     start = commands.add_parser("start", help="serve the app in APP_DIR")

@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from . import __version__
+from . import __version__, build
 from .config import CONFIG_FILE, Config
 from .errors import ConfigError, SpawnError
 from .http.app import App
@@ -145,6 +145,7 @@ class Core:
                 {
                     "pid": os.getpid(),
                     "version": __version__,
+                    "build": build(),
                     "addresses": urls,
                     "app_root": str(self.spec.root),
                     "started_at": time.time(),
@@ -205,7 +206,7 @@ class Core:
     def _banner(self, urls: list[str]) -> None:
         config = self.config
         kind = self.spec.kind
-        log.info("Ferryman %s serving %s", __version__, self.spec.root)
+        log.info("Ferryman %s (%s build) serving %s", __version__, build(), self.spec.root)
         interpreter = self.spec.interpreter
         if kind.interpreter_setting is None:
             log.info("  app type: %s, started with: %s", kind.title, self.spec.entry)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ferryman import __version__
+from ferryman import __version__, build
 from ferryman.config import env_of, flag_of, settings
 
 from .harness import APPS, STUB, serving, wait_until
@@ -35,10 +35,24 @@ def ferryman(
 
 
 def test_version() -> None:
-    """``ferryman --version`` prints the version and exits 0."""
+    """``ferryman --version`` prints the version, the build and the Python; exits 0."""
     result = ferryman("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"ferryman {__version__}"
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    assert result.stdout.strip() == f"ferryman {__version__} ({build()} build, Python {python})"
+
+
+def test_the_expected_build_is_running() -> None:
+    """.ci/run installs a compiled build and says so: the tests must not run the pure one.
+
+    FERRYMAN_EXPECT_BUILD names the build the suite was started against (unset: any).
+    """
+    expected = os.environ.get("FERRYMAN_EXPECT_BUILD")
+    if expected is None:
+        pytest.skip("FERRYMAN_EXPECT_BUILD is not set: any build will do")
+    assert build() == expected
+    result = ferryman("--version")
+    assert f"({expected} build," in result.stdout
 
 
 def test_console_script_is_installed() -> None:
@@ -306,7 +320,7 @@ def test_an_address_that_cannot_be_used_is_a_configuration_error(address: str, w
 def test_dash_capital_v_is_version() -> None:
     result = ferryman("-V")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"ferryman {__version__}"
+    assert result.stdout.strip() == ferryman("--version").stdout.strip()
 
 
 # -- app output and log levels ------------------------------------------------------------------

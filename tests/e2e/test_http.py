@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import select
 import socket
 import time
 import uuid
@@ -772,6 +773,30 @@ def test_header_timeout_gets_408_and_close(limits: Server) -> None:
         resp = wire.read_response()
         assert time.monotonic() - started >= 0.5  # not at once: after --header-timeout 1
         assert_refused(resp, wire, 408)
+
+
+@pytest.mark.parametrize("after_a_request", [False, True], ids=["first", "kept-alive"])
+def test_a_head_trickled_in_pieces_gets_408_from_its_first_byte(
+    limits: Server, after_a_request: bool
+) -> None:
+    """--header-timeout 1 counts from a head's first byte: pieces every 0.3 s do not stretch
+    it (the deadline is set once per head, not per piece), on a fresh connection and on a
+    kept-alive one alike."""
+    with Wire(limits.port, timeout=10) as wire:
+        if after_a_request:
+            wire.send(req("GET", "/"))
+            assert wire.read_response().status == 200
+        started = time.monotonic()
+        wire.send(b"GET / HTTP/1.1\r\n")
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            for i in range(12):  # 3.6 s of pieces, at most
+                time.sleep(0.3)
+                wire.send(b"X-Piece-%d: x\r\n" % i)
+                if select.select([wire.sock], [], [], 0)[0]:
+                    break  # the answer is there
+        resp = wire.read_response()
+        assert_refused(resp, wire, 408)
+        assert 0.9 <= time.monotonic() - started < 2.5
 
 
 def test_idle_keepalive_connection_is_closed(limits: Server) -> None:

@@ -111,7 +111,7 @@ class ChunkedBody:
                 self._line = line
                 continue
             self._line = b""
-            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            if not line.endswith(b"\r\n") or line.find(b"\r", 0, -2) >= 0:
                 raise ChunkError(400, b"Bad Request: a bare CR or LF in the chunked body.\n")
             line = line[:-2]
             if state == _SIZE:

@@ -393,12 +393,13 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade = False  # served as plain HTTP once its body is read
             self._decode_chunked(head[head.find(b"\r\n\r\n") + 4 :])
             return
-        if (
-            self.current is not None
-            and not self.head_complete
-            and (self.head_size > self.max_header_size)
-        ):
-            self._refuse(431, b"Request Header Fields Too Large\n")
+        if self.current is not None and not self.head_complete:
+            if self.head_size > self.max_header_size:
+                self._refuse(431, b"Request Header Fields Too Large\n")
+            elif starts_message and not self.pipeline:
+                # A head in pieces: it has header_timeout from its first byte, not from
+                # each piece (so a slow sender cannot stretch it).
+                self._arm(self.header_timeout)
 
     def _stop(self, status: int, message: bytes) -> _Refuse:
         """The exception a parser callback raises to refuse the request (noted first)."""
@@ -448,7 +449,7 @@ class ClientConnection(asyncio.Protocol):
         """An unknown method: 501 if its request line is well-formed, else 400."""
         line = self._method_line
         assert line is not None
-        if b"\n" not in line and len(line) <= self.max_header_size:
+        if line.find(b"\n") < 0 and len(line) <= self.max_header_size:
             return  # the rest of the line is still to come
         self._method_line = None
         if _REQUEST_LINE.match(line):
@@ -522,8 +523,8 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._host = b""
         self._te = b""
-        if not self.pipeline:
-            self._arm(self.header_timeout)
+        # The header deadline is set by data_received, and only if the head did not come
+        # whole: most do, and their next deadline (keep-alive) is set once, at the end.
 
     def on_url(self, url: bytes) -> None:
         if (
@@ -641,9 +642,9 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self.write(_CONTINUE)
         self.head_size = 0
-        if not self.pipeline:
-            self._arm(self.body_timeout)
-            if self.min_body_rate and (length > 0 or self._seen & _CHUNKED):
+        if not self.pipeline and (length > 0 or self._seen & _CHUNKED):
+            self._arm(self.body_timeout)  # a body follows (none: the message is complete)
+            if self.min_body_rate:
                 self._rate_from = self.loop.time()
                 self._rate_bytes = 0
         if (

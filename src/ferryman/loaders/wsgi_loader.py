@@ -267,6 +267,8 @@ class Bodies(object):
 
     def input(self, data: bytes, start: int, length: int) -> Input:
         """wsgi.input for a body of ``length`` bytes, the first of which are ``data[start:]``."""
+        if not length:
+            return EMPTY_INPUT  # one for all bodiless requests: it has nothing to change
         end = start + length
         if end <= len(data):
             return Input(None, data[start:end], length)  # small: it came whole
@@ -364,6 +366,9 @@ class Input(object):
             self.read(min(self.remaining, RECV_SIZE))
 
 
+EMPTY_INPUT = Input(None, b"", 0)
+
+
 class FileWrapper(object):
     """wsgi.file_wrapper: iterates a file in blocks and closes it when done."""
 
@@ -458,6 +463,11 @@ def _head_payload(status: str, headers: list[Any], length: int | None = None) ->
         raise BadResponse("status and headers must be latin-1 text") from None
 
 
+#: Whole H frames by (status, headers, length): at most _HEAD_FRAME_LIMIT of them, none
+#: larger than _HEAD_FRAME_MAX_BYTES (256 KiB in all, per process).
+_HEAD_FRAMES: dict[Any, bytes] = {}
+_HEAD_FRAME_LIMIT = 256
+_HEAD_FRAME_MAX_BYTES = 1024
 NO_BODY = ("204", "304")
 ERROR_500 = (
     b"500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -497,11 +507,25 @@ class Request(object):
 
     def head_frame(self, length: int | None = None) -> bytes:
         """The H frame; ``length`` is the whole body's size when it is known."""
-        if self.status is None:
+        status = self.status
+        if status is None:
             raise BadResponse("the app returned without calling start_response")
-        payload = _head_payload(self.status, self.headers, length)
+        # Most responses of an app repeat a few heads: the whole frame is cached by
+        # what makes it. Only heads that passed the checks are cached, so a hit needs none.
+        try:
+            key: Any = (status, tuple(self.headers), length)
+            head = _HEAD_FRAMES.get(key)
+        except TypeError:  # an unhashable header (a list, say): _head_payload says what
+            key = head = None
+        if head is None:
+            payload = _head_payload(status, self.headers, length)
+            head = FRAME_HEAD.pack(FRAME_HEAD_RESPONSE, len(payload)) + payload
+            if key is not None and len(head) <= _HEAD_FRAME_MAX_BYTES:
+                if len(_HEAD_FRAMES) >= _HEAD_FRAME_LIMIT:
+                    _HEAD_FRAMES.clear()  # heads that vary per request (dates, cookies)
+                _HEAD_FRAMES[key] = head
         self.head_sent = True  # only now: headers the app got wrong still allow a 500
-        return FRAME_HEAD.pack(FRAME_HEAD_RESPONSE, len(payload)) + payload
+        return head
 
     def write(self, data: bytes) -> None:
         """The legacy write() callable: sends at once."""
