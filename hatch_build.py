@@ -28,7 +28,7 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 COMPILED = ["ferryman/http", "ferryman/pool", "ferryman/alerts.py"]
 
 
-class MypycBuildHook(BuildHookInterface):  # type: ignore[misc]  # hatchling: no stubs here
+class MypycBuildHook(BuildHookInterface[Any]):
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
