@@ -25,7 +25,13 @@ from typing import Any
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 #: What is compiled, relative to src/ (the loaders run under the app's interpreter: never).
-COMPILED = ["ferryman/http", "ferryman/pool", "ferryman/alerts.py"]
+COMPILED = [
+    "ferryman/http",
+    "ferryman/pool",
+    "ferryman/alerts.py",
+    "ferryman/log.py",
+    "ferryman/supervisor.py",
+]
 
 
 class MypycBuildHook(BuildHookInterface[Any]):
