@@ -50,7 +50,8 @@ class MypycBuildHook(BuildHookInterface[Any]):
             )
         try:
             built = self._compile()
-        except Exception as exc:  # no compiler, no mypyc, a mypyc error: build pure
+        except (Exception, SystemExit) as exc:  # no compiler, no mypyc, a mypyc error: pure
+            # (mypyc reports the code it cannot compile with sys.exit, after printing it.)
             if mode == "compiled":
                 raise
             sys.stderr.write(
@@ -117,6 +118,8 @@ def why_not(exc: BaseException) -> str:
     """The reason a compiled build failed, in a few words."""
     if isinstance(exc, ImportError):
         return f"{exc.name or 'mypyc'} is not installed"
+    if isinstance(exc, SystemExit):
+        return "mypyc cannot compile the code, see its errors above"
     text = str(exc)
     if type(exc).__name__ in ("CompileError", "LinkError", "CalledProcessError"):
         # "Command '['gcc', '-Wsign-compare', ...]' returned non-zero exit status 1."

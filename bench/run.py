@@ -458,8 +458,9 @@ def passenger_daemon(cmd: str) -> bool:
     return cmd.startswith(("Passenger watchdog", "Passenger core")) or "temp-dir-toucher" in cmd
 
 
-def servers(compiled: str | None) -> dict[str, Server]:
-    """Every server by name; ``compiled`` is the Python of the compiled Ferryman build."""
+def servers(compiled: str | None, baseline: Path | None = None) -> dict[str, Server]:
+    """Every server by name; ``compiled`` is the Python of the compiled Ferryman build,
+    ``baseline`` a checkout of another revision, run as pure Python (``--baseline``)."""
     gunicorn = find_tool("gunicorn") or "gunicorn"
     uwsgi = find_tool("uwsgi") or "uwsgi"
     granian = find_tool("granian") or "granian"
@@ -495,6 +496,15 @@ def servers(compiled: str | None) -> dict[str, Server]:
             ferryman_argv("wsgi", sys.executable),
             lambda pid, cmd, root: "wsgi_loader.py" in cmd,
             env=lambda s: pure,
+            spawns_on_demand=True,
+        ),
+        "ferryman-baseline": Server(
+            "ferryman-baseline",
+            "wsgi",
+            "ferryman",
+            ferryman_argv("wsgi", sys.executable),
+            lambda pid, cmd, root: "wsgi_loader.py" in cmd,
+            env=lambda s: {"PYTHONPATH": str((baseline or REPO) / "src")},
             spawns_on_demand=True,
         ),
         "passenger": Server(
@@ -589,12 +599,14 @@ class Options:
     logs: Path
     #: The compiled Ferryman's Python (None: it could not be built).
     compiled: str | None = None
+    #: Another revision's checkout, run beside this one (pure Python) as ferryman-baseline.
+    baseline: Path | None = None
 
 
 class Bench:
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.servers = servers(options.compiled)
+        self.servers = servers(options.compiled, options.baseline)
         self.results: dict[str, Any] = {}
         self.missing: dict[str, str] = {}
         # Below the ephemeral range, so that no client socket (e.g. wrk's) holds the port.
@@ -895,6 +907,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (max 10)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true", help="rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run another revision (a checkout, e.g. from 'git worktree add /tmp/base "
+        "REV'), as pure Python, named ferryman-baseline: before/after in one run",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -906,11 +925,15 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
     bench = Bench(Options(seconds, max(3, args.repeats), 1.0 if args.quick else 2.0,
-                          sys.executable, logs, compiled))  # fmt: skip
+                          sys.executable, logs, compiled, args.baseline))  # fmt: skip
 
     def pick(names: list[str]) -> list[str]:
+        if args.baseline is not None and "ferryman-pure" in names:
+            at = names.index("ferryman-pure") + 1
+            names = [*names[:at], "ferryman-baseline", *names[at:]]
         if args.quick:
-            names = [n for n in names if n in ("ferryman", "ferryman-pure", "uwsgi")]
+            keep = ("ferryman", "ferryman-pure", "ferryman-baseline", "uwsgi")
+            names = [n for n in names if n in keep]
         if args.server:
             names = [n for n in names if n in args.server or n.split("-")[0] in args.server]
         return names

@@ -84,6 +84,24 @@ def test_without_a_c_compiler_the_wheel_is_pure_and_says_why_in_one_line(
     assert not list((project / "src").rglob("*.so"))
 
 
+def test_code_mypyc_cannot_compile_gives_a_pure_wheel_too(project: Path) -> None:
+    """mypyc stops on code it cannot compile (with sys.exit, not an exception): that is
+    a fall-back to pure Python like any other, not a failed install."""
+    with (project / "src" / "ferryman" / "alerts.py").open("a") as module:
+        # Fine for Python; mypyc refuses a plain class attribute read through the class.
+        module.write("\n\nclass _Names:\n    A = 'a'\n\n\n_A = _Names.A\n")
+    run, out, temp = build(project, "wheel", CC="cc")
+    assert run.returncode == 0, run.stderr
+    notices = [line for line in run.stderr.splitlines() if NOTICE in line]
+    assert notices == [
+        f"{NOTICE} (mypyc cannot compile the code, see its errors above): "
+        "the same behaviour, slower"
+    ], run.stderr
+    assert "Cannot access instance attribute" in run.stdout + run.stderr
+    assert wheel_files(out)[0].endswith("-py3-none-any.whl")
+    assert list(temp.iterdir()) == []
+
+
 def test_a_compiled_build_that_cannot_compile_fails(project: Path) -> None:
     """FERRYMAN_BUILD=compiled: no silent fallback (a packager asked for the fast build)."""
     run, out, temp = build(project, "wheel", FERRYMAN_BUILD="compiled")
