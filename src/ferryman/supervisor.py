@@ -21,7 +21,20 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from .errors import SpawnError
-from .pool import Effect, Enablement, Grant, Group, Life, Pool, Process, Reject, Spawn, Stop, Wake
+from .pool import (
+    Effect,
+    Enablement,
+    Grant,
+    Group,
+    Life,
+    Pool,
+    Process,
+    Reject,
+    RetireReason,
+    Spawn,
+    Stop,
+    Wake,
+)
 from .spawning.child import Child
 from .spawning.error_report import ErrorReports
 from .spawning.spawner import STOP_EOF_GRACE, STOP_TERM_GRACE, Ready, Spawner
@@ -300,7 +313,8 @@ class Supervisor:
         """A connection to ``process`` was refused: it cannot serve; retire it."""
         if process.enablement is Enablement.ENABLED:
             log.warning("App %d is unreachable (%s); retiring it", process.pid, exc)
-            self.apply(self.handles[process].group.detach(process, self.now()))
+            group = self.handles[process].group
+            self.apply(group.detach(process, self.now(), RetireReason.UNREACHABLE))
 
     # -- shutdown ---------------------------------------------------------------------------------
 

@@ -15,8 +15,10 @@ from ferryman.pool import (
     Reason,
     Reject,
     Rejected,
+    RetireReason,
     Session,
     Spawn,
+    SpawnReason,
     Stop,
     Waiter,
     Wake,
@@ -494,7 +496,7 @@ def test_a_retired_busy_process_is_stopped_only_after_its_last_session() -> None
     (process,) = bring_up(group, 2, 1)
     first = sessions_of(group.checkout(Req("a"), 0.0)[0])
     second = sessions_of(group.checkout(Req("b"), 0.0)[0])
-    effects = group.detach(process, 1.0)
+    effects = group.detach(process, 1.0, RetireReason.DETACHED)
     assert Stop(process) not in effects
     assert group.retiring == [process]
     pool.verify(1.0)
@@ -529,7 +531,7 @@ def test_shutdown_stops_busy_and_retiring_processes_at_once() -> None:
     a, b = bring_up(group, 1, 2)
     sessions_of(group.checkout(Req("1"), 0.0)[0])
     sessions_of(group.checkout(Req("2"), 0.0)[0])
-    group.detach(a, 0.0)
+    group.detach(a, 0.0, RetireReason.DETACHED)
     effects = pool.shutdown()
     assert sorted(e.process.pid for e in effects if isinstance(e, Stop)) == sorted([a.pid, b.pid])
     assert group.processes == [] and group.retiring == []
@@ -584,3 +586,63 @@ def test_an_idle_time_of_zero_never_retires() -> None:
     pool, group = pool_with(min_instances=0, idle_time=0.0)
     bring_up(group, 1, 2)
     assert pool.tick(10_000.0) == []
+
+
+# -- why processes come and go (status and metrics) -----------------------------------------------
+
+
+def test_each_process_knows_why_it_was_started() -> None:
+    """min_instances, then requests that queue, then a restart: each spawn says which."""
+    pool, group = pool_with(min_instances=1, max_instances=3)
+    assert pool.tick(0.0) == [Spawn(group.name)]
+    first, _ = group.spawn_done(pid=1, concurrency=1, now=0.0)
+    assert first.spawn_reason == SpawnReason.MIN_INSTANCES
+    sessions_of(group.checkout(Req("a"), 0.0)[0])  # the only process is now totally busy
+    assert group.spawning and group.spawn_reason == SpawnReason.BUSY
+    group.spawn_done(pid=2, concurrency=1, now=0.5)
+    assert group.checkout(Req("b"), 1.0)[0].__class__ is Session
+    assert group.spawning  # both processes are busy: one more is on its way
+    waiter, _ = group.checkout(Req("c"), 1.0)
+    assert isinstance(waiter, Waiter)
+    third, _ = group.spawn_done(pid=3, concurrency=1, now=1.5)
+    assert third.spawn_reason == SpawnReason.BUSY
+    effects = group.restart(2.0)
+    assert Spawn(group.name) in effects and group.spawn_reason == SpawnReason.RESTART
+    new, _ = group.spawn_done(pid=4, concurrency=1, now=3.0)
+    assert new.spawn_reason == SpawnReason.RESTART
+    assert (group.spawns, group.restarts) == (4, 1)
+    assert {first.retire_reason, third.retire_reason} == {RetireReason.RESTART}
+    assert group.retired == {RetireReason.RESTART: 3}
+    pool.verify(3.0)
+
+
+def test_retirements_are_counted_by_reason_and_failures_are_counted() -> None:
+    pool, group = pool_with(min_instances=0, max_instances=4, idle_time=10.0, spawn_backoff=0)
+    a, b, c, _ = bring_up(group, 1, 4)
+    group.detach(a, 1.0, RetireReason.DETACHED)
+    group.process_died(b, 100.0)
+    effects: list[Effect] = []
+    group.retire_idle(100.0, effects)
+    assert Stop(c) in effects
+    assert (a.retire_reason, b.retire_reason, c.retire_reason) == (
+        RetireReason.DETACHED,
+        RetireReason.DIED,
+        RetireReason.IDLE,
+    )
+    assert group.retired == {RetireReason.DETACHED: 1, RetireReason.DIED: 1, RetireReason.IDLE: 1}
+    group.spawning = True
+    group.spawn_failed(BOOM, 101.0)
+    assert (group.spawns, group.spawn_failures) == (4, 1)
+
+
+def test_sessions_opened_counts_every_session_handed_out() -> None:
+    """At once or from the queue: the metrics derive the requests that never waited from it."""
+    pool, group = pool_with(min_instances=1, max_instances=1)
+    (process,) = bring_up(group, 1, 1)
+    first = sessions_of(group.checkout(Req("a"), 0.0)[0])
+    waiter, _ = group.checkout(Req("b"), 0.0)
+    assert isinstance(waiter, Waiter) and group.sessions_opened == 1
+    effects = first.close(1.0)
+    assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
+    assert group.sessions_opened == 2
+    pool.verify(1.0)

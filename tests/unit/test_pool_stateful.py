@@ -19,6 +19,7 @@ from ferryman.pool import (
     Reason,
     Reject,
     Rejected,
+    RetireReason,
     Session,
     Spawn,
     Stop,
@@ -156,7 +157,7 @@ class PoolMachine(RuleBasedStateMachine):
     def retire(self, data: Any) -> None:
         live = [(g, p) for g in self.groups for p in g.processes]
         group, process = data.draw(st.sampled_from(live))
-        self.apply(group.detach(process, self.now))
+        self.apply(group.detach(process, self.now, RetireReason.DETACHED))
 
     @rule(g=st.integers(0, 1))
     def restart(self, g: int) -> None:

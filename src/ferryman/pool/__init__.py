@@ -15,7 +15,7 @@ from .effects import (
 )
 from .group import Group, GroupOptions
 from .pool import Pool
-from .process import Enablement, Life, Process
+from .process import Enablement, Life, Process, RetireReason, SpawnReason
 
 __all__ = [
     "Effect",
@@ -30,8 +30,10 @@ __all__ = [
     "Reject",
     "Rejected",
     "Requester",
+    "RetireReason",
     "Session",
     "Spawn",
+    "SpawnReason",
     "Stop",
     "Waiter",
     "Wake",

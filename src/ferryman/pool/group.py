@@ -41,7 +41,7 @@ from .effects import (
     Waiter,
     Wake,
 )
-from .process import Enablement, Life, Process
+from .process import Enablement, Life, Process, RetireReason, SpawnReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +114,19 @@ class Group:
         #: The last failed spawn's error, for requests during the back-off.
         self.last_error: Exception | None = None
         self.shutting_down = False
+        #: Why the spawn in flight was asked for (a SpawnReason value).
+        self.spawn_reason = ""
+        #: A restart's spawns are for the restart until its first new process is ready.
+        self._restarting = False
+        # Counters for status and metrics: only ever incremented, never on the request path.
+        #: Processes that became ready; spawns that failed; restarts asked for.
+        self.spawns = 0
+        self.spawn_failures = 0
+        self.restarts = 0
+        #: Sessions handed out (requests that got a process), at once or from the queue.
+        self.sessions_opened = 0
+        #: Processes that left routing, by RetireReason.
+        self.retired: dict[str, int] = {}
 
     # -- requests ---------------------------------------------------------------
 
@@ -161,6 +174,7 @@ class Group:
         return best
 
     def _open_session(self, process: Process, now: float) -> Session:
+        self.sessions_opened += 1
         process.sessions += 1
         process.last_used = now
         return Session(self, process)
@@ -220,7 +234,15 @@ class Group:
     def _maybe_spawn(self, now: float, effects: list[Effect]) -> None:
         if self.wants_process(now) and self.pool._make_room(self, now, effects):
             self.spawning = True
+            self.spawn_reason = self._why_spawn()
             effects.append(Spawn(self.name))
+
+    def _why_spawn(self) -> str:
+        if self._restarting:
+            return SpawnReason.RESTART
+        if len(self.processes) < self.options.min_instances:
+            return SpawnReason.MIN_INSTANCES
+        return SpawnReason.QUEUE if self.queue else SpawnReason.BUSY
 
     def spawn_done(self, pid: int, concurrency: int, now: float) -> tuple[Process, list[Effect]]:
         """The spawn in flight produced a ready process."""
@@ -236,10 +258,13 @@ class Group:
             seq=self.pool._next_seq(),
             spawned_at=now,
             last_used=now,
+            spawn_reason=self.spawn_reason,
         )
+        self.spawns += 1
+        self._restarting = False
         effects: list[Effect] = []
         if self.shutting_down:
-            self._detach(process, effects)
+            self._detach(process, effects, RetireReason.RESTART)
             return process, effects
         self.processes.append(process)
         self._serve_queue(now, effects)
@@ -263,6 +288,7 @@ class Group:
         """The spawn in flight failed: every waiter learns why; retry after a back-off."""
         assert self.spawning, "spawn_failed without a spawn in flight"
         self.spawning = False
+        self.spawn_failures += 1
         effects: list[Effect] = []
         self._note_failure(error, now, effects)
         if not self.processes:
@@ -289,6 +315,8 @@ class Group:
             self.retiring.remove(process)
         if was_enabled:
             process.enablement = Enablement.DETACHED
+            process.retire_reason = RetireReason.DIED
+            self._count_retired(RetireReason.DIED)
             self.processes.remove(process)
             if self.died_starting(process, now):
                 # It died right after starting: a crash loop, not bad luck. Back off as
@@ -316,10 +344,15 @@ class Group:
             self._reject_all(Rejected(Reason.SPAWN_FAILED, self.last_error), effects)
         self.pool._after_capacity_change(now, effects)
 
-    def _detach(self, process: Process, effects: list[Effect]) -> None:
+    def _count_retired(self, reason: str) -> None:
+        self.retired[reason] = self.retired.get(reason, 0) + 1
+
+    def _detach(self, process: Process, effects: list[Effect], reason: str) -> None:
         """Take an enabled process out of routing for good; stop it once it is idle."""
         if process in self.processes:
             self.processes.remove(process)
+        process.retire_reason = reason
+        self._count_retired(reason)
         process.enablement = Enablement.DETACHED
         process.life = Life.SHUTTING_DOWN
         if process.sessions:
@@ -327,11 +360,12 @@ class Group:
         else:
             effects.append(Stop(process))
 
-    def detach(self, process: Process, now: float) -> list[Effect]:
-        """Retire ``process``: no new sessions; the driver stops it."""
+    def detach(self, process: Process, now: float, reason: str) -> list[Effect]:
+        """Retire ``process``: no new sessions; it is stopped once its sessions are over,
+        and replaced if the group wants as many processes as before."""
         effects: list[Effect] = []
         if process.enablement is Enablement.ENABLED:
-            self._detach(process, effects)
+            self._detach(process, effects, reason)
             self._after_loss(now, effects)
         return effects
 
@@ -358,7 +392,7 @@ class Group:
         victim = min(idle, key=lambda p: p.last_used)
         # Not if every other process is full right now: a spawn would replace it at once.
         if any(not p.totally_busy() for p in self.processes if p is not victim):
-            self._detach(victim, effects)
+            self._detach(victim, effects, RetireReason.IDLE)
 
     def restart(self, now: float) -> list[Effect]:
         """Replace every process: retire the current ones, forget failures, spawn anew.
@@ -368,8 +402,10 @@ class Group:
         effects: list[Effect] = []
         self.failures = 0
         self.backoff_until = 0.0
+        self.restarts += 1
         for process in list(self.processes):
-            self._detach(process, effects)
+            self._detach(process, effects, RetireReason.RESTART)
+        self._restarting = True
         self._maybe_spawn(now, effects)
         self.pool._after_capacity_change(now, effects)
         return effects

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .effects import Effect
 from .group import Group, GroupOptions
-from .process import Process
+from .process import Process, RetireReason
 
 
 class Pool:
@@ -74,7 +74,7 @@ class Pool:
         if victim is None:
             return False
         victim_group = victim[0]
-        victim_group._detach(victim[1], effects)
+        victim_group._detach(victim[1], effects, RetireReason.LENT)
         return True
 
     def _oldest_idle_process(self, exclude: Group) -> tuple[Group, Process] | None:
@@ -95,7 +95,7 @@ class Pool:
             return
         for other in self.groups.values():
             if other is not group and other.queue and other.wants_process(now):
-                group._detach(process, effects)
+                group._detach(process, effects, RetireReason.LENT)
                 other._maybe_spawn(now, effects)
                 return
 

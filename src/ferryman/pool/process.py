@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 
 class Life(enum.Enum):
@@ -24,6 +25,26 @@ class Enablement(enum.Enum):
 
     ENABLED = "enabled"  # routable
     DETACHED = "detached"  # removed from its group for good (retired, stopped or died)
+
+
+class SpawnReason:
+    """Why a process is started (shown by ``ferryman status``, counted in metrics)."""
+
+    MIN_INSTANCES: Final = "min_instances"  # topping up to the minimum
+    QUEUE: Final = "queued requests"  # requests wait for capacity
+    BUSY: Final = "all processes busy"  # every process is totally busy
+    RESTART: Final = "restart"  # replacing the processes of a restart
+
+
+class RetireReason:
+    """Why a process leaves routing (its OS process is stopped once idle)."""
+
+    IDLE: Final = "idle"  # above min_instances and unused for pool_idle_time
+    RESTART: Final = "restart"
+    DETACHED: Final = "detached"  # by an operator (ferryman detach-process)
+    UNREACHABLE: Final = "unreachable"  # its socket refused connections
+    LENT: Final = "capacity for another app"  # the pool was full and another app needed room
+    DIED: Final = "died"  # exited on its own (crashed, killed)
 
 
 @dataclass(eq=False, slots=True)
@@ -51,6 +72,9 @@ class Process:
     sessions: int = 0
     #: Sessions closed so far (requests done).
     processed: int = 0
+    #: Why it was started (a SpawnReason value), and why it left routing, once it has.
+    spawn_reason: str = ""
+    retire_reason: str = ""
 
     def busyness(self) -> float:
         """Lower is less busy: utilisation for limited processes, open sessions otherwise.
