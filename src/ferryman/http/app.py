@@ -16,6 +16,8 @@ from typing import Protocol
 from ..alerts import Alert
 from ..log import AccessLog
 from ..pool import Effect, Group, Process, Rejected
+from .request import RequestHead
+from .stats import RequestStats
 from .upstream import Upstreams
 
 log = logging.getLogger("ferryman")
@@ -32,6 +34,30 @@ class PoolDriver(Protocol):
 
     def process_unreachable(self, process: Process, exc: BaseException) -> None:
         """A connection to ``process`` was refused: it cannot serve."""
+
+
+class LocalResponse:
+    """A response the core makes itself, without the app (health check, admin API)."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        headers: bytes = b"",
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        #: More header lines, each ending with CRLF.
+        self.headers = headers
+
+
+#: Answers a request itself (a LocalResponse) or leaves it to the app (None); given the
+#: request and the loop's time.
+LocalRoutes = Callable[[RequestHead, float], "LocalResponse | None"]
 
 
 class App:
@@ -52,8 +78,12 @@ class App:
         rejection_response: Callable[[Rejected], tuple[int, bytes, bytes]],
         restart_file: Path | None = None,
         stat_throttle_rate: float = 1.0,
+        local: LocalRoutes | None = None,
     ) -> None:
         self.group = group
+        #: Requests the core answers itself, asked first for every request (None: none).
+        self.local = local
+        self.stats = RequestStats()
         self.driver = driver
         #: The connections to each of the group's processes.
         self.upstreams = upstreams
@@ -98,3 +128,28 @@ class App:
         self._restart_mtime = mtime
         log.info("Restarting %s: %s was touched", self.group.name, self.restart_file)
         self.driver.apply(self.group.restart(now))
+
+
+class HealthCheck:
+    """``--health-check-path``: answered by the core, never by the app. 200 while the app
+    has a ready process, 503 while it has none (starting, or failing to start)."""
+
+    _NO_STORE = b"Cache-Control: no-store\r\n"
+
+    def __init__(self, path: str, group: Group) -> None:
+        self.path = path.encode()
+        self.with_query = self.path + b"?"
+        self.group = group
+
+    def __call__(self, head: RequestHead, now: float) -> LocalResponse | None:
+        target = head.target
+        if target != self.path and not target.startswith(self.with_query):
+            return None
+        if head.method not in (b"GET", b"HEAD"):
+            return LocalResponse(
+                405, b"Method Not Allowed\n", headers=b"Allow: GET, HEAD\r\n" + self._NO_STORE
+            )
+        ready = len(self.group.processes)
+        if ready:
+            return LocalResponse(200, b"OK: %d ready process(es)\n" % ready, headers=self._NO_STORE)
+        return LocalResponse(503, b"Unavailable: no ready process\n", headers=self._NO_STORE)

@@ -260,8 +260,20 @@ class Exchange:
         """The request is complete and it is this exchange's turn on the connection."""
         self.state = QUEUED
         self.started_at = now
-        if now >= self.app.next_restart_check:
-            self.app.check_restart(now)
+        app = self.app
+        local = app.local
+        if local is not None:
+            answer = local(self.head, now)
+            if answer is not None:  # the core's own (health check, admin API)
+                self._respond_simple(
+                    answer.status,
+                    answer.body,
+                    content_type=answer.content_type,
+                    headers=answer.headers,
+                )
+                return
+        if now >= app.next_restart_check:
+            app.check_restart(now)
         self._checkout(now)
 
     def _checkout(self, now: float) -> None:
@@ -280,6 +292,8 @@ class Exchange:
     def granted(self, session: Session) -> None:
         """Called by the driver: the group handed this queued request a session."""
         self.waiter = None
+        app = self.app
+        app.stats.queue_wait.observe(app.now() - self.started_at)
         if self.state == DONE:
             # Cancelled in the same turn it was granted: give the capacity straight back.
             self.app.driver.apply(session.close(self.app.now()))
@@ -596,6 +610,7 @@ class Exchange:
         *,
         content_type: bytes = b"text/plain; charset=utf-8",
         upstream_ok: bool = False,
+        headers: bytes = b"",
     ) -> None:
         """Answer with a response of the core's own, unless part of one was already sent."""
         if self.state >= DRAINING:
@@ -608,7 +623,12 @@ class Exchange:
         self.close_after = close
         self.status = status
         data = simple_response(
-            status, body, close=close, content_type=content_type, head_only=self.head_only
+            status,
+            body,
+            close=close,
+            content_type=content_type,
+            head_only=self.head_only,
+            headers=headers,
         )
         self.bytes_sent += 0 if self.head_only else len(body)
         self.conn.write(data)
@@ -672,6 +692,14 @@ class Exchange:
         if effects:
             app.driver.apply(effects)
 
+    def _record(self) -> None:
+        """The access log line and the counters (a request refused before it was complete
+        has no duration)."""
+        app = self.app
+        app.access_log.record(self.head, self.status, self.bytes_sent)
+        started = self.started_at
+        app.stats.record(self.status, app.now() - started if started else 0.0)
+
     def _end(self, abort: bool, was_request: bool = True) -> None:
         """The client side is over: record the request, move the connection on."""
         self.state = DONE
@@ -679,11 +707,10 @@ class Exchange:
             self._buffer.close()
             self._buffer = None
         self._held = None
-        app = self.app
         if self._client_gone:
             if was_request:
                 self.status = self.status or CLIENT_CLOSED
-                app.access_log.record(self.head, self.status, self.bytes_sent)
+                self._record()
         else:
-            app.access_log.record(self.head, self.status, self.bytes_sent)
+            self._record()
             self.conn.exchange_done(self, abort=abort)
