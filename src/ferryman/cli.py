@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import uvloop
 
 from . import describe
+from . import status as operator
 from .config import (
     effective_settings,
     flag_of,
@@ -67,7 +68,62 @@ def build_parser() -> ArgumentParser:
         "--markdown", action="store_true", help="print the reference as Markdown (the default)"
     )
     add_setting_flags(listing)
+    add_operator_commands(commands)
     return parser
+
+
+def add_operator_commands(commands: Any) -> None:
+    """status, restart-app, detach-process, memory-stats: clients of the admin API."""
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, help=help_text, description=description
+        )
+        parser.add_argument(
+            "--instance",
+            metavar="NAME|PID",
+            help="the server to ask, when several run (by its instance name or its pid)",
+        )
+        return parser
+
+    shown = command(
+        "status",
+        "show a running server's processes, queue and requests",
+        "The running server's app processes (PID, Sessions, Processed, Uptime, CPU, Memory, "
+        "Last used), its queue and its state, as passenger-status shows them.",
+    )
+    shown.add_argument(
+        "--show",
+        choices=("pool", "requests", "json"),
+        default="pool",
+        help="what to show: the pool (default), the requests in flight, or everything as JSON",
+    )
+    shown.add_argument(
+        "--watch", action="store_true", help="show it again every second, until Ctrl-C"
+    )
+    restart = command(
+        "restart-app",
+        "restart a running server's app processes",
+        "Replace every app process of the app: new requests wait for the new processes "
+        "(none is dropped); the old ones finish their requests first.",
+    )
+    mode = restart.add_mutually_exclusive_group()
+    mode.add_argument("--blocking", dest="mode", action="store_const", const="blocking")
+    mode.add_argument("--rolling", dest="mode", action="store_const", const="rolling")
+    restart.add_argument("--app", metavar="NAME", help="which app, when the server runs several")
+    detach = command(
+        "detach-process",
+        "take one app process out of service",
+        "The process gets no new requests, stops once its requests in flight are done, and "
+        "is replaced if the app needs it.",
+    )
+    detach.add_argument("pid", type=int, metavar="PID")
+    command(
+        "memory-stats",
+        "show the memory of a running server's processes",
+        "Private and shared memory, RSS and PSS of the core and of every app process (from "
+        "/proc/PID/smaps_rollup), with totals per app, as passenger-memory-stats shows them.",
+    )
 
 
 def add_setting_flags(command: argparse.ArgumentParser) -> None:
@@ -110,7 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(reference_markdown())
             return 0
         return show_settings(args)
-    return start(args)
+    if args.command == "start":
+        return start(args)
+    try:
+        if args.command == "status":
+            return operator.status(args.instance, args.show, args.watch)
+        if args.command == "restart-app":
+            return operator.restart_app(args.instance, args.mode or "blocking", args.app)
+        if args.command == "detach-process":
+            return operator.detach_process(args.instance, args.pid)
+        return operator.memory_stats(args.instance)
+    except operator.CommandError as exc:
+        sys.stderr.write(f"ferryman: {exc}\n")
+        return 1
 
 
 def show_settings(args: argparse.Namespace) -> int:

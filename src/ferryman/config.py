@@ -150,6 +150,35 @@ def _address_kind() -> Kind:
     )
 
 
+def _host_port_kind() -> Kind:
+    """HOST:PORT, the host as _address_kind allows it ([::1]:3001 for IPv6), the port > 0."""
+    address = _address_kind()
+
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise ValueError
+        host, sep, port = raw.strip().rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+        host = address.parse(host)
+        return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+    return Kind("HOST:PORT, e.g. 127.0.0.1:3001 or [::1]:3001", parse, "HOST:PORT")
+
+
+def _path_kind(allowed: str) -> Kind:
+    """An HTTP path: starts with /, no query, no spaces or control characters."""
+
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or not re.fullmatch(r"/[!-~]*", raw.strip()):
+            raise ValueError
+        if "?" in raw or "#" in raw:
+            raise ValueError
+        return raw.strip()
+
+    return Kind(allowed, parse, "PATH")
+
+
 def _mode_kind() -> Kind:
     def parse(raw: Any) -> int:
         if isinstance(raw, int) and not isinstance(raw, bool):
@@ -597,6 +626,33 @@ class Config:
         True, BOOL, "Log every request in the combined log format.", "Logging"
     )
 
+    # Administration
+    admin_address: str | None = setting(
+        None,
+        _host_port_kind(),
+        "Also serve the admin API (status, metrics, restart; always on the instance "
+        "directory's Unix socket) on this TCP address, e.g. for a Prometheus server on "
+        "another machine. It asks for the same HTTP Basic credentials; without TLS, keep it "
+        "on a private network.",
+        "Administration",
+    )
+    admin_password_file: str | None = setting(
+        None,
+        _text_kind("a file path", "PATH"),
+        "Read the admin account's password for the admin API from this file (its first "
+        "line) instead of making a random one; the read-only account's is always random. "
+        "Both are in 0600 files in the instance directory.",
+        "Administration",
+    )
+    health_check_path: str | None = setting(
+        None,
+        _path_kind("an HTTP path such as /healthz"),
+        "Answer GET and HEAD on this path in the core, without the app: 200 while the app "
+        "has a ready process, 503 otherwise; for load balancers' health checks and "
+        "Kubernetes readiness probes.",
+        "Administration",
+    )
+
     # Development
     selfcheck: bool = setting(
         False,
@@ -868,3 +924,9 @@ def reference_markdown() -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """("::1", 3001) from "[::1]:3001" (a value _host_port_kind made)."""
+    host, _, port = value.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)

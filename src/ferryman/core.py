@@ -10,6 +10,7 @@ process, remove the instance directory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -17,11 +18,14 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 from . import __version__, build
-from .config import CONFIG_FILE, Config
+from .admin import AdminApi
+from .census import AppView
+from .config import CONFIG_FILE, Config, split_host_port
 from .errors import ConfigError, SpawnError
-from .http.app import App
+from .http.app import App, HealthCheck
 from .http.front import FrontServer
 from .http.upstream import Upstreams
 from .instance import InstanceDir
@@ -103,6 +107,7 @@ class Core:
         upstreams = Upstreams()
         spawners = {group.name: Spawner(config, self.spec, instance)}
         supervisor = Supervisor(pool, spawners, reports, upstreams, selfcheck=config.selfcheck)
+        health = HealthCheck(config.health_check_path, group) if config.health_check_path else None
         app = App(
             group,
             supervisor,
@@ -111,8 +116,10 @@ class Core:
             rejection_response=Rejections(config),
             restart_file=self.spec.root / "tmp" / "restart.txt",
             stat_throttle_rate=config.stat_throttle_rate,
+            local=health,
         )
         front = FrontServer(config, app)
+        admin_password = self._admin_password()
         try:
             urls = front.listen()
         except OSError as exc:
@@ -136,6 +143,37 @@ class Core:
                 ) from None
             log.error("Cannot listen on %s: %s", _listen_target(config), exc.strerror or exc)
             return 1
+        passwords = instance.write_passwords(admin_password)
+        admin_api = AdminApi(
+            pool=pool,
+            apps=[AppView(group, app, self.spec.root, config.environment, self.spec.kind.name)],
+            driver=supervisor,
+            front=front,
+            instance_name=instance.name,
+            passwords=passwords,
+            shutdown=self._admin_shutdown,
+        )
+        admin_app = App(
+            group,
+            supervisor,
+            upstreams=upstreams,
+            access_log=AccessLog(self.sink, False),
+            rejection_response=Rejections(config),
+            local=admin_api,
+        )
+        admin_fronts = []
+        admin_urls: list[str] = []
+        try:
+            for admin_config in self._admin_configs(instance):
+                admin_front = FrontServer(admin_config, admin_app)
+                admin_fronts.append(admin_front)
+                admin_urls += admin_front.listen()
+        except OSError as exc:
+            for server in (*admin_fronts, front):
+                await _close_front(server)
+            await supervisor.shutdown()
+            log.error("Cannot listen for the admin API: %s", exc.strerror or exc)
+            return 1
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig, front, supervisor)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup, group, supervisor)
@@ -149,6 +187,9 @@ class Core:
                     "addresses": urls,
                     "app_root": str(self.spec.root),
                     "started_at": time.time(),
+                    "name": instance.name,
+                    "admin_socket": str(instance.admin_socket),
+                    "admin_addresses": admin_urls,
                 }
             )
             self._banner(urls)
@@ -169,6 +210,8 @@ class Core:
             # stop ends within graceful_timeout + STOP_MARGIN.
             left = max(MIN_EOF_GRACE, deadline - loop.time())
             await supervisor.shutdown(eof_grace=left, term_grace=STOP_TERM_AFTER_TIMEOUT)
+            for admin_front in admin_fronts:
+                await _close_front(admin_front)
             front.remove_socket_file()
             front.close_alerts()
             log.info("Ferryman stopped")
@@ -188,6 +231,49 @@ class Core:
             log.warning("Received %s again: closing all connections and stopping now", sig.name)
             supervisor.hurry = True
             front.abort_all()
+
+    def _admin_shutdown(self) -> None:
+        """POST /shutdown on the admin API: as SIGTERM."""
+        assert self._stop is not None
+        self._stop.set()
+
+    def _admin_password(self) -> str | None:
+        """The admin account's password from --admin-password-file (None: a random one)."""
+        path = self.config.admin_password_file
+        if path is None:
+            return None
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(
+                f"invalid value {path!r} for admin_password_file (from "
+                f"{self.config.origin('admin_password_file')}): cannot read it: {why}"
+            ) from None
+        password = lines[0].strip() if lines else ""
+        if len(password) < 8:
+            raise ConfigError(
+                f"invalid value {path!r} for admin_password_file (from "
+                f"{self.config.origin('admin_password_file')}): its first line must be a "
+                "password of at least 8 characters"
+            )
+        return password
+
+    def _admin_configs(self, instance: InstanceDir) -> list[Config]:
+        """Where the admin API listens: the instance's Unix socket (0600), and TCP if asked."""
+        base = dataclasses.replace(
+            self.config,
+            socket_owner=None,
+            trusted_proxies=(),
+            access_log=False,
+            health_check_path=None,
+            max_body_size=64 * 1024,
+        )
+        configs = [dataclasses.replace(base, socket=str(instance.admin_socket), socket_mode=0o600)]
+        if self.config.admin_address:
+            host, port = split_host_port(self.config.admin_address)
+            configs.append(dataclasses.replace(base, socket=None, address=host, port=port))
+        return configs
 
     def _reopen_log(self, sig: signal.Signals) -> None:
         """SIGUSR1 (and SIGHUP): reopen --log-file, e.g. after logrotate moved it."""
@@ -245,6 +331,15 @@ class Core:
                 sys.stderr.write(f"Ferryman {__version__}: Listening on {url}\n")
             sys.stderr.write(f"Ferryman {__version__}: Logging to {config.log_file}\n")
             sys.stderr.flush()
+
+
+async def _close_front(front: FrontServer) -> None:
+    """Stop ``front`` now: its listeners, its connections, its socket file, its alerts."""
+    front.stop_accepting()
+    front.abort_all()
+    await front.drained(1.0)
+    front.remove_socket_file()
+    front.close_alerts()
 
 
 def _listen_target(config: Config) -> str:

@@ -18,6 +18,9 @@ const server = http.createServer((req, res) => {
     res.end("Hello from Node " + process.pid + "\n");
   } else if (path === "/pid") {
     res.end(String(process.pid));
+  } else if (path === "/sleep") {
+    const ms = Number(url.searchParams.get("ms") || 1000);
+    setTimeout(() => res.end(String(process.pid)), ms);
   } else if (path === "/echo" || path === "/digest") {
     const hash = crypto.createHash("sha256");
     const chunks = [];
