@@ -146,6 +146,19 @@ def _state_lines(app: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _balancer_line(processes: list[dict[str, Any]]) -> str:
+    """Where the next request goes, and why: the ready process with the lowest busyness
+    (sessions for its capacity) that has room; ties go to the oldest."""
+    open_ = [p for p in processes if not (p["limit"] and p["sessions"] >= p["limit"])]
+    if not processes:
+        return ""
+    if not open_:
+        return "  Balancer: every process is totally busy; the next request waits in the queue"
+    best = min(open_, key=lambda p: p["busyness"])  # the list is in spawn order
+    load = f"{best['sessions']}/{best['limit']}" if best["limit"] else f"{best['sessions']}"
+    return f"  Balancer: the next request goes to PID {best['pid']} (least busy: {load} sessions)"
+
+
 def render_pool(state: dict[str, Any]) -> str:
     date = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(state.get("time", time.time())))
     out = [
@@ -167,6 +180,9 @@ def render_pool(state: dict[str, Any]) -> str:
             f"  Requests in queue: {app['queue']['length']}",
         ]
         out += _state_lines(app)
+        balancer = _balancer_line(app["processes"])
+        if balancer:
+            out.append(balancer)
         for process in [*app["processes"], *app.get("retiring", [])]:
             out += _process_lines(process)
         out.append("")

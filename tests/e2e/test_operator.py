@@ -110,11 +110,15 @@ def two() -> Iterator[Server]:
 
 
 def test_status_shows_the_passenger_status_layout_with_the_right_pids(two: Server) -> None:
-    """Two processes under load: the documented sections and words, both PIDs, work done."""
+    """Two processes under load: the documented sections and words, both PIDs, work done,
+    and where the balancer sends the next request."""
+    admin = Admin(two)
     slow = [Request(two, "/slow?t=1.5") for _ in range(2)]
-    assert wait_until(lambda: Admin(two).pool()["processes"] == 2, timeout=10)
-    for _ in range(6):
-        two.get("/")  # queued behind the slow ones or served by whichever is free
+
+    def sessions() -> list[int]:
+        return [int(p["sessions"]) for p in process_rows(admin.pool())]  # type: ignore[call-overload]
+
+    assert wait_until(lambda: sessions() == [1, 1], timeout=10), sessions()
     out = ferryman(two, "status").stdout
     lines = out.splitlines()
     assert lines[0].startswith("Version : ") and "build)" in lines[0]
@@ -127,14 +131,20 @@ def test_status_shows_the_passenger_status_layout_with_the_right_pids(two: Serve
         "Processes     : 2",
         "----------- Application groups -----------",
         f"  App root: {STUB}",
+        "  Balancer: every process is totally busy; the next request waits in the queue",
     ):
         assert expected in lines, out
-    pids = {int(m) for m in re.findall(r"\* PID: (\d+) +Sessions: \d+ +Processed: \d+", out)}
+    pids = {int(m) for m in re.findall(r"\* PID: (\d+) +Sessions: 1 +Processed: \d+", out)}
     assert pids == two.app_pids
     assert re.search(r"^    CPU: \d+% +Memory  : \d+M +Last used: \d+s ago$", out, re.M), out
     for request in slow:
         request.join(10)
-    processed = [int(n) for n in re.findall(r"Processed: (\d+)", ferryman(two, "status").stdout)]
+    for _ in range(6):
+        two.get("/")
+    idle = ferryman(two, "status").stdout
+    first = process_rows(admin.pool())[0]["pid"]  # listed in spawn order: ties go to it
+    assert f"  Balancer: the next request goes to PID {first} (least busy: 0/1 sessions)" in idle
+    processed = [int(n) for n in re.findall(r"Processed: (\d+)", idle)]
     assert len(processed) == 2 and all(n > 0 for n in processed), processed
 
 
