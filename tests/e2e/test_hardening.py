@@ -413,3 +413,22 @@ def test_the_next_request_is_read_as_usual(stub: Server, first: bytes) -> None:
         refused = wire.read_response()
         assert refused.status == 400
         assert b"repeated authorization" in refused.body
+
+
+# -- regressions found by the fuzz target ---------------------------------------------------
+
+
+def test_a_pri_request_pipelined_behind_another_in_one_packet_gets_505_at_once(
+    stub: Server,
+) -> None:
+    """Found by the fuzz target: 'PRI /x HTTP/1.1' right behind a GET in the same packet
+    waited for the rest of an HTTP/2 preface until the header timeout (408 after 30 s);
+    alone it got 505 at once. Now both get 505 at once."""
+    with Wire(stub.port, timeout=5) as wire:
+        started = time.monotonic()
+        wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPRI /environ HTTP/1.1\r\n\r\n")
+        first = wire.read_response()
+        second = wire.read_response()
+        assert (first.status, second.status) == (200, 505)
+        assert wire.closed_within(3)
+        assert time.monotonic() - started < 3

@@ -527,10 +527,12 @@ class ClientConnection(asyncio.Protocol):
         # whole: most do, and their next deadline (keep-alive) is set once, at the end.
 
     def on_url(self, url: bytes) -> None:
+        at_start = self._line_start_at == self.completed  # the message began the packet
         if (
             not self._target
-            and self._line_start[:1] == b"P"
-            and self._line_start_at == self.completed
+            # The packet's first byte says whether to look; a message pipelined behind
+            # another in the same packet is looked at (found by the fuzz target).
+            and (self._line_start[:1] == b"P" or not at_start)
             and self.parser.get_method() == b"PRI"
         ):
             # An HTTP/2 connection preface (or the like): the parser would wait for
