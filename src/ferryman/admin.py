@@ -196,20 +196,17 @@ class AdminApi:
         raise AdminError(404, f"no app named {names[0]!r}")
 
     def _restart(self, query: dict[str, list[str]], now: float) -> dict[str, Any]:
-        mode = (query.get("mode") or ["blocking"])[0]
-        if mode == "rolling":
-            raise AdminError(
-                501,
-                "rolling restarts are not available yet: use the blocking restart (new "
-                "requests wait for the new processes; none is dropped)",
-            )
-        if mode != "blocking":
-            raise AdminError(400, f"mode must be blocking or rolling, not {mode!r}")
+        mode = (query.get("mode") or ["default"])[0]
+        if mode not in ("default", "blocking", "rolling"):
+            raise AdminError(400, f"mode must be rolling or blocking, not {mode!r}")
         view = self._view(query)
-        old = [p.pid for p in view.group.processes]
-        log.info("Restarting %s: asked through the admin API", view.group.name)
-        self.driver.apply(view.group.restart(now))
-        return {"restarting": view.group.name, "mode": mode, "retiring": old}
+        group = view.group
+        old = [p.pid for p in group.processes]
+        log.info("Restarting %s: asked through the admin API", group.name)
+        rolling = None if mode == "default" else mode == "rolling"
+        self.driver.apply(group.restart(now, rolling))
+        done = "rolling" if group.outdated else "blocking"
+        return {"restarting": group.name, "mode": done, "retiring": old}
 
     def _detach(self, query: dict[str, list[str]], now: float) -> dict[str, Any]:
         try:

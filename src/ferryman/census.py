@@ -67,17 +67,21 @@ def process_state(process: Process, now: float) -> dict[str, Any]:
     }
 
 
+def _error(error: Exception | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {
+        "error_id": getattr(error, "error_id", None),
+        "category": getattr(error, "category", None),
+        "summary": getattr(error, "summary", None) or str(error),
+        "report": getattr(error, "report_path", None),
+    }
+
+
 def group_state(view: AppView, now: float) -> dict[str, Any]:
     group = view.group
     queue = group.queue
-    error = group.last_error
-    last_error = None
-    if error is not None:
-        last_error = {
-            "error_id": getattr(error, "error_id", None),
-            "category": getattr(error, "category", None),
-            "summary": getattr(error, "summary", None) or str(error),
-        }
+    last_error = _error(group.last_error)
     stats = view.app.stats
     return {
         "name": group.name,
@@ -90,7 +94,9 @@ def group_state(view: AppView, now: float) -> dict[str, Any]:
         },
         "spawning": group.spawning,
         "spawn_reason": group.spawn_reason if group.spawning else None,
-        "restarting": bool(group.retiring) and group.restarts > 0,
+        "restarting": bool(group.outdated) or (bool(group.retiring) and group.restarts > 0),
+        "rolling_restart_left": len(group.outdated),
+        "restart_failed": _error(group.restart_error),
         "shutting_down": group.shutting_down,
         "backoff_left": round(max(0.0, group.backoff_until - now), 3),
         "failures": group.failures,

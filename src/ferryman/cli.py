@@ -104,8 +104,10 @@ def add_operator_commands(commands: Any) -> None:
     restart = command(
         "restart-app",
         "restart a running server's app processes",
-        "Replace every app process of the app: new requests wait for the new processes "
-        "(none is dropped); the old ones finish their requests first.",
+        "Replace every app process of the app. Rolling (the default with "
+        "--rolling-restarts): one batch at a time, each old process once its replacement is "
+        "ready. Blocking: all at once, new requests wait for the new processes. Either way "
+        "old processes finish their requests first.",
     )
     mode = restart.add_mutually_exclusive_group()
     mode.add_argument("--blocking", dest="mode", action="store_const", const="blocking")
@@ -172,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return operator.status(args.instance, args.show, args.watch)
         if args.command == "restart-app":
-            return operator.restart_app(args.instance, args.mode or "blocking", args.app)
+            return operator.restart_app(args.instance, args.mode or "default", args.app)
         if args.command == "detach-process":
             return operator.detach_process(args.instance, args.pid)
         return operator.memory_stats(args.instance)

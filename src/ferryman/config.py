@@ -528,6 +528,62 @@ class Config:
         "(0 = never).",
         "Pool",
     )
+    rolling_restarts: bool = setting(
+        True,
+        BOOL,
+        "Restarts (tmp/restart.txt, SIGHUP, ferryman restart-app) replace the processes a "
+        "batch at a time: a new process starts while the old ones serve, and an old one "
+        "stops taking requests only once its replacement is ready (it finishes those it "
+        "has). No request waits for a spawn because of a restart. Off, or with "
+        "min_instances 0: every process is replaced at once and requests wait for the new "
+        "ones.",
+        "Pool",
+    )
+    rolling_restart_batch: int = setting(
+        1,
+        _int_kind(1, 1000),
+        "Processes replaced at a time in a rolling restart. The pool may hold this many "
+        "processes above max_pool_size meanwhile: the new ones start before the old ones go.",
+        "Pool",
+    )
+    memory_limit: int = setting(
+        0,
+        _int_kind(0, note="0 = no limit"),
+        "Replace a process whose resident memory, with its children's, is above this many "
+        "MB (checked every 2 seconds): its replacement starts first, then it finishes its "
+        "requests and stops.",
+        "Pool",
+    )
+    max_request_queue_time: float = setting(
+        0.0,
+        _seconds_kind(positive=False),
+        "A request that waited this long in the queue for a process gets 504 (0 = no "
+        "limit): under overload, clients learn at once instead of waiting on.",
+        "Pool",
+    )
+    max_requests: int = setting(
+        0,
+        _int_kind(0, note="0 = no limit"),
+        "Replace a process after it has served this many requests (for apps that leak "
+        "memory): its replacement starts first, then it finishes its requests and stops.",
+        "Pool",
+    )
+    max_requests_jitter: int = setting(
+        0,
+        _int_kind(0),
+        "Add a random 0..N to each process's max_requests, so that processes started "
+        "together are not all replaced together.",
+        "Pool",
+    )
+    resist_deployment_errors: bool = setting(
+        True,
+        BOOL,
+        "When the new version cannot start during a rolling restart, keep the old processes "
+        "serving (the error is logged with its ID and shown by ferryman status; the next "
+        "restart tries again). Off: the old processes go anyway and requests get the error "
+        "page, as in a blocking restart.",
+        "Pool",
+    )
     graceful_timeout: float = setting(
         30.0,
         _seconds_kind(),
@@ -749,13 +805,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
+#: FERRYMAN_ variables that are not settings of `ferryman start`: the install-time build
+#: choice (hatch_build.py) and the fuzz target's knobs, left alone without a warning.
+NOT_SETTINGS = frozenset(
+    {"FERRYMAN_BUILD", "FERRYMAN_FUZZ_SECONDS", "FERRYMAN_FUZZ_EXAMPLES", "FERRYMAN_FUZZ_SEED"}
+)
+
+
 def read_environment(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Settings given as FERRYMAN_<NAME> variables, and the names of unknown ones."""
     known = {env_of(name): (name, spec) for name, spec, _ in settings()}
     values: dict[str, Any] = {}
     unknown: list[str] = []
     for var, raw in env.items():
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or var in NOT_SETTINGS:
             continue
         if var not in known:
             hint = difflib.get_close_matches(var, known, n=1)

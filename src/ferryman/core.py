@@ -59,6 +59,12 @@ def group_options(config: Config) -> GroupOptions:
         soft_limit=config.force_max_concurrent_requests_per_process,
         spawn_backoff=config.spawn_backoff,
         idle_time=config.pool_idle_time,
+        rolling_restarts=config.rolling_restarts,
+        rolling_batch=config.rolling_restart_batch,
+        resist_deployment_errors=config.resist_deployment_errors,
+        max_requests=config.max_requests,
+        max_requests_jitter=config.max_requests_jitter,
+        max_queue_time=config.max_request_queue_time,
     )
 
 
@@ -75,6 +81,12 @@ class Rejections:
     def __call__(self, rejected: Rejected) -> tuple[int, bytes, bytes]:
         if rejected.reason is Reason.QUEUE_FULL:
             return 503, b"Service Unavailable: the request queue is full.\n", self.TEXT
+        if rejected.reason is Reason.QUEUE_TIMEOUT:
+            return (
+                504,
+                b"Gateway Timeout: the request waited too long for an app process.\n",
+                self.TEXT,
+            )
         if rejected.reason is Reason.SHUTTING_DOWN:
             return 503, b"Service Unavailable: the server is shutting down.\n", self.TEXT
         if isinstance(rejected.error, SpawnError):
@@ -195,6 +207,8 @@ class Core:
             self._banner(urls)
             supervisor.apply(pool.tick(supervisor.now()))
             supervisor.tick_every(_tick_interval(config))
+            if config.memory_limit:
+                supervisor.watch_memory(config.memory_limit * 1024 * 1024)
             assert self._stop is not None
             await self._stop.wait()
             log.info(

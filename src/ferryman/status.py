@@ -130,12 +130,22 @@ def _state_lines(app: dict[str, Any]) -> list[str]:
     lines = []
     if app.get("shutting_down"):
         lines.append("  Shutting down")
-    if app.get("restarting"):
+    if app.get("rolling_restart_left"):
+        lines.append(
+            f"  Rolling restart: {app['rolling_restart_left']} old process(es) still to replace"
+        )
+    elif app.get("restarting"):
         lines.append(f"  Restarting: {len(app.get('retiring', []))} old process(es) finishing")
+    failed = app.get("restart_failed")
+    if failed:
+        lines.append(
+            f"  Restart failed: {failed.get('summary')} (error ID {failed.get('error_id')}); "
+            "the old processes keep serving"
+        )
     if app.get("spawning"):
         lines.append(f"  Spawning a new process ({app.get('spawn_reason') or 'asked for'})")
     error = app.get("last_error")
-    if error:
+    if error and not failed:
         kind = "Restart failed" if app.get("restarts") else "Could not start a process"
         retry = app.get("backoff_left") or 0
         again = f"; next try in {duration(retry)}" if retry else ""
@@ -260,7 +270,16 @@ def restart_app(selector: str | None, mode: str, app: str | None) -> int:
     query = f"/restart?mode={mode}" + (f"&app={app}" if app else "")
     result = client.json("POST", query)
     old = ", ".join(str(pid) for pid in result.get("retiring", [])) or "none"
-    print(f"Restarting {result['restarting']} ({mode}): old processes {old} finish their requests")
+    if result["mode"] == "rolling":
+        print(
+            f"Restarting {result['restarting']} (rolling): processes {old} are replaced one "
+            "batch at a time, each once its replacement is ready"
+        )
+    else:
+        print(
+            f"Restarting {result['restarting']} (blocking): processes {old} finish their "
+            "requests; new requests wait for the new processes"
+        )
     return 0
 
 

@@ -15,9 +15,11 @@ import asyncio
 import copy
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import SpawnError
@@ -26,12 +28,14 @@ from .pool import (
     Enablement,
     Grant,
     Group,
+    GroupOptions,
     Life,
     Pool,
     Process,
     Reject,
     RetireReason,
     Spawn,
+    SpawnReason,
     Stop,
     Wake,
 )
@@ -43,6 +47,10 @@ log = logging.getLogger("ferryman")
 
 #: Longest pause between two periodic looks at the pool (idle retirement).
 MAX_TICK_INTERVAL = 10.0
+#: How often --memory-limit is checked (reading /proc for every app process).
+MEMORY_CHECK_INTERVAL = 2.0
+MB = 1024 * 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 #: How long an exited process's last output lines may take to reach the log.
 OUTPUT_DRAIN_TIMEOUT = 1.0
 #: Exit code when the self-check finds a broken pool invariant (EX_SOFTWARE).
@@ -115,6 +123,9 @@ class Supervisor:
         self._wakes: dict[float, asyncio.TimerHandle] = {}
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_interval = MAX_TICK_INTERVAL
+        self._memory_timer: asyncio.TimerHandle | None = None
+        self._memory_limit = 0
+        self._memory_interval = MEMORY_CHECK_INTERVAL
         self.spawn_count = 0
 
     def now(self) -> float:
@@ -172,6 +183,34 @@ class Supervisor:
         self._tick_interval = interval
         self._ticker = self.loop.call_later(interval, self._periodic_tick)
 
+    def watch_memory(self, limit_bytes: int, interval: float = MEMORY_CHECK_INTERVAL) -> None:
+        """Every ``interval`` seconds, replace (gracefully) each process whose resident
+        memory, with its children's, is above ``limit_bytes`` (--memory-limit)."""
+        self._memory_limit = limit_bytes
+        self._memory_interval = interval
+        self._memory_timer = self.loop.call_later(interval, self._check_memory)
+
+    def _check_memory(self) -> None:
+        self._memory_timer = None
+        if self.stopping:
+            return
+        limit = self._memory_limit
+        for process, handle in list(self.handles.items()):
+            if process.enablement is not Enablement.ENABLED or process.retire_reason:
+                continue  # leaving already
+            used = tree_rss(process.pid)
+            if used > limit:
+                log.warning(
+                    "App %d uses %d MB (with its children), above the memory limit of %d MB: "
+                    "replacing it (it finishes its requests once its replacement is ready)",
+                    process.pid,
+                    used // MB,
+                    limit // MB,
+                )
+                group = handle.group
+                self.apply(group.recycle(process, self.now(), RetireReason.MEMORY_LIMIT))
+        self._memory_timer = self.loop.call_later(self._memory_interval, self._check_memory)
+
     def _periodic_tick(self) -> None:
         self._ticker = None
         if self.stopping:
@@ -217,7 +256,9 @@ class Supervisor:
             return
         self._spawns.pop(group, None)
         self.spawn_count += 1
-        process, effects = group.spawn_done(child.pid, ready.concurrency, self.now())
+        process, effects = group.spawn_done(
+            child.pid, ready.concurrency, self.now(), request_limit(group.options)
+        )
         handle = self.handles[process] = ProcessHandle(child, ready, group, process)
         self.connections.open(process, ready.address, ready.protocol, ready.concurrency)
         child.on_exit(lambda code: self._exited(handle, code))
@@ -227,9 +268,20 @@ class Supervisor:
         """One line: app, summary, error ID and report (the app's output is logged already)."""
         error.report_path = self.reports.write(error)
         first, *more = error.summary.splitlines() or [""]
+        if group.restart_error is error:
+            # A rolling restart gave up: the one line says what happened and what serves.
+            headline = (
+                "Restart of %s failed, the old processes keep serving: the new version "
+                "cannot start: %s [step: %s, category: %s] (error ID %s; report: %s). "
+                "Fix it and restart again (e.g. touch tmp/restart.txt)."
+            )
+        else:
+            headline = (
+                "Could not start a process for %s: %s [step: %s, category: %s]"
+                " (error ID %s; report: %s)"
+            )
         log.error(
-            "Could not start a process for %s: %s [step: %s, category: %s]"
-            " (error ID %s; report: %s)",
+            headline,
             error.app_root or group.name,
             first,
             error.step,
@@ -329,6 +381,9 @@ class Supervisor:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
+            self._memory_timer = None
         for timer in self._wakes.values():
             timer.cancel()
         self._wakes.clear()
@@ -342,8 +397,52 @@ class Supervisor:
 def _why(group: Group) -> str:
     """Why the pool asked for one more process, for the log."""
     count = len(group.processes)
+    if group.spawn_reason == SpawnReason.RECYCLE and group.outdated:
+        old = group.outdated[0]
+        return (
+            f"replacing process {old.pid}, which served its {old.request_limit} requests "
+            "(max_requests); it stops once its replacement is ready"
+        )
+    if group.spawn_reason == SpawnReason.RESTART and group.outdated:
+        return (
+            f"rolling restart, {len(group.outdated)} old process(es) to replace; each stops "
+            "once its replacement is ready"
+        )
     if count < group.options.min_instances:
         return f"{count} running, min_instances is {group.options.min_instances}"
     if group.queue:
         return f"{len(group.queue)} request(s) waiting"
     return f"all {count} process(es) are fully busy"
+
+
+def request_limit(options: GroupOptions) -> int:
+    """A new process's --max-requests, with its own share of the jitter (0: no limit), so
+    that processes started together are not all replaced together."""
+    if not options.max_requests:
+        return 0
+    return options.max_requests + random.randint(0, options.max_requests_jitter)
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and of its descendants (0 if it is gone)."""
+    total = 0
+    seen: set[int] = set()
+    todo = [pid]
+    while todo and len(seen) < MAX_TREE:  # bounded: a fork bomb is not read forever
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            total += int(Path(f"/proc/{current}/statm").read_bytes().split()[1]) * _PAGE
+            tasks = Path(f"/proc/{current}/task")
+            for task in tasks.iterdir():
+                children = (task / "children").read_bytes().split()
+                todo.extend(int(child) for child in children)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+#: Most processes tree_rss reads for one app process.
+MAX_TREE = 256

@@ -45,11 +45,11 @@ def test_version() -> None:
 def test_the_expected_build_is_running() -> None:
     """.ci/run installs a compiled build and says so: the tests must not run the pure one.
 
-    FERRYMAN_EXPECT_BUILD names the build the suite was started against (unset: any).
+    EXPECT_FERRYMAN_BUILD names the build the suite was started against (unset: any).
     """
-    expected = os.environ.get("FERRYMAN_EXPECT_BUILD")
+    expected = os.environ.get("EXPECT_FERRYMAN_BUILD")
     if expected is None:
-        pytest.skip("FERRYMAN_EXPECT_BUILD is not set: any build will do")
+        pytest.skip("EXPECT_FERRYMAN_BUILD is not set: any build will do")
     assert build() == expected
     result = ferryman("--version")
     assert f"({expected} build," in result.stdout

@@ -394,10 +394,20 @@ def test_restart_app_under_load_replaces_every_process_and_drops_nothing(two: Se
     assert wait_until(lambda: not any(alive(pid) for pid in old), timeout=10)
 
 
-def test_rolling_restart_says_it_is_not_there_yet(two: Server) -> None:
-    result = ferryman(two, "restart-app", "--rolling", check=False)
-    assert result.returncode == 1
-    assert "rolling restarts are not available yet" in result.stderr
+def test_restart_app_rolling_or_blocking_on_request(two: Server) -> None:
+    """--blocking and --rolling override the server's --rolling-restarts for one restart."""
+    old = set(two.app_pids)
+    out = ferryman(two, "restart-app", "--blocking").stdout
+    assert "(blocking)" in out and "new requests wait for the new processes" in out
+    two.wait_for_ready()
+    two.wait_for_ready()
+    assert wait_until(lambda: not any(alive(pid) for pid in old), timeout=10)
+    middle = {int(p["pid"]) for p in process_rows(Admin(two).pool())}  # type: ignore[call-overload]
+    out = ferryman(two, "restart-app", "--rolling").stdout
+    assert "(rolling)" in out and "each once its replacement is ready" in out
+    two.wait_for_ready()
+    two.wait_for_ready()
+    assert wait_until(lambda: not any(alive(pid) for pid in middle), timeout=10)
 
 
 def test_detach_process_stops_it_after_its_request_and_replaces_it() -> None:

@@ -694,3 +694,15 @@ def test_a_bad_envvar_table_entry_is_named(tmp_path: Path) -> None:
     (tmp_path / "Ferrymanfile.toml").write_text('[envvar]\nGOOD = "yes"\nBAD = true\n')
     with pytest.raises(ConfigError, match=r"BAD = True"):
         resolve(tmp_path, {}, {})
+
+
+def test_ferryman_variables_that_are_not_settings_are_left_alone() -> None:
+    """FERRYMAN_BUILD (pip install's build choice) and the fuzz target's knobs may be in
+    the environment of a running server: no warning for them; a typo still gets one."""
+    from ferryman.config import read_environment
+
+    values, unknown = read_environment(
+        {"FERRYMAN_BUILD": "pure", "FERRYMAN_FUZZ_SEED": "1", "FERRYMAN_PROT": "1"}
+    )
+    assert values == {}
+    assert unknown == ["FERRYMAN_PROT (did you mean FERRYMAN_PORT?)"]

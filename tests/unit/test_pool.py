@@ -506,14 +506,15 @@ def test_a_retired_busy_process_is_stopped_only_after_its_last_session() -> None
     pool.verify(3.0)
 
 
-def test_restart_retires_every_process_and_spawns_anew() -> None:
-    """A restart forgets past failures, retires current processes and starts a new one."""
+def test_a_blocking_restart_retires_every_process_and_spawns_anew() -> None:
+    """A blocking restart forgets past failures, retires current processes and starts a
+    new one; requests wait for it."""
     pool, group = pool_with(min_instances=1, spawn_backoff=10.0)
     (old,) = bring_up(group, 1, 1)
     busy = sessions_of(group.checkout(Req("a"), 0.0)[0])
     group.spawning = False  # the pre-emptive spawn from that checkout is not under test
     group.failures, group.backoff_until = 3, 50.0
-    effects = group.restart(1.0)
+    effects = group.restart(1.0, rolling=False)
     assert effects == [Spawn(group.name)]
     assert group.processes == [] and group.retiring == [old]
     assert (group.failures, group.backoff_until) == (0, 0.0)
@@ -606,7 +607,7 @@ def test_each_process_knows_why_it_was_started() -> None:
     assert isinstance(waiter, Waiter)
     third, _ = group.spawn_done(pid=3, concurrency=1, now=1.5)
     assert third.spawn_reason == SpawnReason.BUSY
-    effects = group.restart(2.0)
+    effects = group.restart(2.0, rolling=False)
     assert Spawn(group.name) in effects and group.spawn_reason == SpawnReason.RESTART
     new, _ = group.spawn_done(pid=4, concurrency=1, now=3.0)
     assert new.spawn_reason == SpawnReason.RESTART
@@ -646,3 +647,186 @@ def test_sessions_opened_counts_every_session_handed_out() -> None:
     assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
     assert group.sessions_opened == 2
     pool.verify(1.0)
+
+
+# -- rolling restarts and deployment errors --------------------------------------------------
+
+
+def rolling_pool(**options: Any) -> tuple[Pool, Group, list[Process]]:
+    """Two processes, the pool full: the case where a new process needs the surge."""
+    pool, group = pool_with(max_size=2, min_instances=2, **options)
+    return pool, group, bring_up(group, 1, 2)
+
+
+def test_a_rolling_restart_replaces_one_process_at_a_time_and_never_queues() -> None:
+    pool, group, (a, b) = rolling_pool()
+    busy = sessions_of(group.checkout(Req("busy"), 0.0)[0])  # on a
+    effects = group.restart(1.0)
+    assert effects == [Spawn(group.name)]  # above max_size by the batch: the surge
+    assert group.processes == [a, b] and group.outdated == [a, b]
+    assert pool.capacity_used() == 3
+    pool.verify(1.0)
+    # Requests meanwhile go to the old processes, never to the queue.
+    other = sessions_of(group.checkout(Req("meanwhile"), 1.5)[0])
+    assert other.process is b
+    # The first new process is ready: one old one stops taking requests (finishing its own).
+    first, effects = group.spawn_done(pid=10, concurrency=1, now=2.0)
+    assert group.processes == [b, first] and a in group.retiring
+    assert Stop(a) not in effects and effects == [Spawn(group.name)]
+    pool.verify(2.0)
+    assert busy.close(2.5) == [Stop(a)]
+    # The second: the last old one goes; the restart is over and the surge with it.
+    second, effects = group.spawn_done(pid=11, concurrency=1, now=3.0)
+    assert group.processes == [first, second] and group.outdated == []
+    assert b in group.retiring and not group.spawning
+    assert other.close(3.5) == [Stop(b)]
+    assert pool.capacity_used() == 2 and group.surge() == 0
+    assert group.retired == {RetireReason.RESTART: 2}
+    pool.verify(3.5)
+
+
+def test_a_rolling_restart_in_batches() -> None:
+    pool, group = pool_with(max_size=4, min_instances=4, rolling_batch=2)
+    old = bring_up(group, 1, 4)
+    assert group.restart(0.0) == [Spawn(group.name)]
+    group.spawn_done(pid=10, concurrency=1, now=1.0)
+    assert group.outdated == old  # half a batch: nobody goes yet
+    assert pool.capacity_used() == 6 and group.surge() == 2
+    pool.verify(1.0)
+    group.spawn_done(pid=11, concurrency=1, now=2.0)
+    assert group.outdated == old[2:]  # a whole batch: two old ones go
+    group.spawn_done(pid=12, concurrency=1, now=3.0)
+    _, effects = group.spawn_done(pid=13, concurrency=1, now=4.0)
+    assert [p.pid for p in group.processes] == [10, 11, 12, 13]
+    assert [e.process for e in effects if isinstance(e, Stop)] == old[2:]
+    pool.verify(4.0)
+
+
+def test_a_new_version_that_cannot_start_leaves_the_old_one_serving() -> None:
+    pool, group, (a, b) = rolling_pool()
+    group.restart(1.0)
+    effects = group.spawn_failed(BOOM, 2.0)
+    assert group.processes == [a, b] and group.outdated == [] and group.retiring == []
+    assert group.restart_error is BOOM
+    assert not any(isinstance(e, (Stop, Reject)) for e in effects)
+    assert isinstance(group.checkout(Req("after"), 2.5)[0], Session)
+    pool.verify(2.5)
+    # The next restart (a fixed deploy) tries again, and forgets the failure.
+    assert group.restart(3.0) == [Spawn(group.name)]
+    assert group.restart_error is None and group.failures == 0
+    group.spawn_done(pid=10, concurrency=1, now=4.0)
+    group.spawn_done(pid=11, concurrency=1, now=5.0)
+    assert [p.pid for p in group.processes] == [10, 11]
+    pool.verify(5.0)
+
+
+def test_without_resistance_a_failed_rolling_restart_is_a_failed_restart() -> None:
+    pool, group, (a, b) = rolling_pool(resist_deployment_errors=False)
+    group.restart(1.0)
+    effects = group.spawn_failed(BOOM, 2.0)
+    assert group.processes == [] and {Stop(a), Stop(b)} <= set(effects)
+    assert group.restart_error is None
+    pool.verify(2.0)
+
+
+@pytest.mark.parametrize("options", [{"min_instances": 0}, {"rolling_restarts": False}])
+def test_restarts_that_block(options: dict[str, Any]) -> None:
+    """min_instances = 0, or rolling restarts off: every process goes at once."""
+    pool, group = pool_with(max_size=2, **options)
+    old = bring_up(group, 1, 2)
+    group.restart(1.0)
+    assert group.processes == [] and group.outdated == []
+    assert {p.retire_reason for p in old} == {RetireReason.RESTART}
+    pool.verify(1.0)
+
+
+def test_a_restart_during_a_rolling_restart_starts_over_from_what_serves() -> None:
+    pool, group, (a, b) = rolling_pool()
+    group.restart(1.0)
+    first, _ = group.spawn_done(pid=10, concurrency=1, now=2.0)  # a is gone
+    group.restart(2.5)  # another deploy: b and the new one are both outdated now
+    assert group.outdated == [b, first] and group.spawning
+    group.spawn_done(pid=11, concurrency=1, now=3.0)
+    group.spawn_done(pid=12, concurrency=1, now=4.0)
+    assert [p.pid for p in group.processes] == [11, 12]
+    assert group.restarts == 2
+    pool.verify(4.0)
+
+
+def test_an_old_process_that_dies_during_a_rolling_restart_is_not_waited_for() -> None:
+    pool, group, (a, b) = rolling_pool()
+    group.restart(1.0)
+    group.process_died(a, 1.5)
+    assert group.outdated == [b]
+    group.spawn_done(pid=10, concurrency=1, now=2.0)
+    assert group.outdated == [] and [p.pid for p in group.processes] == [10]
+    pool.verify(2.0)
+
+
+# -- recycling after max_requests -------------------------------------------------------------
+
+
+def test_a_process_at_its_request_limit_is_replaced_replacement_first() -> None:
+    pool, group = pool_with(max_size=2, min_instances=2, max_requests=3)
+    group.spawning = True
+    a, _ = group.spawn_done(pid=1, concurrency=1, now=0.0, request_limit=3)
+    b, _ = group.spawn_done(pid=2, concurrency=1, now=0.0, request_limit=5)
+    effects: list[Effect] = []
+    for i in range(3):
+        session = sessions_of(group.checkout(Req(i), float(i))[0])
+        assert session.process is a  # the least busy, and the oldest on ties
+        effects = session.close(float(i) + 0.5)
+    assert effects == [Spawn(group.name)] and group.outdated == [a]
+    assert group.spawn_reason == SpawnReason.RECYCLE
+    pool.verify(3.0)
+    # Until its replacement is ready, it still serves.
+    assert sessions_of(group.checkout(Req("more"), 3.0)[0]).process is a
+    new, effects = group.spawn_done(pid=3, concurrency=1, now=4.0, request_limit=3)
+    assert a.retire_reason == RetireReason.MAX_REQUESTS and a in group.retiring
+    assert group.processes == [b, new] and new.spawn_reason == SpawnReason.RECYCLE
+    assert group.retired == {RetireReason.MAX_REQUESTS: 1}
+    pool.verify(4.0)
+
+
+def test_a_replacement_that_cannot_start_leaves_the_process_serving() -> None:
+    pool, group = pool_with(max_size=1, min_instances=1, spawn_backoff=5.0)
+    group.spawning = True
+    a, _ = group.spawn_done(pid=1, concurrency=1, now=0.0, request_limit=1)
+    sessions_of(group.checkout(Req("x"), 0.0)[0]).close(0.5)
+    assert group.outdated == [a] and group.spawning
+    group.spawn_failed(BOOM, 1.0)
+    assert group.processes == [a] and group.outdated == [] and group.restart_error is None
+    # During the back-off, requests go on being served by it, no new try.
+    assert sessions_of(group.checkout(Req("y"), 2.0)[0]).close(2.5) == []
+    assert not group.spawning
+    pool.verify(2.5)
+
+
+def test_requests_that_wait_longer_than_max_queue_time_are_rejected() -> None:
+    pool, group = pool_with(max_size=1, min_instances=1, max_instances=1, max_queue_time=1.0)
+    (process,) = bring_up(group, 1, 1)
+    busy = sessions_of(group.checkout(Req("busy"), 0.0)[0])
+    first, effects = group.checkout(Req("first"), 0.2)
+    assert isinstance(first, Waiter) and Wake(1.2) in effects
+    second, _ = group.checkout(Req("second"), 0.7)
+    assert isinstance(second, Waiter)
+    assert pool.tick(1.1) == []  # nobody has waited a second yet
+    effects = pool.tick(1.2)
+    assert effects == [Reject(first, Rejected(Reason.QUEUE_TIMEOUT))]
+    assert list(group.queue) == [second] and not first.waiting
+    pool.verify(1.2)
+    # The one still waiting gets the process when it is free, in time.
+    assert any(isinstance(e, Grant) and e.waiter is second for e in busy.close(1.5))
+    assert pool.tick(5.0) == []
+
+
+def test_recycling_for_memory_says_why_and_happens_once() -> None:
+    pool, group, (a, b) = rolling_pool()
+    effects = group.recycle(a, 1.0, RetireReason.MEMORY_LIMIT)
+    assert effects == [Spawn(group.name)] and a.retire_reason == RetireReason.MEMORY_LIMIT
+    assert group.recycle(a, 1.5, RetireReason.MEMORY_LIMIT) == []  # asked twice: once
+    pool.verify(1.5)
+    group.spawn_done(pid=10, concurrency=1, now=2.0)
+    assert a.enablement.value == "detached" and group.retired == {RetireReason.MEMORY_LIMIT: 1}
+    assert [p.pid for p in group.processes] == [b.pid, 10]
+    pool.verify(2.0)

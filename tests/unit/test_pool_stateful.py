@@ -47,7 +47,13 @@ class PoolMachine(RuleBasedStateMachine):
         self.groups = [
             self.pool.add_group(
                 "a",
-                GroupOptions(min_instances=1, max_queue_size=4, spawn_backoff=1.0, idle_time=3.0),
+                GroupOptions(
+                    min_instances=1,
+                    max_queue_size=4,
+                    spawn_backoff=1.0,
+                    idle_time=3.0,
+                    rolling_batch=2,
+                ),
             ),
             self.pool.add_group(
                 "b",
@@ -120,14 +126,18 @@ class PoolMachine(RuleBasedStateMachine):
         assert self.closed[i % len(self.closed)].close(self.now) == []
 
     @precondition(lambda self: self.pending_spawns)
-    @rule(data=st.data(), concurrency=st.sampled_from([0, 1, 2]))
-    def spawn_done(self, data: Any, concurrency: int) -> None:
+    @rule(
+        data=st.data(),
+        concurrency=st.sampled_from([0, 1, 2]),
+        request_limit=st.sampled_from([0, 0, 1, 3]),
+    )
+    def spawn_done(self, data: Any, concurrency: int, request_limit: int) -> None:
         name = data.draw(st.sampled_from(sorted(self.pending_spawns)))
         self.pending_spawns.discard(name)
         group = self.pool.groups[name]
         self.next_pid += 1
         self.owner[self.next_pid] = group
-        _, effects = group.spawn_done(self.next_pid, concurrency, self.now)
+        _, effects = group.spawn_done(self.next_pid, concurrency, self.now, request_limit)
         self.apply(effects)
 
     @precondition(lambda self: self.pending_spawns)
@@ -159,9 +169,9 @@ class PoolMachine(RuleBasedStateMachine):
         group, process = data.draw(st.sampled_from(live))
         self.apply(group.detach(process, self.now, RetireReason.DETACHED))
 
-    @rule(g=st.integers(0, 1))
-    def restart(self, g: int) -> None:
-        self.apply(self.groups[g].restart(self.now))
+    @rule(g=st.integers(0, 1), rolling=st.sampled_from([None, True, False]))
+    def restart(self, g: int, rolling: bool | None) -> None:
+        self.apply(self.groups[g].restart(self.now, rolling))
 
     @precondition(lambda self: self.waiting)
     @rule(i=st.integers(0, 100))

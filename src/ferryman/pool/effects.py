@@ -25,6 +25,7 @@ class Reason(enum.Enum):
     QUEUE_FULL = "queue full"  # 503
     SPAWN_FAILED = "spawn failed"  # the app could not start: error page
     SHUTTING_DOWN = "shutting down"  # 503
+    QUEUE_TIMEOUT = "queue timeout"  # 504: waited longer than max_queue_time
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,10 +62,28 @@ class GroupOptions:
     #: Processes above min_instances that served nothing for this long are retired
     #: (0 = never).
     idle_time: float = 300.0
+    #: Restarts replace processes a batch at a time, each old one only once its
+    #: replacement is ready (False: all at once, requests wait for the new ones).
+    rolling_restarts: bool = True
+    #: Processes replaced at a time in a rolling restart; the pool may hold this many
+    #: more than max_size meanwhile (the new ones start before the old ones go).
+    rolling_batch: int = 1
+    #: A rolling restart whose new version cannot start leaves the old processes serving.
+    resist_deployment_errors: bool = True
+    #: A process that served this many requests is replaced (0 = never); the driver adds
+    #: a random 0..max_requests_jitter per process, so that they do not all go at once.
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    #: A request that waited this long in the queue is rejected (0 = it waits on).
+    max_queue_time: float = 0.0
 
 
 class PoolCapacity(Protocol):
     """What a group needs of its pool: the capacity all groups share (``pool.Pool``)."""
+
+    max_size: int
+
+    def capacity_used(self) -> int: ...
 
     def is_full(self) -> bool: ...
 
@@ -116,8 +134,17 @@ class Group:
         self.shutting_down = False
         #: Why the spawn in flight was asked for (a SpawnReason value).
         self.spawn_reason = ""
-        #: A restart's spawns are for the restart until its first new process is ready.
+        #: A restart's spawns are for the restart until its first new process is ready
+        #: (blocking), or until its last old process is retired (rolling).
         self._restarting = False
+        #: A rolling restart in progress: the old processes still to replace, in the order
+        #: they go. They serve until then (they stay in ``processes``).
+        self.outdated: list[Process] = []
+        #: New processes of the current batch, ready, whose old ones are still serving.
+        self._batch_ready = 0
+        #: The new version's start error when a rolling restart gave up (the old processes
+        #: kept serving); cleared by the next restart.
+        self.restart_error: Exception | None = None
         # Counters for status and metrics: only ever incremented, never on the request path.
         #: Processes that became ready; spawns that failed; restarts asked for.
         self.spawns = 0
@@ -151,8 +178,22 @@ class Group:
             return Rejected(Reason.QUEUE_FULL), effects
         waiter = Waiter(token, now)
         self.queue.append(waiter)
+        if self.options.max_queue_time:
+            effects.append(Wake(now + self.options.max_queue_time))  # to expire it
         self._maybe_spawn(now, effects)
         return waiter, effects
+
+    def expire_waiters(self, now: float, effects: list[Effect]) -> None:
+        """Reject the requests that waited max_queue_time or longer (the queue is in
+        arrival order: they are at its head)."""
+        limit = self.options.max_queue_time
+        if not limit:
+            return
+        queue = self.queue
+        while queue and queue[0].enqueued_at + limit <= now:
+            waiter = queue.popleft()
+            waiter.waiting = False
+            effects.append(Reject(waiter, Rejected(Reason.QUEUE_TIMEOUT)))
 
     def cancel(self, waiter: Waiter) -> None:
         """The request behind ``waiter`` went away before it got a session."""
@@ -187,6 +228,9 @@ class Group:
         self.failures = 0  # the app served a request: whatever failed before is over
         effects: list[Effect] = []
         if process.enablement is Enablement.ENABLED:
+            limit = process.request_limit
+            if limit and process.processed >= limit and process not in self.outdated:
+                self._recycle(process, now, effects, RetireReason.MAX_REQUESTS)
             self._serve_queue(now, effects)
             if process.sessions == 0 and not self.queue:
                 self.pool._lend_idle_process(self, process, now, effects)
@@ -244,8 +288,11 @@ class Group:
             return SpawnReason.MIN_INSTANCES
         return SpawnReason.QUEUE if self.queue else SpawnReason.BUSY
 
-    def spawn_done(self, pid: int, concurrency: int, now: float) -> tuple[Process, list[Effect]]:
-        """The spawn in flight produced a ready process."""
+    def spawn_done(
+        self, pid: int, concurrency: int, now: float, request_limit: int = 0
+    ) -> tuple[Process, list[Effect]]:
+        """The spawn in flight produced a ready process (``request_limit``: requests after
+        which it is replaced, as the driver drew it from max_requests and its jitter)."""
         assert self.spawning, "spawn_done without a spawn in flight"
         self.spawning = False
         self.backoff_until = 0.0
@@ -259,6 +306,7 @@ class Group:
             spawned_at=now,
             last_used=now,
             spawn_reason=self.spawn_reason,
+            request_limit=request_limit,
         )
         self.spawns += 1
         self._restarting = False
@@ -268,6 +316,8 @@ class Group:
             return process, effects
         self.processes.append(process)
         self._serve_queue(now, effects)
+        if self.outdated:
+            self._rolling_step(now, effects)
         self._maybe_spawn(now, effects)
         self.pool._after_capacity_change(now, effects)
         return process, effects
@@ -290,6 +340,8 @@ class Group:
         self.spawning = False
         self.spawn_failures += 1
         effects: list[Effect] = []
+        if self.outdated:
+            self._rolling_failed(error, effects)
         self._note_failure(error, now, effects)
         if not self.processes:
             # With live processes the queue is still served; only the scale-up failed.
@@ -318,6 +370,8 @@ class Group:
             process.retire_reason = RetireReason.DIED
             self._count_retired(RetireReason.DIED)
             self.processes.remove(process)
+            if process in self.outdated:
+                self.outdated.remove(process)  # nothing to wait for: it is gone
             if self.died_starting(process, now):
                 # It died right after starting: a crash loop, not bad luck. Back off as
                 # after a failed spawn, or it would be replaced in a tight loop.
@@ -351,6 +405,8 @@ class Group:
         """Take an enabled process out of routing for good; stop it once it is idle."""
         if process in self.processes:
             self.processes.remove(process)
+        if process in self.outdated:
+            self.outdated.remove(process)
         process.retire_reason = reason
         self._count_retired(reason)
         process.enablement = Enablement.DETACHED
@@ -394,21 +450,99 @@ class Group:
         if any(not p.totally_busy() for p in self.processes if p is not victim):
             self._detach(victim, effects, RetireReason.IDLE)
 
-    def restart(self, now: float) -> list[Effect]:
-        """Replace every process: retire the current ones, forget failures, spawn anew.
+    def restart(self, now: float, rolling: bool | None = None) -> list[Effect]:
+        """Replace every process (the new version of the app); forget past failures.
 
-        Requests keep going to nobody old: they wait in the queue for the new processes.
+        Rolling (``options.rolling_restarts``, unless ``rolling`` says otherwise): a new
+        process starts while the old ones serve, and only once it is ready does an old
+        one stop taking requests (it finishes those it has); one batch after another.
+        Requests never wait for a spawn because of the restart. A group without processes
+        or with ``min_instances = 0`` restarts blocking: every process is retired at once
+        and requests wait in the queue for the new ones.
         """
         effects: list[Effect] = []
         self.failures = 0
         self.backoff_until = 0.0
         self.restarts += 1
+        self.restart_error = None
+        self._restarting = True
+        if rolling is None:
+            rolling = self.options.rolling_restarts
+        if rolling and self.processes and self.options.min_instances > 0:
+            self.outdated = list(self.processes)  # a restart during one starts over
+            for process in self.outdated:
+                process.retire_reason = RetireReason.RESTART
+            self._batch_ready = 0
+            self._rolling_spawn(effects, SpawnReason.RESTART)
+            return effects
         for process in list(self.processes):
             self._detach(process, effects, RetireReason.RESTART)
-        self._restarting = True
+        self.outdated = []
         self._maybe_spawn(now, effects)
         self.pool._after_capacity_change(now, effects)
         return effects
+
+    def surge(self) -> int:
+        """Processes this group may have above the pool's max_size right now: a rolling
+        restart's batch (the new ones start before the old ones go)."""
+        return self.options.rolling_batch if self.outdated else 0
+
+    def _rolling_spawn(self, effects: list[Effect], reason: str) -> None:
+        """The next new process of a rolling restart, within the pool's size plus the surge."""
+        if self.spawning or self.shutting_down:
+            return  # its spawn_done goes on with the restart
+        if self.pool.capacity_used() >= self.pool.max_size + self.surge():
+            return
+        self.spawning = True
+        self.spawn_reason = reason
+        effects.append(Spawn(self.name))
+
+    def recycle(self, process: Process, now: float, reason: str) -> list[Effect]:
+        """Replace ``process``, which reached a limit (e.g. RetireReason.MEMORY_LIMIT):
+        its replacement first, then it finishes its requests and stops."""
+        effects: list[Effect] = []
+        if process.enablement is Enablement.ENABLED and process not in self.outdated:
+            self._recycle(process, now, effects, reason)
+        return effects
+
+    def _recycle(self, process: Process, now: float, effects: list[Effect], reason: str) -> None:
+        """``process`` reached a limit: replaced as in a rolling restart (its replacement
+        first, then it drains), unless new processes fail to start now (back-off)."""
+        if now < self.backoff_until:
+            return  # tried again later (the next request, the next check), after it
+        process.retire_reason = reason  # while it still serves: status shows what is coming
+        self.outdated.append(process)
+        self._rolling_spawn(effects, SpawnReason.RECYCLE)
+
+    def _rolling_step(self, now: float, effects: list[Effect]) -> None:
+        """A new process is ready: once the batch is, as many old ones stop taking requests
+        (each finishes what it has, then stops); then the next batch starts."""
+        self._batch_ready += 1
+        if self._batch_ready >= min(self.options.rolling_batch, len(self.outdated)):
+            for old in self.outdated[: self._batch_ready]:
+                self._detach(old, effects, old.retire_reason or RetireReason.RESTART)
+            self._batch_ready = 0
+        if self.outdated:
+            self._restarting = self.spawn_reason == SpawnReason.RESTART
+            self._rolling_spawn(effects, self.spawn_reason or SpawnReason.RESTART)
+
+    def _rolling_failed(self, error: Exception | None, effects: list[Effect]) -> None:
+        """The new version did not start during a rolling restart."""
+        self._batch_ready = 0
+        self._restarting = False
+        if self.options.resist_deployment_errors or self.spawn_reason == SpawnReason.RECYCLE:
+            # The old processes keep serving; the next restart tries again (a process to
+            # recycle: on a later request, after the back-off).
+            if self.spawn_reason == SpawnReason.RESTART:
+                self.restart_error = error
+            for old in self.outdated:
+                old.retire_reason = ""  # it stays; a later retirement says its own reason
+            self.outdated = []
+            return
+        # As a blocking restart would have: the old version goes, the error shows.
+        for old in list(self.outdated):
+            self._detach(old, effects, RetireReason.RESTART)
+        self.outdated = []
 
     def shutdown(self) -> list[Effect]:
         """Stop all processes now, busy or not: the front has already waited for requests."""
@@ -454,9 +588,15 @@ class Group:
         if self.options.max_queue_size:
             assert len(self.queue) <= self.options.max_queue_size, f"{self.name}: queue overflow"
         if self.options.max_instances:
-            assert len(self.processes) <= self.options.max_instances, (
+            assert len(self.processes) <= self.options.max_instances + self.surge(), (
                 f"{self.name}: more processes than max_instances"
             )
+        assert all(p in self.processes for p in self.outdated), (
+            f"{self.name}: an outdated process is not serving"
+        )
+        assert 0 <= self._batch_ready < max(1, self.options.rolling_batch), (
+            f"{self.name}: a finished batch kept its old processes"
+        )
 
     def __repr__(self) -> str:
         return (

@@ -34,6 +34,7 @@ class SpawnReason:
     QUEUE: Final = "queued requests"  # requests wait for capacity
     BUSY: Final = "all processes busy"  # every process is totally busy
     RESTART: Final = "restart"  # replacing the processes of a restart
+    RECYCLE: Final = "recycling"  # replacing a process that reached a limit
 
 
 class RetireReason:
@@ -45,6 +46,8 @@ class RetireReason:
     UNREACHABLE: Final = "unreachable"  # its socket refused connections
     LENT: Final = "capacity for another app"  # the pool was full and another app needed room
     DIED: Final = "died"  # exited on its own (crashed, killed)
+    MAX_REQUESTS: Final = "max_requests"  # served its --max-requests (recycled)
+    MEMORY_LIMIT: Final = "memory_limit"  # grew above --memory-limit (recycled)
 
 
 @dataclass(eq=False, slots=True)
@@ -75,6 +78,8 @@ class Process:
     #: Why it was started (a SpawnReason value), and why it left routing, once it has.
     spawn_reason: str = ""
     retire_reason: str = ""
+    #: Requests after which it is replaced (--max-requests, with its jitter); 0 = never.
+    request_limit: int = 0
 
     def busyness(self) -> float:
         """Lower is less busy: utilisation for limited processes, open sessions otherwise.

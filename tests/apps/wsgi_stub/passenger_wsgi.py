@@ -33,6 +33,10 @@ class ClosingBody:
         sys.stderr.flush()
 
 
+#: What /alloc keeps (a leak on purpose).
+LEAKED = []
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     q = _query(environ)
@@ -42,6 +46,11 @@ def app(environ, start_response):
         start_response("200 OK", text)
         return [b"Hello from Ferryman's stub app\n"]
     if path == "/pid":
+        start_response("200 OK", text)
+        return [str(os.getpid()).encode()]
+    if path == "/alloc":
+        # Keeps ?mb=N megabytes for the life of the process (a leak, for --memory-limit).
+        LEAKED.append(b"\x01" * (int(q.get("mb", "100")) * 1024 * 1024))  # touched: resident
         start_response("200 OK", text)
         return [str(os.getpid()).encode()]
     if path == "/slow":

@@ -1,0 +1,259 @@
+"""Production lifecycle, end to end: rolling restarts under load, and a deploy whose new
+version cannot start while the old one keeps serving."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .harness import APPS, Server, serving, wait_until
+
+SLOW_BOOT = APPS / "wsgi_slow_boot"
+BOOT_SECONDS = 2.0
+
+
+def copy_app(source: Path, tmp_path: Path) -> Path:
+    app = tmp_path / "app"
+    shutil.copytree(source, app, ignore=shutil.ignore_patterns("__pycache__"))
+    (app / "tmp").mkdir()
+    return app
+
+
+def touch_restart(app: Path) -> None:
+    """A new mtime for tmp/restart.txt, whatever the file system's time resolution."""
+    path = app / "tmp" / "restart.txt"
+    path.touch()
+    later = time.time() + 1
+    os.utime(path, (later, later))
+
+
+class Load:
+    """Keep-alive clients sending GET / as fast as they can: bounded in time and count."""
+
+    def __init__(self, server: Server, clients: int, seconds: float) -> None:
+        self.server = server
+        self.deadline = time.monotonic() + seconds
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.results: list[tuple[int, float, bytes]] = []  # status, latency, body
+        self.threads = [threading.Thread(target=self.run) for _ in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
+        try:
+            for _ in range(100_000):
+                if self.stop.is_set() or time.monotonic() > self.deadline:
+                    return
+                started = time.monotonic()
+                try:
+                    conn.request("GET", "/")
+                    response = conn.getresponse()
+                    body = response.read()
+                    status = response.status
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
+                    status, body = -1, b""
+                with self.lock:
+                    self.results.append((status, time.monotonic() - started, body))
+        finally:
+            conn.close()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.results)
+
+    def finish(self) -> list[tuple[int, float, bytes]]:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        return self.results
+
+
+def pids_of(results: list[tuple[int, float, bytes]]) -> list[int]:
+    return [int(body.split()[0]) for status, _, body in results if status == 200]
+
+
+def test_rolling_restarts_under_load_drop_nothing_and_never_stall(tmp_path: Path) -> None:
+    """32 keep-alive clients on a 2-process app that takes 2 s to boot; restart.txt touched
+    twice: every request answered 200, none waited anywhere near a boot (a blocking restart
+    makes requests wait the whole boot), and every process at the end is new."""
+    app = copy_app(SLOW_BOOT, tmp_path)
+    with serving(
+        app, "--min-instances", "2", "--max-pool-size", "2", "--stat-throttle-rate", "0",
+        "--max-request-queue-size", "0", env={"BOOT_SECONDS": str(BOOT_SECONDS)},
+    ) as server:  # fmt: skip
+        server.wait_for_ready(timeout=30)
+        load = Load(server, clients=32, seconds=40)
+        try:
+            assert wait_until(lambda: load.count() > 200, timeout=15)
+            before = set(pids_of(load.results))
+            for _ in range(2):
+                mark = server.mark()
+                touch_restart(app)
+                # Both processes replaced, one after the other, while the load goes on.
+                server.wait_for_log(r"App \d+ ready", timeout=30, start=mark)
+                second = server.mark()
+                server.wait_for_log(r"App \d+ ready", timeout=30, start=second)
+                assert wait_until(lambda at=mark: _stopped_count(server, at) >= 2, timeout=30)
+            count = load.count()
+            assert wait_until(lambda: load.count() > count + 200, timeout=15)
+        finally:
+            results = load.finish()
+    failed = [(s, round(t, 3)) for s, t, _ in results if s != 200]
+    assert not failed, failed[:10]
+    latencies = sorted(t for _, t, _ in results)
+    p99 = latencies[int(len(latencies) * 0.99)]
+    assert p99 < BOOT_SECONDS / 2, (p99, latencies[-5:])
+    assert latencies[-1] < BOOT_SECONDS, latencies[-5:]
+    last = set(pids_of(results[-64:]))
+    assert last and not (last & before), (before, last)
+
+
+def _stopped_count(server: Server, start: int) -> int:
+    return len(re.findall(r"App \d+ stopped", "\n".join(server.log_text().splitlines()[start:])))
+
+
+def test_a_broken_deploy_leaves_the_old_version_serving_until_it_is_fixed(
+    tmp_path: Path,
+) -> None:
+    app = copy_app(SLOW_BOOT, tmp_path)
+    startup = app / "passenger_wsgi.py"
+    good = startup.read_text()
+    env = {"BOOT_SECONDS": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    with serving(
+        app, "--min-instances", "2", "--max-pool-size", "2", "--stat-throttle-rate", "0",
+        env=env,
+    ) as server:  # fmt: skip
+        server.wait_for_ready()
+        old = {server.get("/")[1] for _ in range(4)}
+        assert {body.split()[1] for body in old} == {b"1"}
+        # The deploy breaks the app: it raises at import.
+        startup.write_text(good + "\nraise RuntimeError('the new version is broken')\n")
+        mark = server.mark()
+        touch_restart(app)
+        assert server.get("/")[0] == 200  # restart.txt is looked at when a request comes
+        line = server.wait_for_log(
+            r"Restart of .* failed, the old processes keep serving: .*the new version is "
+            r"broken.*\(error ID (?P<id>[0-9a-f]+); report: ",
+            timeout=15,
+            start=mark,
+        )
+        error_id = line["id"]
+        for _ in range(20):
+            status, body = server.get("/")
+            assert (status, body.split()[1]) == (200, b"1"), body
+        # Logged once (one line; the report's file name carries the ID too).
+        assert len([ln for ln in server.log_text().splitlines() if error_id in ln]) == 1
+        status_view = subprocess.run(
+            [sys.executable, "-m", "ferryman", "status"],
+            env=server.env, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert "Restart failed: " in status_view and f"(error ID {error_id})" in status_view
+        # Fixed: the next restart brings the new version in.
+        startup.write_text(good.replace('"APP_VERSION", "1"', '"APP_VERSION", "2"'))
+        touch_restart(app)
+        assert server.get("/")[0] == 200
+        assert wait_until(
+            lambda: {server.get("/")[1].split()[1] for _ in range(4)} == {b"2"}, timeout=20
+        )
+
+
+def test_max_requests_recycles_every_process_without_failing_a_request() -> None:
+    """--max-requests 50 --max-requests-jitter 10, 500 requests from 4 clients: every process
+    is replaced at least once, replacement first, one at a time; no request fails."""
+    with serving(
+        APPS / "wsgi_stub", "--min-instances", "2", "--max-pool-size", "2",
+        "--max-requests", "50", "--max-requests-jitter", "10",
+    ) as server:  # fmt: skip
+        server.wait_for_ready()
+        first = set(server.app_pids)
+        statuses: list[int] = []
+
+        def client() -> None:
+            for _ in range(125):
+                statuses.append(server.get("/pid", timeout=30)[0])
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(120)
+        assert statuses == [200] * 500
+        log = server.log_text()
+        recycles = re.findall(r"replacing process (\d+), which served its (\d+) requests", log)
+        assert {int(pid) for pid, _ in recycles} >= first, recycles
+        assert all(50 <= int(limit) <= 60 for _, limit in recycles), recycles
+        # One at a time: each replacement was asked for only after the previous one was
+        # ready (a new spawn line never comes before the ready line of the one before).
+        events = re.findall(r"(replacing process \d+|App \d+ ready)", log)
+        spawns = [i for i, e in enumerate(events) if e.startswith("replacing")]
+        for a, b in itertools.pairwise(spawns):
+            assert any(e.startswith("App") for e in events[a + 1 : b]), events
+
+
+def test_a_request_queued_longer_than_max_request_queue_time_gets_504() -> None:
+    with serving(
+        APPS / "wsgi_stub", "--min-instances", "1", "--max-pool-size", "1",
+        "--max-request-queue-time", "1",
+    ) as server:  # fmt: skip
+        results: dict[str, tuple[int, bytes, float]] = {}
+
+        def get(name: str, path: str) -> None:
+            started = time.monotonic()
+            status, body = server.get(path, timeout=30)
+            results[name] = (status, body, time.monotonic() - started)
+
+        busy = threading.Thread(target=get, args=("busy", "/slow?t=3"))
+        busy.start()
+        assert wait_until(lambda: "GET /slow" in _requests_in_flight(server), timeout=10)
+        get("queued", "/")
+        busy.join(30)
+        status, body, waited = results["queued"]
+        assert (status, body) == (
+            504,
+            b"Gateway Timeout: the request waited too long for an app process.\n",
+        )
+        assert 0.9 <= waited < 1.5, waited
+        assert results["busy"][0] == 200  # the slow one was not cut short
+        assert server.get("/")[0] == 200
+
+
+def _requests_in_flight(server: Server) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "ferryman", "status", "--show=requests"],
+        env=server.env, capture_output=True, text=True, timeout=30, check=False,
+    ).stdout  # fmt: skip
+
+
+def test_a_process_above_the_memory_limit_is_replaced_without_failing_a_request() -> None:
+    with serving(
+        APPS / "wsgi_stub", "--min-instances", "2", "--max-pool-size", "2",
+        "--memory-limit", "100",
+    ) as server:  # fmt: skip
+        server.wait_for_ready()
+        status, body = server.get("/alloc?mb=200")
+        assert status == 200
+        leaky = int(body)
+        load = Load(server, clients=4, seconds=30)
+        try:
+            server.wait_for_log(
+                rf"App {leaky} uses \d+ MB \(with its children\), above the memory limit of "
+                r"100 MB: replacing it",
+                timeout=10,
+            )
+            server.wait_for_log(rf"App {leaky} stopped", timeout=15)
+        finally:
+            results = load.finish()
+        assert results and all(status == 200 for status, _, _ in results)
+        assert leaky not in {int(server.get("/pid")[1]) for _ in range(6)}
