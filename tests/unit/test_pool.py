@@ -830,3 +830,18 @@ def test_recycling_for_memory_says_why_and_happens_once() -> None:
     assert a.enablement.value == "detached" and group.retired == {RetireReason.MEMORY_LIMIT: 1}
     assert [p.pid for p in group.processes] == [b.pid, 10]
     pool.verify(2.0)
+
+
+def test_shutdown_during_a_rolling_restart_ends_it() -> None:
+    """Found by the stateful test: a shutdown left the restart's old processes listed as
+    still to replace, though nothing serves any more."""
+    pool, group, (a, b) = rolling_pool()
+    group.restart(1.0)
+    effects = pool.shutdown()
+    assert {Stop(a), Stop(b)} <= set(effects)
+    assert group.outdated == [] and group.surge() == 0
+    pool.verify(1.0)
+    # The spawn that was in flight ends in nothing.
+    _, effects = group.spawn_done(pid=10, concurrency=1, now=2.0)
+    assert group.processes == [] and any(isinstance(e, Stop) for e in effects)
+    pool.verify(2.0)

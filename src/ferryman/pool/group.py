@@ -555,6 +555,8 @@ class Group:
             effects.append(Stop(process))
         self.processes.clear()
         self.retiring.clear()
+        self.outdated.clear()  # a rolling restart in progress ends with everything else
+        self._batch_ready = 0
         return effects
 
     # -- introspection ------------------------------------------------------------
