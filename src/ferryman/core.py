@@ -211,6 +211,7 @@ class Core:
                 supervisor.watch_memory(config.memory_limit * 1024 * 1024)
             assert self._stop is not None
             await self._stop.wait()
+            pool.drain()
             log.info(
                 "Shutting down: finishing requests in flight (up to %gs)", config.graceful_timeout
             )

@@ -312,7 +312,11 @@ class Supervisor:
         self.connections.close(process)
         now = self.now()
         error = None
-        if not self.stopping and process.life is Life.ALIVE:
+        if code == 0 and process.life is Life.ALIVE:
+            # It stopped in order by itself (a loader does on SIGTERM: systemd's
+            # control-group kill, docker stop): not a crash, not a failed start.
+            log.info("App %d stopped by itself (exit code 0)", process.pid)
+        elif not self.stopping and process.life is Life.ALIVE:
             status = f"exit code {code}" if code >= 0 else f"signal {-code}"
             lived = now - process.spawned_at
             log.warning(

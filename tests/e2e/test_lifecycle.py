@@ -8,13 +8,16 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from .harness import APPS, Server, serving, wait_until
+import pytest
+
+from .harness import APPS, Request, Server, serving, wait_until
 
 SLOW_BOOT = APPS / "wsgi_slow_boot"
 BOOT_SECONDS = 2.0
@@ -257,3 +260,38 @@ def test_a_process_above_the_memory_limit_is_replaced_without_failing_a_request(
             results = load.finish()
         assert results and all(status == 200 for status, _, _ in results)
         assert leaky not in {int(server.get("/pid")[1]) for _ in range(6)}
+
+
+@pytest.mark.parametrize(
+    ("app", "path", "args"),
+    [
+        (APPS / "wsgi_stub", "/slow?t=1", ("--thread-count", "2")),
+        (APPS / "node_http", "/sleep?ms=1000", ()),
+    ],
+    ids=["wsgi", "node"],
+)
+def test_sigterm_to_the_core_and_every_app_process_at_once_is_an_orderly_stop(
+    app: Path, path: str, args: tuple[str, ...]
+) -> None:
+    """systemd's KillMode=control-group (and docker stop of a process group) signal every
+    process at once: the requests in flight finish with 200, the app processes stop in
+    order, nothing is logged as a crash or a failed start, and the core exits 0."""
+    with serving(app, "--min-instances", "2", "--max-pool-size", "2", *args) as server:
+        server.wait_for_ready()
+        slow = [Request(server, path) for _ in range(4)]
+        assert wait_until(lambda: len(_in_flight(server)) == 4, timeout=10)
+        for pid in [server.pid, *server.app_pids]:
+            os.kill(pid, signal.SIGTERM)
+        for request in slow:
+            request.join(15)
+        assert [r.status for r in slow] == [200] * 4, [r.body for r in slow]
+        assert server.proc.wait(30) == 0
+        log = server.log_text()
+        for bad in ("exited unexpectedly", "Could not start", "Traceback", "Starting a process"):
+            assert bad not in log.split("Received SIGTERM")[-1], log
+        assert server.children() == []
+
+
+def _in_flight(server: Server) -> list[str]:
+    out = _requests_in_flight(server)
+    return [line for line in out.splitlines() if " forwarding " in line]

@@ -142,6 +142,7 @@ function ready() {
     },
   });
   closeHandshake();
+  if (process.listenerCount("SIGTERM") === 0) process.on("SIGTERM", onSigterm);
 }
 
 // -- graceful exit when the owner pipe closes ---------------------------------------------
@@ -150,7 +151,10 @@ function coreAlive() {
   return process.ppid === parentPid;
 }
 
+let stopping = false;
+
 function stop() {
+  stopping = true;
   if (server === null || !coreAlive()) {
     process.exit(0);
   }
@@ -166,6 +170,16 @@ function stop() {
 process.stdin.on("data", () => {});
 process.stdin.on("end", stop);
 process.stdin.on("error", stop);
+
+// SIGTERM (systemd's control-group kill, docker stop) is the same orderly stop, unless the
+// app handles SIGTERM itself; one that comes while stopping already ends the process.
+function onSigterm() {
+  if (stopping) {
+    process.exit(128 + 15);
+  }
+  process.stderr.write("Ferryman loader: received SIGTERM; finishing the requests in flight\n");
+  stop();
+}
 
 // -- load the app -------------------------------------------------------------------------------
 

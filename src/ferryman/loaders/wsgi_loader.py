@@ -23,6 +23,7 @@ import importlib.util
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -803,11 +804,33 @@ def main() -> None:
     )
     handshake.close()
 
-    wait_for_owner_eof()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
+        signal.signal(signal.SIGTERM, lambda signum, frame: on_sigterm(server))
+    try:
+        wait_for_owner_eof()
+    except Terminated:
+        pass  # SIGTERM (systemd, docker stop): the same orderly stop as the core's
     server.stop(core_alive=lambda: os.getppid() == parent)
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(0)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop as when the core closes stdin."""
+
+
+def on_sigterm(server: Server) -> None:
+    """The first SIGTERM stops the process in order: no new requests, those in flight
+    finish, exit 0 (as under systemd's control-group kill or docker stop, which signal
+    every process at once). One that comes while stopping already ends it at once."""
+    if server.stopping:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    sys.stderr.write("Ferryman loader: received SIGTERM; finishing the requests in flight\n")
+    sys.stderr.flush()
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ class Group:
         #: The last failed spawn's error, for requests during the back-off.
         self.last_error: Exception | None = None
         self.shutting_down = False
+        #: The server is stopping (its requests in flight finish): nothing new is started.
+        self.draining = False
         #: Why the spawn in flight was asked for (a SpawnReason value).
         self.spawn_reason = ""
         #: A restart's spawns are for the restart until its first new process is ready
@@ -258,7 +260,7 @@ class Group:
 
     def wants_process(self, now: float) -> bool:
         """Whether this group should get one more process, pool capacity aside."""
-        if self.spawning or self.shutting_down or now < self.backoff_until:
+        if self.spawning or self.shutting_down or self.draining or now < self.backoff_until:
             return False
         count = len(self.processes)
         if count < self.options.min_instances:
@@ -489,7 +491,7 @@ class Group:
 
     def _rolling_spawn(self, effects: list[Effect], reason: str) -> None:
         """The next new process of a rolling restart, within the pool's size plus the surge."""
-        if self.spawning or self.shutting_down:
+        if self.spawning or self.shutting_down or self.draining:
             return  # its spawn_done goes on with the restart
         if self.pool.capacity_used() >= self.pool.max_size + self.surge():
             return

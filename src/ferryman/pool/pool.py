@@ -46,6 +46,12 @@ class Pool:
             group._maybe_spawn(now, effects)
         return effects
 
+    def drain(self) -> None:
+        """The server begins to stop: requests in flight finish, no process is started
+        any more (one that exits meanwhile, e.g. on its own SIGTERM, is not replaced)."""
+        for group in self.groups.values():
+            group.draining = True
+
     def shutdown(self) -> list[Effect]:
         effects: list[Effect] = []
         for group in self.groups.values():
