@@ -27,7 +27,10 @@ from .config import (
     toml_value,
 )
 from .core import Core
+from .daemon import Daemon, PidFile, ferryman_pid, read_pid_file
+from .daemon import stop as stop_server
 from .errors import ConfigError
+from .instance import running_instances
 from .log import setup_logging
 from .spawning.detect import detect, with_interpreter
 from .spawning.error_report import ErrorReports
@@ -120,6 +123,28 @@ def add_operator_commands(commands: Any) -> None:
         "is replaced if the app needs it.",
     )
     detach.add_argument("pid", type=int, metavar="PID")
+    stopping = commands.add_parser(
+        "stop",
+        help="stop a running server",
+        description="Send SIGTERM to a running server (found by --pid-file, --port, APP_DIR "
+        "or as the only one running) and wait until it has stopped: requests in flight "
+        "finish first. Exit codes: 0 stopped; 1 not running, or still running after "
+        "--timeout (unless --force); 2 usage.",
+    )
+    stopping.add_argument("app_dir", nargs="?", metavar="APP_DIR", help="the server's app")
+    stopping.add_argument("--pid-file", metavar="PATH", help="the server's --pid-file")
+    stopping.add_argument("--port", type=int, metavar="PORT", help="the port it listens on")
+    stopping.add_argument("--instance", metavar="NAME|PID", help="the instance, by name or pid")
+    stopping.add_argument(
+        "--timeout",
+        type=float,
+        default=35.0,
+        metavar="SECONDS",
+        help="how long to wait (default 35: the default graceful timeout and the margin)",
+    )
+    stopping.add_argument(
+        "--force", action="store_true", help="SIGKILL if it is still running after --timeout"
+    )
     command(
         "memory-stats",
         "show the memory of a running server's processes",
@@ -170,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_settings(args)
     if args.command == "start":
         return start(args)
+    if args.command == "stop":
+        return stop(args)
     try:
         if args.command == "status":
             return operator.status(args.instance, args.show, args.watch)
@@ -218,29 +245,98 @@ def show_settings(args: argparse.Namespace) -> int:
 
 def start(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name, _, _ in settings()}
+    pid_file = None
     try:
         config, warnings = resolve(Path(args.app_dir), given, os.environ)
+        if config.daemonize and not config.log_file:
+            raise ConfigError(
+                f"invalid value true for daemonize (from {config.origin('daemonize')}): it "
+                "needs log_file (a daemon has no terminal to log to)"
+            )
         spec = with_interpreter(detect(config), config, Path.cwd())
         ErrorReports(config.error_report_dir, config.error_report_limit).check()
+        if config.pid_file:
+            pid_file = PidFile(Path(config.pid_file))
+            pid_file.check()
         sink = setup_logging(config)
     except ConfigError as exc:
         sys.stderr.write(f"ferryman: {exc}\n")
         return exc.exit_code
+    daemon = None
+    if config.daemonize:
+        daemon = Daemon()
+        code = daemon.detach()
+        if code is not None:
+            sink.close()  # the starting process: the daemon has its own
+            return code
+
+    def listening(urls: list[str]) -> None:
+        if pid_file is not None:
+            pid_file.write()
+        if daemon is not None:
+            daemon.say(f"ok pid {os.getpid()}, {', '.join(urls)}")
+
     try:
         log = logging.getLogger("ferryman")
         for warning in warnings:
             log.warning("%s", warning)
         try:
-            return run(Core(config, spec, sink).run())
+            return run(Core(config, spec, sink, on_listening=listening).run())
         except ConfigError as exc:
             # Found only when listening (a host that does not resolve, an address that is
             # not this machine's): said like every other configuration error.
             sys.stderr.write(f"ferryman: {exc}\n")
             if config.log_file:
                 log.error("%s", exc)
+            if daemon is not None:
+                daemon.say(str(exc))
             return exc.exit_code
     finally:
+        if daemon is not None:
+            daemon.say("the server stopped before it listened")  # if not said yet
+        if pid_file is not None:
+            pid_file.remove()
         sink.close()
+
+
+def stop(args: argparse.Namespace) -> int:
+    """``ferryman stop``: which server, then SIGTERM and wait."""
+    pid = None
+    if args.pid_file:
+        pid = read_pid_file(Path(args.pid_file))
+        if pid is None or not ferryman_pid(pid):
+            sys.stderr.write(f"ferryman: no running Ferryman in the pid file {args.pid_file}\n")
+            return 1
+    else:
+        try:
+            candidates = running_instances()
+        except OSError:
+            candidates = []
+        if args.instance:
+            candidates = [i for i in candidates if args.instance in (i.name, str(i.pid))]
+        if args.port:
+            candidates = [
+                i
+                for i in candidates
+                if any(a.endswith(f":{args.port}") for a in i.properties.get("addresses", []))
+            ]
+        if args.app_dir:
+            root = str(Path(args.app_dir).resolve())
+            candidates = [i for i in candidates if i.properties.get("app_root") == root]
+        if len(candidates) != 1:
+            listing = "".join(f"\n  {i.describe()}" for i in candidates)
+            why = "no running Ferryman matches" if not candidates else "several match"
+            sys.stderr.write(
+                f"ferryman: {why}; say which with --pid-file, --port or --instance{listing}\n"
+            )
+            return 1
+        pid = candidates[0].pid
+    code = stop_server(pid, args.timeout, args.force)
+    if code:
+        sys.stderr.write(f"ferryman: Ferryman {pid} is still running after {args.timeout:g} s\n")
+    else:
+        print(f"Ferryman {pid} stopped")
+    return code
 
 
 def run(main_coroutine: Coroutine[Any, Any, int]) -> int:

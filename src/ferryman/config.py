@@ -656,6 +656,23 @@ class Config:
         "HTTP",
     )
 
+    # Process
+    daemonize: bool = setting(
+        False,
+        BOOL,
+        "Run in the background, detached from the terminal (needs log_file). 'ferryman "
+        "start' returns once the server listens (exit code 0), or says why it could not "
+        "start (exit code 1); 'ferryman stop' ends it.",
+        "Process",
+    )
+    pid_file: str | None = setting(
+        None,
+        _text_kind("a file path", "PATH"),
+        "Write the server's pid here (atomically, once it runs; removed when it exits). A "
+        "start is refused while the file names a running Ferryman.",
+        "Process",
+    )
+
     # Logging
     log_file: str | None = setting(
         None,

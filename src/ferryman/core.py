@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, build
@@ -95,10 +96,18 @@ class Rejections:
 
 
 class Core:
-    def __init__(self, config: Config, spec: AppSpec, sink: LogSink) -> None:
+    def __init__(
+        self,
+        config: Config,
+        spec: AppSpec,
+        sink: LogSink,
+        on_listening: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.config = config
         self.spec = spec
         self.sink = sink
+        #: Told the listening addresses once the server serves (daemon mode, pid file).
+        self.on_listening = on_listening
         self._stop: asyncio.Event | None = None
         self._signals = 0
 
@@ -205,6 +214,8 @@ class Core:
                 }
             )
             self._banner(urls)
+            if self.on_listening is not None:
+                self.on_listening(urls)
             supervisor.apply(pool.tick(supervisor.now()))
             supervisor.tick_every(_tick_interval(config))
             if config.memory_limit:

@@ -23,6 +23,12 @@ class ConfigError(FerrymanError):
     exit_code = 2
 
 
+class AlreadyRunning(ConfigError):
+    """The pid file names a server that is running: one line, exit code 1."""
+
+    exit_code = 1
+
+
 class AppNotFound(ConfigError):
     """No startup file in the app directory."""
 

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -295,3 +296,70 @@ def test_sigterm_to_the_core_and_every_app_process_at_once_is_an_orderly_stop(
 def _in_flight(server: Server) -> list[str]:
     out = _requests_in_flight(server)
     return [line for line in out.splitlines() if " forwarding " in line]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_daemonize_returns_at_once_and_ferryman_stop_ends_it(tmp_path: Path) -> None:
+    """--daemonize --pid-file: the shell gets its prompt back with the server running; a
+    second start with the same pid file is refused; `ferryman stop --pid-file` stops it
+    (exit 0), removes the file, and leaves no process."""
+    pid_file = tmp_path / "ferryman.pid"
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    argv = [
+        sys.executable, "-m", "ferryman", "start", str(APPS / "wsgi_stub"), "--port", str(port),
+        "--daemonize", "--pid-file", str(pid_file), "--log-file", str(tmp_path / "log"),
+    ]  # fmt: skip
+    started = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"running in the background: pid {pid}, http://127.0.0.1:{port}" in started.stdout
+        assert pid is not None
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/pid")
+        response = conn.getresponse()
+        app_pid = int(response.read())
+        conn.close()
+        assert response.status == 200
+        again = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert again.returncode == 1 and f"Ferryman {pid} is running with it" in again.stderr
+        stopped = subprocess.run(
+            [sys.executable, "-m", "ferryman", "stop", "--pid-file", str(pid_file)],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"Ferryman {pid} stopped" in stopped.stdout
+        assert not pid_file.exists()
+        assert wait_until(lambda: not _alive(pid) and not _alive(app_pid), timeout=10)
+    finally:
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)  # by its pid, never by name
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return not stat[stat.rfind(b")") + 2 :].startswith(b"Z")
+
+
+def test_daemonize_without_a_log_file_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", "start", str(APPS / "wsgi_stub"), "--daemonize"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ferryman: invalid value true for daemonize (from --daemonize): it needs log_file "
+        "(a daemon has no terminal to log to)"
+    ]

@@ -1,0 +1,151 @@
+"""Daemon mode and the pid file: ``--daemonize`` detaches the server from the terminal,
+``--pid-file`` names it, and ``ferryman stop`` ends it.
+
+``Daemon.detach()`` forks twice (a new session, no controlling terminal, stdio on
+/dev/null; the log goes to ``--log-file``). The process that ran ``ferryman start``
+waits on a pipe until the daemon says it listens (or fails), so that the shell sees
+the outcome and the exit code, then returns at once with the server running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .errors import AlreadyRunning
+
+#: How long ``ferryman start --daemonize`` waits for the daemon to listen.
+START_WAIT = 120.0
+POLL = 0.05
+
+
+def ferryman_pid(pid: int) -> bool:
+    """Whether ``pid`` is a running Ferryman server (not just any process with that pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    if state[state.rfind(b")") + 2 :].startswith(b"Z"):
+        return False
+    return b"ferryman" in cmdline
+
+
+def read_pid_file(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+class PidFile:
+    """``--pid-file``: written atomically once the server runs, removed when it exits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        self.written = False
+
+    def check(self) -> None:
+        """Refuse to start if the file names a Ferryman that is still running."""
+        pid = read_pid_file(self.path)
+        if pid is not None and pid != os.getpid() and ferryman_pid(pid):
+            raise AlreadyRunning(
+                f"invalid value {str(self.path)!r} for pid_file: Ferryman {pid} is running "
+                f"with it (stop it with 'ferryman stop --pid-file {self.path}', or give "
+                "another pid file)"
+            )
+
+    def write(self) -> None:
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        temp.write_text(f"{os.getpid()}\n")
+        temp.replace(self.path)
+        self.written = True
+
+    def remove(self) -> None:
+        """Remove the file if it is still ours."""
+        if self.written and read_pid_file(self.path) == os.getpid():
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self.written = False
+
+
+class Daemon:
+    """The two sides of ``--daemonize``: the starting process and the daemon."""
+
+    def __init__(self) -> None:
+        self._report: int | None = None  # the daemon's end of the pipe
+
+    def detach(self) -> int | None:
+        """Fork into the background. In the starting process: returns its exit code, once
+        the daemon said how it went. In the daemon: returns None (carry on serving)."""
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child:
+            os.close(write_end)
+            try:
+                return self._wait_for_word(read_end, child)
+            finally:
+                os.close(read_end)
+        os.close(read_end)
+        os.setsid()  # no controlling terminal, its own process group
+        if os.fork():
+            os._exit(0)  # the daemon is re-parented to init and can never get a terminal
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        self._report = write_end
+        return None
+
+    def _wait_for_word(self, read_end: int, child: int) -> int:
+        os.waitpid(child, 0)  # the intermediate process exits at once
+        deadline = time.monotonic() + START_WAIT
+        data = b""
+        while time.monotonic() < deadline:
+            chunk = os.read(read_end, 4096)  # returns b"" once the daemon closed its end
+            if not chunk:
+                break
+            data += chunk
+        text = data.decode("utf-8", "replace").strip()
+        if text.startswith("ok "):
+            sys.stdout.write(f"Ferryman is running in the background: {text[3:]}\n")
+            return 0
+        sys.stderr.write(f"ferryman: {text or 'the server did not start'} (see the log file)\n")
+        return 1
+
+    def say(self, text: str) -> None:
+        """In the daemon: tell the starting process (once) and let it go."""
+        if self._report is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._report, text.encode() + b"\n")
+        os.close(self._report)
+        self._report = None
+
+
+def stop(pid: int, timeout: float, force: bool) -> int:
+    """SIGTERM to server ``pid`` and wait for it to exit: 0 when it did; 1 when it is still
+    running after ``timeout`` (after SIGKILL too, with ``force``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if _gone_within(pid, timeout):
+        return 0
+    if not force:
+        return 1
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return 0 if _gone_within(pid, 10.0) else 1
+
+
+def _gone_within(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while ferryman_pid(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
