@@ -48,6 +48,8 @@ STOP_TERM_AFTER_TIMEOUT = 1.0
 STOP_MARGIN = MIN_EOF_GRACE + STOP_TERM_AFTER_TIMEOUT
 #: Shortest pause between two periodic looks at the pool, however short pool_idle_time is.
 MIN_TICK_INTERVAL = 0.25
+#: The longest admin password --admin-password-file may give (HTTP Basic in one header).
+MAX_PASSWORD_BYTES = 1024
 #: Signals that stop the server gracefully (a second one stops it at once).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -269,7 +271,9 @@ class Core:
         if path is None:
             return None
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            with Path(path).open("rb") as file:
+                head = file.read(MAX_PASSWORD_BYTES + 1)  # the first line, never a whole file
+            lines = head.decode("utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             raise ConfigError(
@@ -277,11 +281,11 @@ class Core:
                 f"{self.config.origin('admin_password_file')}): cannot read it: {why}"
             ) from None
         password = lines[0].strip() if lines else ""
-        if len(password) < 8:
+        if not 8 <= len(password.encode()) <= MAX_PASSWORD_BYTES:
             raise ConfigError(
                 f"invalid value {path!r} for admin_password_file (from "
                 f"{self.config.origin('admin_password_file')}): its first line must be a "
-                "password of at least 8 characters"
+                f"password of 8 to {MAX_PASSWORD_BYTES} bytes"
             )
         return password
 

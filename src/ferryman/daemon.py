@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import time
@@ -20,6 +21,10 @@ from .errors import AlreadyRunning
 
 #: How long ``ferryman start --daemonize`` waits for the daemon to listen.
 START_WAIT = 120.0
+#: Linux pids fit in 7 digits (pid_max <= 2**22); more is not a pid.
+MAX_PID_DIGITS = 10
+#: The most the daemon says about how it started (one line).
+MAX_WORD = 4096
 POLL = 0.05
 
 
@@ -36,11 +41,13 @@ def ferryman_pid(pid: int) -> bool:
 
 
 def read_pid_file(path: Path) -> int | None:
+    """The pid in a pid file, or None if there is none (no file, not a pid)."""
     try:
-        text = path.read_text().strip()
+        with path.open("rb") as file:
+            text = file.read(64).strip()  # a pid is a few digits: never read a whole file
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdigit() and len(text) <= MAX_PID_DIGITS else None
 
 
 class PidFile:
@@ -62,8 +69,13 @@ class PidFile:
 
     def write(self) -> None:
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        temp.write_text(f"{os.getpid()}\n")
-        temp.replace(self.path)
+        try:
+            temp.write_text(f"{os.getpid()}\n")
+            temp.replace(self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
         self.written = True
 
     def remove(self) -> None:
@@ -106,12 +118,17 @@ class Daemon:
         os.waitpid(child, 0)  # the intermediate process exits at once
         deadline = time.monotonic() + START_WAIT
         data = b""
-        while time.monotonic() < deadline:
-            chunk = os.read(read_end, 4096)  # returns b"" once the daemon closed its end
+        # Bounded in time (a daemon stuck before it listens) and in bytes (one line).
+        while len(data) < MAX_WORD:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                data = b"no word from the server within %d s" % START_WAIT
+                break
+            chunk = os.read(read_end, MAX_WORD)  # b"" once the daemon closed its end
             if not chunk:
                 break
             data += chunk
-        text = data.decode("utf-8", "replace").strip()
+        text = data[:MAX_WORD].decode("utf-8", "replace").strip()
         if text.startswith("ok "):
             sys.stdout.write(f"Ferryman is running in the background: {text[3:]}\n")
             return 0

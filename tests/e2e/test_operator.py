@@ -312,6 +312,26 @@ def test_the_admin_password_file_sets_the_admin_password(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
+    "content",
+    [b"", b"short\n", b"\n\ncorrect horse\n", b"\xff\xfe not utf-8 \n", b"x" * 5000],
+    ids=["empty", "short", "blank-first-line", "not-utf-8", "oversized"],
+)
+def test_an_admin_password_file_that_is_no_password_is_one_line_and_exit_2(
+    tmp_path: Path, content: bytes
+) -> None:
+    secret = tmp_path / "admin-password"
+    secret.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", "start", str(STUB), "--port", "0",
+         "--admin-password-file", str(secret)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "for admin_password_file" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "setting"),
     [
         (["--admin-address", "127.0.0.1"], "admin_address"),
