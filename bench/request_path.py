@@ -95,6 +95,9 @@ class Supervisor:
     def process_unreachable(self, process: Process, exc: BaseException) -> None:
         raise AssertionError(f"unreachable: {exc!r}")
 
+    def request_timed_out(self, process: Process, request: str, limit: float) -> None:
+        raise AssertionError(request)
+
 
 async def run(requests: int, profile: bool, queued: bool) -> float:
     loop = asyncio.get_running_loop()

@@ -561,6 +561,15 @@ class Config:
         "limit): under overload, clients learn at once instead of waiting on.",
         "Pool",
     )
+    max_request_time: float = setting(
+        0.0,
+        _seconds_kind(positive=False),
+        "A request that an app process works on longer than this gets 504, and the process "
+        "is killed and replaced (0 = no limit); before the kill, Python loaders log every "
+        "thread's stack and the Node.js loader its requests in flight, to show where it "
+        "hung. The whole response counts: leave it 0 for apps that stream for long.",
+        "Pool",
+    )
     max_requests: int = setting(
         0,
         _int_kind(0, note="0 = no limit"),

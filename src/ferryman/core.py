@@ -222,6 +222,8 @@ class Core:
             supervisor.tick_every(_tick_interval(config))
             if config.memory_limit:
                 supervisor.watch_memory(config.memory_limit * 1024 * 1024)
+            if config.max_request_time:
+                front.watch_request_time(config.max_request_time)
             assert self._stop is not None
             await self._stop.wait()
             pool.drain()

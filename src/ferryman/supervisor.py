@@ -12,10 +12,12 @@ through ``ProcessConnections``, which ``core`` wires to the HTTP side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -29,6 +31,7 @@ from .pool import (
     Grant,
     Group,
     GroupOptions,
+    Kill,
     Life,
     Pool,
     Process,
@@ -53,6 +56,8 @@ MB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 #: How long an exited process's last output lines may take to reach the log.
 OUTPUT_DRAIN_TIMEOUT = 1.0
+#: How long a hung process gets to write its stacks (SIGQUIT) before SIGKILL.
+STACK_DUMP_GRACE = 0.5
 #: Exit code when the self-check finds a broken pool invariant (EX_SOFTWARE).
 BROKEN_INVARIANT_EXIT = 70
 
@@ -148,6 +153,9 @@ class Supervisor:
             elif kind is Stop:
                 assert isinstance(effect, Stop)
                 self._start(self._stop(effect.process))
+            elif kind is Kill:
+                assert isinstance(effect, Kill)
+                self._start(self._kill(effect.process))
             elif kind is Wake:
                 assert isinstance(effect, Wake)
                 self._wake_at(effect.at)
@@ -364,6 +372,38 @@ class Supervisor:
                 os.unlink(handle.ready.address)
             except FileNotFoundError:
                 pass
+
+    def request_timed_out(self, process: Process, request: str, limit: float) -> None:
+        """``request`` ("GET /path") ran on ``process`` for --max-request-time (it got
+        504): the process hung; it is killed and replaced."""
+        handle = self.handles.get(process)
+        if handle is None:
+            return
+        effects = handle.group.abandon(process, self.now(), RetireReason.MAX_REQUEST_TIME)
+        if effects:  # the first of its requests to time out: say it once
+            dump = self.spawners[handle.group.name].spec.kind.stack_dump
+            log.warning(
+                "App %d worked on %s for %gs, longer than max_request_time: answered 504; "
+                "killing it and starting another%s",
+                process.pid,
+                request,
+                limit,
+                f"; first it logs {dump}, to show where it hung" if dump else "",
+            )
+        self.apply(effects)
+
+    async def _kill(self, process: Process) -> None:
+        """Kill a hung process; a loader that can is asked for its stacks first (SIGQUIT to
+        the loader alone, not to what the app started)."""
+        handle = self.handles[process]
+        child = handle.child
+        if self.spawners[handle.group.name].spec.kind.stack_dump and child.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGQUIT)
+            await child.wait(STACK_DUMP_GRACE)  # at once if it exits (it may not)
+        self.connections.close(process)
+        child.kill()
+        await child.exited
 
     def process_unreachable(self, process: Process, exc: BaseException) -> None:
         """A connection to ``process`` was refused: it cannot serve; retire it."""

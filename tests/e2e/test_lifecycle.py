@@ -363,3 +363,47 @@ def test_daemonize_without_a_log_file_is_refused() -> None:
         "ferryman: invalid value true for daemonize (from --daemonize): it needs log_file "
         "(a daemon has no terminal to log to)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("app", "path", "dump"),
+    [
+        (APPS / "wsgi_stub", "/hang?t=5", r"line \d+ in stuck_in_a_slow_query"),
+        (APPS / "node_http", "/sleep?ms=5000", r"request in flight: GET /sleep\?ms=5000"),
+    ],
+    ids=["wsgi", "node"],
+)
+def test_a_request_running_longer_than_max_request_time_gets_504_and_a_new_process(
+    app: Path, path: str, dump: str
+) -> None:
+    with serving(
+        app, "--min-instances", "2", "--max-pool-size", "2", "--max-request-time", "1",
+    ) as server:  # fmt: skip
+        server.wait_for_ready()
+        before = set(server.app_pids)
+        started = time.monotonic()
+        status, body = server.get(path, timeout=30)
+        took = time.monotonic() - started
+        assert (status, body) == (
+            504,
+            b"Gateway Timeout: the app took too long to answer (max_request_time).\n",
+        )
+        assert 0.9 <= took < 1.5, took
+        line = server.wait_for_log(
+            rf"App (\d+) worked on GET {re.escape(path)} for 1s, longer than max_request_time: "
+            r"answered 504; killing it and starting another; first it logs ",
+            timeout=5,
+        )
+        hung = int(line.group(1))
+        assert hung in before
+        server.wait_for_log(dump, timeout=5)  # where it hung, before it was killed
+        server.wait_for_log(rf"App {hung} stopped", timeout=10)
+        assert wait_until(
+            lambda: len(server.app_pids - before) == 1 and len(server.children()) == 2,
+            timeout=15,
+        )
+        assert hung not in server.children()
+        # The others served on all along; a fast request is never cut short.
+        assert server.get("/")[0] == 200
+        log = server.log_text()
+        assert "exited unexpectedly" not in log and "Could not start" not in log, log

@@ -10,6 +10,7 @@ from ferryman.pool import (
     Grant,
     Group,
     GroupOptions,
+    Kill,
     Pool,
     Process,
     Reason,
@@ -845,3 +846,61 @@ def test_shutdown_during_a_rolling_restart_ends_it() -> None:
     _, effects = group.spawn_done(pid=10, concurrency=1, now=2.0)
     assert group.processes == [] and any(isinstance(e, Stop) for e in effects)
     pool.verify(2.0)
+
+
+# -- hung processes (--max-request-time) ----------------------------------------------------
+
+
+def test_a_hung_process_is_killed_with_its_sessions_open_and_replaced() -> None:
+    pool, group = pool_with(max_size=2, min_instances=2)
+    a, b = bring_up(group, 1, 2)
+    hung = sessions_of(group.checkout(Req("hung"), 1.0)[0])
+    assert hung.process is a
+    effects = group.abandon(a, 5.0, RetireReason.MAX_REQUEST_TIME)
+    assert effects == [Kill(a), Spawn(group.name)]
+    assert a.enablement.value == "detached" and a.life.value == "shutting down"
+    assert group.processes == [b] and group.retiring == []
+    assert group.retired == {RetireReason.MAX_REQUEST_TIME: 1}
+    pool.verify(5.0)
+    # Asked again (a second request timed out on it): nothing more.
+    assert group.abandon(a, 5.1, RetireReason.MAX_REQUEST_TIME) == []
+    # The timed-out session is closed by the front: counters only, no Stop.
+    assert hung.close(5.2) == []
+    assert a.sessions == 0
+    # It dies (the kill): nothing more to do; the replacement is in flight already.
+    assert group.process_died(a, 5.3) == []
+    pool.verify(5.3)
+
+
+def test_a_hung_process_that_was_retiring_is_killed_not_stopped_when_idle() -> None:
+    pool, group = pool_with(max_size=2, min_instances=1)
+    (a,) = bring_up(group, 1, 1)
+    hung = sessions_of(group.checkout(Req("hung"), 1.0)[0])
+    group.restart(2.0, rolling=False)  # blocking: a retires and waits for its session
+    assert group.retiring == [a]
+    effects = group.abandon(a, 6.0, RetireReason.MAX_REQUEST_TIME)
+    assert effects[0] == Kill(a) and group.retiring == []
+    assert Stop(a) not in hung.close(6.1)  # never stopped twice
+    pool.verify(6.1)
+
+
+def test_a_hung_process_in_a_rolling_restart_leaves_the_restart_going() -> None:
+    pool, group, (a, b) = rolling_pool()
+    group.restart(1.0)
+    assert group.outdated == [a, b]
+    effects = group.abandon(a, 2.0, RetireReason.MAX_REQUEST_TIME)
+    assert Kill(a) in effects and group.outdated == [b]
+    pool.verify(2.0)
+    group.spawn_done(pid=10, concurrency=1, now=3.0)
+    pool.verify(3.0)
+    assert b not in group.processes or b in group.outdated
+
+
+def test_a_dead_or_stopping_process_is_not_killed_again() -> None:
+    pool, group = pool_with(max_size=2, min_instances=0)
+    (a,) = bring_up(group, 1, 1)
+    effects = group.detach(a, 10.0, RetireReason.DETACHED)
+    assert effects == [Stop(a)]
+    assert group.abandon(a, 10.5, RetireReason.MAX_REQUEST_TIME) == []
+    group.process_died(a, 11.0)
+    assert group.abandon(a, 11.5, RetireReason.MAX_REQUEST_TIME) == []

@@ -13,6 +13,7 @@ from ferryman.pool import (
     Grant,
     Group,
     GroupOptions,
+    Kill,
     Life,
     Pool,
     Process,
@@ -95,6 +96,11 @@ class PoolMachine(RuleBasedStateMachine):
                     assert self.shut_down or process.sessions == 0, "a busy process was stopped"
                     assert all(p is not process for _, p in self.stopping), "stopped twice"
                     self.stopping.append((self.owner[process.pid], process))
+                case Kill(process=process):
+                    # A hung process is killed busy or not, but once, and never after a Stop.
+                    assert process.enablement is Enablement.DETACHED
+                    assert all(p is not process for _, p in self.stopping), "killed twice"
+                    self.stopping.append((self.owner[process.pid], process))
                 case Wake():
                     pass
 
@@ -168,6 +174,14 @@ class PoolMachine(RuleBasedStateMachine):
         live = [(g, p) for g in self.groups for p in g.processes]
         group, process = data.draw(st.sampled_from(live))
         self.apply(group.detach(process, self.now, RetireReason.DETACHED))
+
+    @precondition(lambda self: self.open)
+    @rule(i=st.integers(0, 100))
+    def request_hangs(self, i: int) -> None:
+        """A request ran past --max-request-time: its process is killed and replaced."""
+        session = self.open[i % len(self.open)]
+        group = self.owner[session.process.pid]
+        self.apply(group.abandon(session.process, self.now, RetireReason.MAX_REQUEST_TIME))
 
     @rule(g=st.integers(0, 1), rolling=st.sampled_from([None, True, False]))
     def restart(self, g: int, rolling: bool | None) -> None:

@@ -35,6 +35,9 @@ class PoolDriver(Protocol):
     def process_unreachable(self, process: Process, exc: BaseException) -> None:
         """A connection to ``process`` was refused: it cannot serve."""
 
+    def request_timed_out(self, process: Process, request: str, limit: float) -> None:
+        """``process`` worked on ``request`` ("GET /path") longer than --max-request-time."""
+
 
 class LocalResponse:
     """A response the core makes itself, without the app (health check, admin API)."""

@@ -204,6 +204,7 @@ class Exchange:
         "bytes_sent",
         "close_after",
         "conn",
+        "forwarded_at",
         "head",
         "head_only",
         "keep_alive",
@@ -233,6 +234,8 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.started_at = 0.0
+        #: When it got its session (the app's time starts: --max-request-time).
+        self.forwarded_at = 0.0
         self._out: list[bytes] = []
         self._head_sent = False
         self._chunked = False
@@ -281,6 +284,7 @@ class Exchange:
         outcome, effects = app.group.checkout(self, now)
         if isinstance(outcome, Session):
             self.session = outcome
+            self.forwarded_at = now
             self._forward()
         elif isinstance(outcome, Waiter):
             self.waiter = outcome
@@ -293,10 +297,11 @@ class Exchange:
         """Called by the driver: the group handed this queued request a session."""
         self.waiter = None
         app = self.app
-        app.stats.queue_wait.observe(app.now() - self.started_at)
+        now = self.forwarded_at = app.now()
+        app.stats.queue_wait.observe(now - self.started_at)
         if self.state == DONE:
             # Cancelled in the same turn it was granted: give the capacity straight back.
-            self.app.driver.apply(session.close(self.app.now()))
+            self.app.driver.apply(session.close(now))
             return
         self.session = session
         self._forward()
@@ -589,6 +594,27 @@ class Exchange:
                 self.upstream.resume_reading()
         if self.state == DRAINING and self._held is None and (buffer is None or not buffer.size):
             self._end(self._abort_after)
+
+    def time_out(self, limit: float) -> None:
+        """The app has worked on this request for ``limit`` seconds (--max-request-time):
+        504 to the client (or, with part of the response sent, a cut connection), and the
+        process is killed and replaced: it hung."""
+        session = self.session
+        if session is None or self.state != FORWARDING:
+            return
+        process = session.process
+        conn = self.upstream
+        if conn is not None:
+            # Left open: it closes with the process, which is killed (a Node loader asked
+            # what it is doing still lists this request).
+            self.upstream = None
+            conn.exchange = None
+        self._respond_simple(
+            504, b"Gateway Timeout: the app took too long to answer (max_request_time).\n"
+        )
+        head = self.head
+        request = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')[:200]}"
+        self.app.driver.request_timed_out(process, request, limit)
 
     def _respond_bad_gateway(self, why: bytes) -> None:
         session = self.session

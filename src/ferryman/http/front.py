@@ -34,7 +34,7 @@ from ..config import UNIX_PEERS, Config, ProxyNetworks
 from .app import App
 from .body import SPOOL_THRESHOLD
 from .chunked import ChunkedBody, ChunkError
-from .exchange import CLIENT_CLOSED, Exchange
+from .exchange import CLIENT_CLOSED, FORWARDING, Exchange
 from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix, owner_ids
 from .request import RequestHead, is_trusted
 from .response import simple_response
@@ -125,6 +125,9 @@ class FrontServer:
         )
         self.closing = False
         self._drained: asyncio.Future[None] | None = None
+        #: --max-request-time, and the timer of the next look at the requests in flight.
+        self._request_time = 0.0
+        self._request_timer: asyncio.TimerHandle | None = None
 
     def listen(self) -> list[str]:
         """Bind the listening sockets; returns the addresses, e.g. ``http://127.0.0.1:3000``."""
@@ -189,7 +192,31 @@ class FrontServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def watch_request_time(self, limit: float) -> None:
+        """Time out the requests an app process works on for ``limit`` seconds or more
+        (--max-request-time). One timer for all of them, looking often enough to answer
+        within a tenth of the limit (at most every 50 ms): no timer per request."""
+        self._request_time = limit
+        self._request_timer = self.loop.call_later(_sweep_interval(limit), self._sweep_requests)
+
+    def _sweep_requests(self) -> None:
+        limit = self._request_time
+        due = self.loop.time() - limit
+        late = [
+            exchange
+            for conn in self.connections
+            for exchange in conn.pipeline
+            if exchange.state == FORWARDING and exchange.forwarded_at <= due
+        ]
+        for exchange in late:
+            exchange.time_out(limit)
+        self._request_timer = self.loop.call_later(_sweep_interval(limit), self._sweep_requests)
+
     def close_alerts(self) -> None:
+        """The front's periodic work ends: its alerts, its request-time watch."""
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
         self.fd_alert.close()
         self.spool_alert.close()
         self.app.queue_full_alert.close()
@@ -213,6 +240,11 @@ class FrontServer:
         self.connections.discard(conn)
         if not self.connections and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+
+def _sweep_interval(limit: float) -> float:
+    """How often --max-request-time looks at the requests in flight."""
+    return min(1.0, max(0.05, limit / 10))
 
 
 def new_parser(protocol: object) -> httptools.HttpRequestParser:

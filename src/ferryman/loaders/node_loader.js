@@ -143,6 +143,34 @@ function ready() {
   });
   closeHandshake();
   if (process.listenerCount("SIGTERM") === 0) process.on("SIGTERM", onSigterm);
+  if (process.listenerCount("SIGQUIT") === 0) process.on("SIGQUIT", reportHang);
+}
+
+// -- a hung process (--max-request-time): what it was doing, before Ferryman kills it ---------
+
+// JavaScript cannot show the stack of a request that waits (its callbacks are not on any
+// stack): the loader lists the requests in flight and what the event loop waits on. Costs
+// nothing per request: it reads Node's own lists when asked. If the event loop is blocked
+// (a busy loop), this never runs; the log then shows the core's line alone.
+function reportHang() {
+  const lines = ["Ferryman loader: asked what this process is doing (max_request_time):"];
+  const handles = typeof process._getActiveHandles === "function" ? process._getActiveHandles() : [];
+  for (const handle of handles) {
+    const response = handle && handle._httpMessage;
+    const request = response && response.req;
+    if (request && !response.writableEnded) {
+      lines.push("  request in flight: " + request.method + " " + String(request.url).slice(0, 200));
+    }
+  }
+  if (typeof process.getActiveResourcesInfo === "function") {
+    const counts = new Map();
+    for (const name of process.getActiveResourcesInfo()) counts.set(name, (counts.get(name) || 0) + 1);
+    const waits = [...counts].map(([name, count]) => name + " x" + count).join(", ");
+    lines.push("  the event loop waits on: " + (waits || "nothing"));
+  }
+  lines.push("  (Node.js has no stack for a waiting request: look for the await, timer or");
+  lines.push("  callback of these routes that never completes)");
+  process.stderr.write(lines.join("\n") + "\n");
 }
 
 // -- graceful exit when the owner pipe closes ---------------------------------------------

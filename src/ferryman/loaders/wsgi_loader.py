@@ -19,6 +19,7 @@ Life of the process:
 
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import io
 import json
@@ -806,6 +807,11 @@ def main() -> None:
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
         signal.signal(signal.SIGTERM, lambda signum, frame: on_sigterm(server))
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
+        # Before killing a hung process (--max-request-time), the core sends SIGQUIT:
+        # every thread's stack goes to the log. faulthandler writes from the C signal
+        # handler, so it works even while a thread holds the GIL in a C extension.
+        faulthandler.register(signal.SIGQUIT, file=2, all_threads=True)
     try:
         wait_for_owner_eof()
     except Terminated:

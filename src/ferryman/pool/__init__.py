@@ -3,6 +3,7 @@
 from .effects import (
     Effect,
     Grant,
+    Kill,
     Reason,
     Reject,
     Rejected,
@@ -23,6 +24,7 @@ __all__ = [
     "Grant",
     "Group",
     "GroupOptions",
+    "Kill",
     "Life",
     "Pool",
     "Process",

@@ -106,6 +106,15 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class Kill:
+    """Kill the OS process behind ``process`` now, busy or not (already detached): it
+    hung (--max-request-time). The driver first asks it for its threads' stacks, so the
+    log shows where it hung; its open sessions end with it."""
+
+    process: Process
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """Hand ``session`` to the request waiting as ``waiter``."""
 
@@ -128,4 +137,4 @@ class Wake:
     at: float
 
 
-Effect = Spawn | Stop | Grant | Reject | Wake
+Effect = Spawn | Stop | Kill | Grant | Reject | Wake

@@ -19,7 +19,8 @@ Rules the code keeps:
 4. A process that dies is detached; its sessions may still be closed later and
    then change nothing but its own counters.
 5. A retired process gets no new sessions and is stopped once its last session
-   closes, so retiring (restarts, eviction) never cuts a request short.
+   closes, so retiring (restarts, eviction) never cuts a request short. The one
+   exception is a hung process (``abandon``): it is killed with its sessions open.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Protocol
 from .effects import (
     Effect,
     Grant,
+    Kill,
     Reason,
     Reject,
     Rejected,
@@ -425,6 +427,29 @@ class Group:
         if process.enablement is Enablement.ENABLED:
             self._detach(process, effects, reason)
             self._after_loss(now, effects)
+        return effects
+
+    def abandon(self, process: Process, now: float, reason: str) -> list[Effect]:
+        """``process`` hung (a request ran past --max-request-time): kill it now, with
+        whatever sessions it has (they end with it; closing them later changes only its
+        counters), and replace it if the group wants as many processes as before."""
+        effects: list[Effect] = []
+        if process.life is not Life.ALIVE and process not in self.retiring:
+            return effects  # dead, or already being stopped with nothing in flight
+        if process in self.retiring:
+            self.retiring.remove(process)  # it would be stopped when idle: it never is
+            process.retire_reason = reason
+            self._count_retired(reason)
+        elif process.enablement is Enablement.ENABLED:
+            self.processes.remove(process)
+            if process in self.outdated:
+                self.outdated.remove(process)  # the restart goes on without it
+            process.enablement = Enablement.DETACHED
+            process.retire_reason = reason
+            self._count_retired(reason)
+        process.life = Life.SHUTTING_DOWN
+        effects.append(Kill(process))
+        self._after_loss(now, effects)
         return effects
 
     def note_healthy(self, now: float) -> None:

@@ -48,6 +48,7 @@ class RetireReason:
     DIED: Final = "died"  # exited on its own (crashed, killed)
     MAX_REQUESTS: Final = "max_requests"  # served its --max-requests (recycled)
     MEMORY_LIMIT: Final = "memory_limit"  # grew above --memory-limit (recycled)
+    MAX_REQUEST_TIME: Final = "max_request_time"  # a request hung: killed and replaced
 
 
 @dataclass(eq=False, slots=True)

@@ -52,6 +52,9 @@ class AppKind:
     steps: tuple[StepSpec, ...] = LOADER_STEPS
     #: Its processes serve --thread-count requests at once (else any number).
     threaded: bool = False
+    #: What its loader writes to stderr on SIGQUIT, for the log before a hung process is
+    #: killed (--max-request-time); "" = it is not asked (SIGQUIT would kill an app).
+    stack_dump: str = ""
 
 
 def first_file(*names: str) -> Callable[[Path], str]:
@@ -132,6 +135,7 @@ WSGI = AppKind(
     loader=LOADERS / "wsgi_loader.py",
     protocol="session",
     threaded=True,
+    stack_dump="every thread's Python stack",
 )
 NODE = AppKind(
     name="node",
@@ -143,6 +147,7 @@ NODE = AppKind(
     interpreter_check=InterpreterCheck("Node.js", r"v(\d+\.\d+\.\d+)", (18,)),
     loader=LOADERS / "node_loader.js",
     protocol="http",
+    stack_dump="its requests in flight and what its event loop waits on",
 )
 GENERIC = AppKind(
     name="generic",

@@ -37,6 +37,11 @@ class ClosingBody:
 LEAKED = []
 
 
+def stuck_in_a_slow_query(seconds):
+    """What /hang waits in: its name must show in the stack dump of --max-request-time."""
+    time.sleep(seconds)
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     q = _query(environ)
@@ -51,6 +56,10 @@ def app(environ, start_response):
     if path == "/alloc":
         # Keeps ?mb=N megabytes for the life of the process (a leak, for --memory-limit).
         LEAKED.append(b"\x01" * (int(q.get("mb", "100")) * 1024 * 1024))  # touched: resident
+        start_response("200 OK", text)
+        return [str(os.getpid()).encode()]
+    if path == "/hang":
+        stuck_in_a_slow_query(float(q.get("t", "5")))
         start_response("200 OK", text)
         return [str(os.getpid()).encode()]
     if path == "/slow":
