@@ -26,14 +26,16 @@ from .config import (
     shown_default,
     toml_value,
 )
-from .core import Core
+from .core import Core, admin_password
 from .daemon import Daemon, PidFile, ferryman_pid, read_pid_file
 from .daemon import stop as stop_server
 from .errors import ConfigError
+from .http.listener import listen_target, open_for
 from .instance import running_instances
 from .log import setup_logging
 from .spawning.detect import detect, with_interpreter
 from .spawning.error_report import ErrorReports
+from .watchdog import CoreLink, Watchdog
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -244,6 +246,8 @@ def show_settings(args: argparse.Namespace) -> int:
 
 
 def start(args: argparse.Namespace) -> int:
+    """``ferryman start``: check everything that can be checked, (detach,) listen, then
+    become the watchdog, which runs the core."""
     given = {name: getattr(args, name) for name, _, _ in settings()}
     pid_file = None
     try:
@@ -255,6 +259,7 @@ def start(args: argparse.Namespace) -> int:
             )
         spec = with_interpreter(detect(config), config, Path.cwd())
         ErrorReports(config.error_report_dir, config.error_report_limit).check()
+        password = admin_password(config)
         if config.pid_file:
             pid_file = PidFile(Path(config.pid_file))
             pid_file.check()
@@ -269,6 +274,8 @@ def start(args: argparse.Namespace) -> int:
         if code is not None:
             sink.close()  # the starting process: the daemon has its own
             return code
+    log = logging.getLogger("ferryman")
+    last_error: list[str] = []
 
     def listening(urls: list[str]) -> None:
         if pid_file is not None:
@@ -276,24 +283,51 @@ def start(args: argparse.Namespace) -> int:
         if daemon is not None:
             daemon.say(f"ok pid {os.getpid()}, {', '.join(urls)}")
 
+    def run_core(link: CoreLink) -> int:
+        try:
+            return run(Core(config, spec, sink, link, password).run())
+        except ConfigError as exc:
+            # Found only by the core (e.g. a TMPDIR too deep for socket paths): said like
+            # every other configuration error, and to the watchdog.
+            sys.stderr.write(f"ferryman: {exc}\n")
+            if config.log_file:
+                log.error("%s", exc)
+            link.error(str(exc))
+            return exc.exit_code
+
     try:
-        log = logging.getLogger("ferryman")
         for warning in warnings:
             log.warning("%s", warning)
         try:
-            return run(Core(config, spec, sink, on_listening=listening).run())
+            sockets = open_for(config)
         except ConfigError as exc:
             # Found only when listening (a host that does not resolve, an address that is
             # not this machine's): said like every other configuration error.
             sys.stderr.write(f"ferryman: {exc}\n")
             if config.log_file:
                 log.error("%s", exc)
-            if daemon is not None:
-                daemon.say(str(exc))
+            last_error.append(str(exc))
             return exc.exit_code
+        except OSError as exc:
+            log.error("Cannot listen on %s: %s", listen_target(config), exc.strerror or exc)
+            last_error.append(f"cannot listen on {listen_target(config)}: {exc.strerror or exc}")
+            return 1
+        watchdog = Watchdog(
+            config,
+            sink,
+            sockets,
+            run_core,
+            on_listening=listening,
+            in_core=daemon.forget if daemon is not None else None,
+        )
+        code = watchdog.run()
+        if watchdog.core_error:
+            last_error.append(watchdog.core_error)
+        return code
     finally:
         if daemon is not None:
-            daemon.say("the server stopped before it listened")  # if not said yet
+            # If not said yet: why it stopped before it listened.
+            daemon.say(last_error[0] if last_error else "the server stopped before it listened")
         if pid_file is not None:
             pid_file.remove()
         sink.close()
@@ -330,7 +364,11 @@ def stop(args: argparse.Namespace) -> int:
                 f"ferryman: {why}; say which with --pid-file, --port or --instance{listing}\n"
             )
             return 1
-        pid = candidates[0].pid
+        # Its watchdog, when it has one: waiting for it waits until everything is gone.
+        watchdog = candidates[0].properties.get("watchdog_pid")
+        pid = (
+            watchdog if isinstance(watchdog, int) and ferryman_pid(watchdog) else candidates[0].pid
+        )
     code = stop_server(pid, args.timeout, args.force)
     if code:
         sys.stderr.write(f"ferryman: Ferryman {pid} is still running after {args.timeout:g} s\n")

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import logging
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, build
@@ -28,6 +25,7 @@ from .config import CONFIG_FILE, Config, split_host_port
 from .errors import ConfigError, SpawnError
 from .http.app import App, HealthCheck
 from .http.front import FrontServer
+from .http.listener import listen_target
 from .http.upstream import Upstreams
 from .instance import InstanceDir
 from .log import AccessLog, LogSink
@@ -37,6 +35,7 @@ from .spawning.error_page import page_for
 from .spawning.error_report import ErrorReports
 from .spawning.spawner import Spawner
 from .supervisor import MAX_TICK_INTERVAL, Supervisor
+from .watchdog import CoreLink
 
 log = logging.getLogger("ferryman")
 
@@ -103,15 +102,21 @@ class Core:
         config: Config,
         spec: AppSpec,
         sink: LogSink,
-        on_listening: Callable[[list[str]], None] | None = None,
+        link: CoreLink | None = None,
+        admin_password: str | None = None,
     ) -> None:
         self.config = config
         self.spec = spec
         self.sink = sink
-        #: Told the listening addresses once the server serves (daemon mode, pid file).
-        self.on_listening = on_listening
+        #: The watchdog: the sockets to serve on, and the pipes to and from it (None: the
+        #: core binds its own sockets and answers to no one).
+        self.link = link
+        #: The admin account's password (None: a random one); see admin_password().
+        self.admin_password = admin_password
         self._stop: asyncio.Event | None = None
         self._signals = 0
+        self._front: FrontServer | None = None
+        self._supervisor: Supervisor | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -142,31 +147,16 @@ class Core:
             local=health,
         )
         front = FrontServer(config, app)
-        admin_password = self._admin_password()
+        link = self.link
         try:
-            urls = front.listen()
-        except OSError as exc:
+            urls = front.listen(link.sockets if link is not None else None)
+        except BaseException as exc:
             await supervisor.shutdown()
-            if config.socket and config.socket_owner and exc.errno == errno.EPERM:
-                raise ConfigError(
-                    f"invalid value {config.socket_owner!r} for socket_owner (from "
-                    f"{config.origin('socket_owner')}): cannot give {config.socket} to it: "
-                    f"{exc.strerror} (changing the user needs root; a group you belong to "
-                    "works)"
-                ) from None
-            if not config.socket and (
-                isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
-            ):
-                # The value itself is wrong (no such host, not an address of this machine):
-                # a configuration error like any other (exit code 2).
-                raise ConfigError(
-                    f"invalid value {config.address!r} for address (from "
-                    f"{config.origin('address')}): must be an address of this machine or a "
-                    f"host name that resolves to one; {exc.strerror or exc}"
-                ) from None
-            log.error("Cannot listen on %s: %s", _listen_target(config), exc.strerror or exc)
-            return 1
-        passwords = instance.write_passwords(admin_password)
+            if isinstance(exc, OSError):
+                log.error("Cannot listen on %s: %s", listen_target(config), exc.strerror or exc)
+                return 1
+            raise
+        passwords = instance.write_passwords(self.admin_password)
         admin_api = AdminApi(
             pool=pool,
             apps=[AppView(group, app, self.spec.root, config.environment, self.spec.kind.name)],
@@ -197,8 +187,12 @@ class Core:
             await supervisor.shutdown()
             log.error("Cannot listen for the admin API: %s", exc.strerror or exc)
             return 1
+        self._front = front
+        self._supervisor = supervisor
         for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self._on_signal, sig, front, supervisor)
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        if link is not None:
+            loop.add_reader(link.commands, self._on_command, link.commands)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup, group, supervisor)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_log, signal.SIGUSR1)
         try:
@@ -213,11 +207,12 @@ class Core:
                     "name": instance.name,
                     "admin_socket": str(instance.admin_socket),
                     "admin_addresses": admin_urls,
+                    "watchdog_pid": link.watchdog_pid if link is not None else None,
                 }
             )
             self._banner(urls)
-            if self.on_listening is not None:
-                self.on_listening(urls)
+            if link is not None:
+                link.ready(urls)
             supervisor.apply(pool.tick(supervisor.now()))
             supervisor.tick_every(_tick_interval(config))
             if config.memory_limit:
@@ -226,6 +221,8 @@ class Core:
                 front.watch_request_time(config.max_request_time)
             assert self._stop is not None
             await self._stop.wait()
+            if link is not None:
+                link.stopping()  # the watchdog closes its sockets: new connections are refused
             pool.drain()
             log.info(
                 "Shutting down: finishing requests in flight (up to %gs)", config.graceful_timeout
@@ -249,47 +246,57 @@ class Core:
         finally:
             for sig in (*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
+            if link is not None:
+                loop.remove_reader(link.commands)
             self.sink.flush()
 
-    def _on_signal(self, sig: signal.Signals, front: FrontServer, supervisor: Supervisor) -> None:
+    def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
-        assert self._stop is not None
         if self._signals == 1:
             log.info("Received %s", sig.name)
-            self._stop.set()
+            self._request_stop()
         else:
             log.warning("Received %s again: closing all connections and stopping now", sig.name)
-            supervisor.hurry = True
-            front.abort_all()
+            self._hurry()
+
+    def _on_command(self, fd: int) -> None:
+        """A word from the watchdog: ``s`` stop, ``h`` hurry; EOF: it is gone, stop too.
+
+        The watchdog's stop does not count as a signal: under systemd's control-group
+        kill the core gets SIGTERM itself as well, and the two together are one stop."""
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(fd)
+            if self._stop is not None and not self._stop.is_set():
+                log.warning("The watchdog is gone: stopping")
+            self._request_stop()
+        elif b"h" in data:
+            log.warning("The watchdog was told again to stop: closing all connections now")
+            self._request_stop()
+            self._hurry()
+        elif b"s" in data:
+            self._request_stop()
+
+    def _request_stop(self) -> None:
+        assert self._stop is not None
+        self._stop.set()
+
+    def _hurry(self) -> None:
+        """A second stop: app processes get SIGTERM at once, connections are closed."""
+        if self._supervisor is not None:
+            self._supervisor.hurry = True
+        if self._front is not None:
+            self._front.abort_all()
 
     def _admin_shutdown(self) -> None:
         """POST /shutdown on the admin API: as SIGTERM."""
         assert self._stop is not None
         self._stop.set()
-
-    def _admin_password(self) -> str | None:
-        """The admin account's password from --admin-password-file (None: a random one)."""
-        path = self.config.admin_password_file
-        if path is None:
-            return None
-        try:
-            with Path(path).open("rb") as file:
-                head = file.read(MAX_PASSWORD_BYTES + 1)  # the first line, never a whole file
-            lines = head.decode("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc)
-            raise ConfigError(
-                f"invalid value {path!r} for admin_password_file (from "
-                f"{self.config.origin('admin_password_file')}): cannot read it: {why}"
-            ) from None
-        password = lines[0].strip() if lines else ""
-        if not 8 <= len(password.encode()) <= MAX_PASSWORD_BYTES:
-            raise ConfigError(
-                f"invalid value {path!r} for admin_password_file (from "
-                f"{self.config.origin('admin_password_file')}): its first line must be a "
-                f"password of 8 to {MAX_PASSWORD_BYTES} bytes"
-            )
-        return password
 
     def _admin_configs(self, instance: InstanceDir) -> list[Config]:
         """Where the admin API listens: the instance's Unix socket (0600), and TCP if asked."""
@@ -365,6 +372,31 @@ class Core:
             sys.stderr.flush()
 
 
+def admin_password(config: Config) -> str | None:
+    """The admin account's password from --admin-password-file (None: a random one)."""
+    path = config.admin_password_file
+    if path is None:
+        return None
+    try:
+        with Path(path).open("rb") as file:
+            head = file.read(MAX_PASSWORD_BYTES + 1)  # the first line, never a whole file
+        lines = head.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"invalid value {path!r} for admin_password_file (from "
+            f"{config.origin('admin_password_file')}): cannot read it: {why}"
+        ) from None
+    password = lines[0].strip() if lines else ""
+    if not 8 <= len(password.encode()) <= MAX_PASSWORD_BYTES:
+        raise ConfigError(
+            f"invalid value {path!r} for admin_password_file (from "
+            f"{config.origin('admin_password_file')}): its first line must be a "
+            f"password of 8 to {MAX_PASSWORD_BYTES} bytes"
+        )
+    return password
+
+
 async def _close_front(front: FrontServer) -> None:
     """Stop ``front`` now: its listeners, its connections, its socket file, its alerts."""
     front.stop_accepting()
@@ -372,10 +404,6 @@ async def _close_front(front: FrontServer) -> None:
     await front.drained(1.0)
     front.remove_socket_file()
     front.close_alerts()
-
-
-def _listen_target(config: Config) -> str:
-    return f"unix:{config.socket}" if config.socket else f"{config.address}:{config.port}"
 
 
 def _tick_interval(config: Config) -> float:

@@ -128,12 +128,21 @@ class Daemon:
             if not chunk:
                 break
             data += chunk
+            if b"\n" in data:
+                break  # the word is one line
         text = data[:MAX_WORD].decode("utf-8", "replace").strip()
         if text.startswith("ok "):
             sys.stdout.write(f"Ferryman is running in the background: {text[3:]}\n")
             return 0
         sys.stderr.write(f"ferryman: {text or 'the server did not start'} (see the log file)\n")
         return 1
+
+    def forget(self) -> None:
+        """In a process forked from the daemon (the core): close our copy of the pipe,
+        unsaid, so that the starting process sees EOF once the daemon closes its own."""
+        if self._report is not None:
+            os.close(self._report)
+            self._report = None
 
     def say(self, text: str) -> None:
         """In the daemon: tell the starting process (once) and let it go."""

@@ -103,7 +103,9 @@ class Server:
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=cwd
         )
-        self.pid = self.proc.pid
+        #: ``ferryman start`` is the watchdog; the core (``pid``) is its child.
+        self.watchdog_pid = self.proc.pid
+        self.pid = self.proc.pid  # the core's, once it listens
         self.app_pids: set[int] = set()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -111,6 +113,7 @@ class Server:
         self.unix_socket = ""
         try:
             self._find_address(timeout=15)
+            self.pid = self.find_core()
             for _ in range(wait_ready):
                 self.wait_for_ready()
         except BaseException:
@@ -142,6 +145,20 @@ class Server:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError("the server never listened; log:\n" + self.log_text())
             time.sleep(0.02)
+
+    def find_core(self, timeout: float = 15, not_pid: int = 0) -> int:
+        """The core's pid: the watchdog's one live child (other than ``not_pid``, the core
+        that died, when a new one is awaited)."""
+        found: list[int] = []
+
+        def one_core() -> bool:
+            children = [p for p in process_children(self.watchdog_pid) if alive(p) and p != not_pid]
+            found[:] = children
+            return len(children) == 1
+
+        if not wait_until(one_core, timeout):
+            raise AssertionError(f"no single core under the watchdog: {found}\n{self.log_text()}")
+        return found[0]
 
     # -- log --------------------------------------------------------------------------------
 
@@ -293,8 +310,9 @@ class Server:
     # -- stopping it ------------------------------------------------------------------------------
 
     def send_signal(self, sig: signal.Signals) -> None:
+        """Signal the server as a user would: its main process, the watchdog."""
         if self.proc.poll() is None:
-            os.kill(self.pid, sig)
+            os.kill(self.watchdog_pid, sig)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
         self.send_signal(sig)

@@ -271,17 +271,18 @@ def test_a_process_above_the_memory_limit_is_replaced_without_failing_a_request(
     ],
     ids=["wsgi", "node"],
 )
-def test_sigterm_to_the_core_and_every_app_process_at_once_is_an_orderly_stop(
+def test_sigterm_to_every_process_at_once_is_an_orderly_stop(
     app: Path, path: str, args: tuple[str, ...]
 ) -> None:
     """systemd's KillMode=control-group (and docker stop of a process group) signal every
-    process at once: the requests in flight finish with 200, the app processes stop in
-    order, nothing is logged as a crash or a failed start, and the core exits 0."""
+    process at once — watchdog, core, app processes: the requests in flight finish with
+    200, the app processes stop in order, nothing is logged as a crash or a failed start,
+    and the server exits 0."""
     with serving(app, "--min-instances", "2", "--max-pool-size", "2", *args) as server:
         server.wait_for_ready()
         slow = [Request(server, path) for _ in range(4)]
         assert wait_until(lambda: len(_in_flight(server)) == 4, timeout=10)
-        for pid in [server.pid, *server.app_pids]:
+        for pid in [server.watchdog_pid, server.pid, *server.app_pids]:
             os.kill(pid, signal.SIGTERM)
         for request in slow:
             request.join(15)
@@ -316,9 +317,12 @@ def test_daemonize_returns_at_once_and_ferryman_stop_ends_it(tmp_path: Path) -> 
         sys.executable, "-m", "ferryman", "start", str(APPS / "wsgi_stub"), "--port", str(port),
         "--daemonize", "--pid-file", str(pid_file), "--log-file", str(tmp_path / "log"),
     ]  # fmt: skip
-    started = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
-    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    pid = None
     try:
+        started = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        pid = int(pid_file.read_text()) if pid_file.exists() else None
         assert started.returncode == 0, started.stderr
         assert f"running in the background: pid {pid}, http://127.0.0.1:{port}" in started.stdout
         assert pid is not None
@@ -341,8 +345,12 @@ def test_daemonize_returns_at_once_and_ferryman_stop_ends_it(tmp_path: Path) -> 
         assert not pid_file.exists()
         assert wait_until(lambda: not _alive(pid) and not _alive(app_pid), timeout=10)
     finally:
+        if pid is None and pid_file.exists():
+            pid = int(pid_file.read_text())
         if pid is not None and _alive(pid):
-            os.kill(pid, signal.SIGKILL)  # by its pid, never by name
+            # By its pid, never by name: the daemon leads its own process group, which
+            # holds its core too (app processes exit once the core is gone).
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

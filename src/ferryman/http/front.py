@@ -35,7 +35,7 @@ from .app import App
 from .body import SPOOL_THRESHOLD
 from .chunked import ChunkedBody, ChunkError
 from .exchange import CLIENT_CLOSED, FORWARDING, Exchange
-from .listener import FD_ALERT_SUMMARY, Listener, open_tcp, open_unix, owner_ids
+from .listener import FD_ALERT_SUMMARY, Listener, open_for
 from .request import RequestHead, is_trusted
 from .response import simple_response
 from .spool import SpoolBudget, SpoolFull
@@ -128,23 +128,27 @@ class FrontServer:
         #: --max-request-time, and the timer of the next look at the requests in flight.
         self._request_time = 0.0
         self._request_timer: asyncio.TimerHandle | None = None
+        #: The Unix socket file is removed by whoever bound it (listen(), or the watchdog).
+        self._owns_socket_file = False
 
-    def listen(self) -> list[str]:
-        """Bind the listening sockets; returns the addresses, e.g. ``http://127.0.0.1:3000``."""
+    def listen(self, socks: list[socket.socket] | None = None) -> list[str]:
+        """Serve on ``socks`` (the watchdog's, inherited), or bind the ones the config asks
+        for (then a Unix socket file is ours to remove); returns the addresses, e.g.
+        ``http://127.0.0.1:3000``. Raises ConfigError or OSError as ``open_for``."""
         config = self.config
-        if config.socket:
-            owner = owner_ids(config.socket_owner) if config.socket_owner else None
-            socks = [open_unix(config.socket, config.socket_mode, owner)]
-            urls = [f"unix:{config.socket}"]
-        else:
-            socks = open_tcp(config.address, config.port)
-            urls = []
-            for sock in socks:
-                host, port = sock.getsockname()[:2]
-                self.server_name = host.encode()
-                self.server_port = str(port).encode()
-                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-                urls.append(f"http://{shown}:{port}")
+        if socks is None:
+            socks = open_for(config)
+            self._owns_socket_file = bool(config.socket)
+        urls = []
+        for sock in socks:
+            if sock.family == socket.AF_UNIX:
+                urls.append(f"unix:{sock.getsockname()}")
+                continue
+            host, port = sock.getsockname()[:2]
+            self.server_name = host.encode()
+            self.server_port = str(port).encode()
+            shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+            urls.append(f"http://{shown}:{port}")
         for i, sock in enumerate(socks):
             try:
                 self.listeners.append(Listener(sock, self._accepted, self.fd_alert))
@@ -186,9 +190,10 @@ class FrontServer:
         return True
 
     def remove_socket_file(self) -> None:
-        """Remove the Unix socket file we listened on (after the listeners are closed)."""
+        """Remove the Unix socket file we listened on (after the listeners are closed),
+        unless it is the watchdog's."""
         path = self.config.socket
-        if path and self.listeners:
+        if path and self.listeners and self._owns_socket_file:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

@@ -27,6 +27,8 @@ import stat
 from collections.abc import Callable
 
 from ..alerts import Alert
+from ..config import Config
+from ..errors import ConfigError
 
 log = logging.getLogger("ferryman")
 
@@ -198,3 +200,42 @@ def _in_use(path: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def open_for(config: Config) -> list[socket.socket]:
+    """The listening sockets ``config`` asks for (``socket``, or ``address`` and ``port``).
+
+    A value that cannot work (no such host, not an address of this machine, a
+    socket_owner we may not give the socket to) raises ConfigError naming the setting;
+    any other failure (the port is taken) raises OSError.
+    """
+    if config.socket:
+        owner = owner_ids(config.socket_owner) if config.socket_owner else None
+        try:
+            return [open_unix(config.socket, config.socket_mode, owner)]
+        except OSError as exc:
+            if config.socket_owner and exc.errno == errno.EPERM:
+                raise ConfigError(
+                    f"invalid value {config.socket_owner!r} for socket_owner (from "
+                    f"{config.origin('socket_owner')}): cannot give {config.socket} to it: "
+                    f"{exc.strerror} (changing the user needs root; a group you belong to "
+                    "works)"
+                ) from None
+            raise
+    try:
+        return open_tcp(config.address, config.port)
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            # The value itself is wrong (no such host, not an address of this machine):
+            # a configuration error like any other (exit code 2).
+            raise ConfigError(
+                f"invalid value {config.address!r} for address (from "
+                f"{config.origin('address')}): must be an address of this machine or a "
+                f"host name that resolves to one; {exc.strerror or exc}"
+            ) from None
+        raise
+
+
+def listen_target(config: Config) -> str:
+    """Where ``config`` listens, for messages."""
+    return f"unix:{config.socket}" if config.socket else f"{config.address}:{config.port}"
