@@ -7,8 +7,11 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import sys
-from collections.abc import Coroutine, Sequence
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +20,7 @@ import uvloop
 from . import describe
 from . import status as operator
 from .config import (
+    Config,
     effective_settings,
     flag_of,
     json_value,
@@ -32,10 +36,13 @@ from .daemon import stop as stop_server
 from .errors import ConfigError
 from .http.listener import listen_target, open_for
 from .instance import running_instances
-from .log import setup_logging
-from .spawning.detect import detect, with_interpreter
+from .log import LogSink, setup_logging
+from .spawning.detect import AppSpec, detect, with_interpreter
 from .spawning.error_report import ErrorReports
-from .watchdog import CoreLink, Watchdog
+from .watchdog import HANDLED, CoreLink, Plan, become_watchdog
+
+#: Exit code of a core that raised instead of returning (EX_SOFTWARE).
+CORE_CRASHED = 70
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -196,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return show_settings(args)
     if args.command == "start":
-        return start(args)
+        return start(args, list(sys.argv[1:] if argv is None else argv))
     if args.command == "stop":
         return stop(args)
     try:
@@ -245,9 +252,11 @@ def show_settings(args: argparse.Namespace) -> int:
     return 0
 
 
-def start(args: argparse.Namespace) -> int:
+def start(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``ferryman start``: check everything that can be checked, (detach,) listen, then
-    become the watchdog, which runs the core."""
+    become the watchdog, which runs the core: ``ferryman start`` again, with the same
+    ``argv``, told by the environment that it is the core."""
+    link = CoreLink.from_environment()
     given = {name: getattr(args, name) for name, _, _ in settings()}
     pid_file = None
     try:
@@ -260,13 +269,17 @@ def start(args: argparse.Namespace) -> int:
         spec = with_interpreter(detect(config), config, Path.cwd())
         ErrorReports(config.error_report_dir, config.error_report_limit).check()
         password = admin_password(config)
-        if config.pid_file:
+        if config.pid_file and link is None:
             pid_file = PidFile(Path(config.pid_file))
             pid_file.check()
         sink = setup_logging(config)
     except ConfigError as exc:
         sys.stderr.write(f"ferryman: {exc}\n")
+        if link is not None:
+            link.error(str(exc))  # changed since the watchdog checked it (Ferrymanfile.toml)
         return exc.exit_code
+    if link is not None:
+        return run_core(config, spec, sink, warnings, link=link, password=password)
     daemon = None
     if config.daemonize:
         daemon = Daemon()
@@ -275,29 +288,7 @@ def start(args: argparse.Namespace) -> int:
             sink.close()  # the starting process: the daemon has its own
             return code
     log = logging.getLogger("ferryman")
-    last_error: list[str] = []
-
-    def listening(urls: list[str]) -> None:
-        if pid_file is not None:
-            pid_file.write()
-        if daemon is not None:
-            daemon.say(f"ok pid {os.getpid()}, {', '.join(urls)}")
-
-    def run_core(link: CoreLink) -> int:
-        try:
-            return run(Core(config, spec, sink, link, password).run())
-        except ConfigError as exc:
-            # Found only by the core (e.g. a TMPDIR too deep for socket paths): said like
-            # every other configuration error, and to the watchdog.
-            sys.stderr.write(f"ferryman: {exc}\n")
-            if config.log_file:
-                log.error("%s", exc)
-            link.error(str(exc))
-            return exc.exit_code
-
     try:
-        for warning in warnings:
-            log.warning("%s", warning)
         try:
             sockets = open_for(config)
         except ConfigError as exc:
@@ -306,30 +297,104 @@ def start(args: argparse.Namespace) -> int:
             sys.stderr.write(f"ferryman: {exc}\n")
             if config.log_file:
                 log.error("%s", exc)
-            last_error.append(str(exc))
+            if daemon is not None:
+                daemon.say(str(exc))
             return exc.exit_code
         except OSError as exc:
-            log.error("Cannot listen on %s: %s", listen_target(config), exc.strerror or exc)
-            last_error.append(f"cannot listen on {listen_target(config)}: {exc.strerror or exc}")
+            why = f"Cannot listen on {listen_target(config)}: {exc.strerror or exc}"
+            log.error("%s", why)
+            if daemon is not None:
+                daemon.say(why)
             return 1
-        watchdog = Watchdog(
-            config,
-            sink,
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # see watchdog.HANDLED
+        first, status, commands = fork_first_core(
             sockets,
-            run_core,
-            on_listening=listening,
-            in_core=daemon.forget if daemon is not None else None,
+            lambda link: run_core(config, spec, sink, warnings, link=link, password=password),
+            close_in_core=[daemon.report_fd] if daemon is not None and daemon.report_fd else [],
         )
-        code = watchdog.run()
-        if watchdog.core_error:
-            last_error.append(watchdog.core_error)
-        return code
+        plan = Plan(
+            sockets=[sock.fileno() for sock in sockets],
+            core_argv=[sys.executable, "-m", "ferryman", *argv],
+            log_fd=sink.fd,
+            log_path=config.log_file,
+            log_level=config.log_level,
+            socket_path=config.socket,
+            pid_file=str(pid_file.path) if pid_file is not None else None,
+            daemon_fd=daemon.report_fd if daemon is not None else None,
+            first_core=first,
+            first_status=status,
+            commands=commands,
+        )
+        sink.flush()
+        try:
+            become_watchdog(plan)  # does not return
+        except OSError as exc:
+            # The core stops by itself once the command pipe closes (as we exit).
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            log.error("Cannot start the watchdog (%s): %s", sys.executable, exc)
+            if daemon is not None:
+                daemon.say(f"cannot start the watchdog: {exc}")
+            return 1
+        return 1  # not reached
     finally:
-        if daemon is not None:
-            # If not said yet: why it stopped before it listened.
-            daemon.say(last_error[0] if last_error else "the server stopped before it listened")
-        if pid_file is not None:
-            pid_file.remove()
+        sink.close()
+
+
+def fork_first_core(
+    sockets: list[socket.socket],
+    run: Callable[[CoreLink], int],
+    close_in_core: list[int],
+) -> tuple[int, int, list[int]]:
+    """Fork the first core from this process, which has imported and checked everything
+    already (a start then costs one interpreter, not two); the watchdog starts later
+    ones. Returns its pid, the read end of its status pipe and the command pipe."""
+    commands_r, commands_w = os.pipe2(os.O_CLOEXEC)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(status_r, False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the core
+        code = CORE_CRASHED
+        try:
+            for fd in (commands_w, status_r, *close_in_core):
+                os.close(fd)
+            code = run(CoreLink(sockets, commands_r, status_w, os.getppid()))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(status_w)
+    return pid, status_r, [commands_r, commands_w]
+
+
+def run_core(
+    config: Config,
+    spec: AppSpec,
+    sink: LogSink,
+    warnings: list[str],
+    *,
+    link: CoreLink,
+    password: str | None,
+) -> int:
+    """In a core its watchdog started: serve until stopped; the exit code."""
+    log = logging.getLogger("ferryman")
+    try:
+        for warning in warnings:
+            log.warning("%s", warning)
+        try:
+            return run(Core(config, spec, sink, link, password).run())
+        except ConfigError as exc:
+            # Found only by the core (e.g. a TMPDIR too deep for socket paths): said like
+            # every other configuration error, and to the watchdog (for --daemonize).
+            sys.stderr.write(f"ferryman: {exc}\n")
+            if config.log_file:
+                log.error("%s", exc)
+            link.error(str(exc))
+            return exc.exit_code
+    finally:
         sink.close()
 
 

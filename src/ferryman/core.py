@@ -35,7 +35,7 @@ from .spawning.error_page import page_for
 from .spawning.error_report import ErrorReports
 from .spawning.spawner import Spawner
 from .supervisor import MAX_TICK_INTERVAL, Supervisor
-from .watchdog import CoreLink
+from .watchdog import HANDLED, CoreLink
 
 log = logging.getLogger("ferryman")
 
@@ -191,6 +191,9 @@ class Core:
         self._supervisor = supervisor
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # Blocked until now when a watchdog started us (see watchdog.HANDLED): a signal
+        # that came meanwhile is delivered here, to the handlers.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         if link is not None:
             loop.add_reader(link.commands, self._on_command, link.commands)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup, group, supervisor)

@@ -137,12 +137,10 @@ class Daemon:
         sys.stderr.write(f"ferryman: {text or 'the server did not start'} (see the log file)\n")
         return 1
 
-    def forget(self) -> None:
-        """In a process forked from the daemon (the core): close our copy of the pipe,
-        unsaid, so that the starting process sees EOF once the daemon closes its own."""
-        if self._report is not None:
-            os.close(self._report)
-            self._report = None
+    @property
+    def report_fd(self) -> int | None:
+        """In the daemon: the pipe to the starting process (handed to the watchdog)."""
+        return self._report
 
     def say(self, text: str) -> None:
         """In the daemon: tell the starting process (once) and let it go."""

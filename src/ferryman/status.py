@@ -325,7 +325,10 @@ def memory_stats(selector: str | None, out: IO[str] = sys.stdout) -> int:
         cells = " ".join(f"{usage[k] / MB:>8.1f} M" for k in ("private", "shared", "rss", "pss"))
         return f"{pid:<8} {cells}  {name}", usage
 
-    lines = ["----------- Ferryman core -----------", header]
+    lines = ["----------- Ferryman -----------", header]
+    watchdog = instance.properties.get("watchdog_pid")
+    if isinstance(watchdog, int):
+        lines.append(row(watchdog, "Ferryman watchdog")[0])
     line, _ = row(instance.pid, f"Ferryman core ({instance.name})")
     lines.append(line)
     for app in state["apps"]:

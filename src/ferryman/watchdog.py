@@ -4,22 +4,29 @@ the core as its child, and starts a new core when one dies.
 Why a process of its own: a core that dies (a bug, the OOM killer, ``kill -9``) loses
 the requests it was serving, but not the server. The listening sockets stay open in
 the watchdog, so connections made while no core runs wait in the listen backlog, and
-the next core (forked from the watchdog, the sockets inherited) accepts them. The
-watchdog runs no event loop and serves nothing: there is little in it to crash.
+the next core (started with the sockets inherited) accepts them.
 
-Between the two, two pipes:
+Small on purpose: ``ferryman start`` checks the configuration, opens the sockets (and
+detaches, with --daemonize), then *execs* this module — same pid, a fresh interpreter
+that imports only the standard library (about 11 MB, not the core's 30). Each core is
+``ferryman start`` again with the same arguments, told through ``FERRYMAN_WATCHDOG``
+which inherited fds are its sockets and pipes. Nothing from the rest of Ferryman is
+imported here: keep it that way.
+
+Between the watchdog and a core, two pipes:
 
 * the *command* pipe, watchdog → core: ``s`` asks the core to stop gracefully (the
   watchdog got SIGTERM or SIGINT), ``h`` to hurry (a second one); EOF means the
   watchdog is gone, and the core stops gracefully, so no app process outlives it.
 * the *status* pipe, core → watchdog: ``ready <urls as JSON>`` once the core serves,
-  ``stopping`` once it stops for good (the watchdog then closes its copies of the
-  listening sockets, so that new connections are refused rather than left waiting).
+  ``error <message>`` if it cannot start, ``stopping`` once it stops for good (the
+  watchdog then closes its copies of the listening sockets, so that new connections
+  are refused rather than left waiting).
 
 A core that exits 0 stopped in order (SIGTERM, ``ferryman stop``, the admin API): the
-watchdog exits 0 too. A core that dies before it ever served ends the watchdog with
-its exit code (a configuration error is not retried). Any other death starts a new
-core, at once the first time, then after a back-off that doubles up to
+watchdog exits 0 too. A core that dies before any core ever served ends the watchdog
+with its exit code (a configuration error is not retried). Any other death starts a
+new core, at once the first time, then after a back-off that doubles up to
 ``BACKOFF_CAP`` (reset once a core has run ``STABLE_AFTER`` seconds).
 
 App processes of a dead core exit by themselves (their owner pipe closes). In case
@@ -33,22 +40,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import logging
 import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from .config import Config
-from .log import LogSink
-
-log = logging.getLogger("ferryman")
+from typing import Any
 
 #: Restart back-off after the first immediate restart: 1 s, 2 s, 4 s... up to this.
 BACKOFF_CAP = 30.0
@@ -58,16 +59,24 @@ STABLE_AFTER = 30.0
 ORPHAN_GRACE = 2.0
 #: The most a status line from the core may hold (a list of listening addresses).
 MAX_STATUS_LINE = 64 * 1024
-#: Exit code of a core that raised instead of returning (EX_SOFTWARE).
-CORE_CRASHED = 70
+#: How a core learns of its watchdog (JSON; removed from the environment at once).
+ENVIRONMENT = "FERRYMAN_WATCHDOG"
 #: Stop signals; the first asks for a graceful stop, the next ones for a hurried one.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Signals passed on to the core (the watchdog reopens its own log on both as well).
 PASSED_ON = (signal.SIGHUP, signal.SIGUSR1)
+#: Blocked by ``ferryman start`` from before the first core is forked until the core and
+#: the watchdog have their handlers (a blocked signal waits; the mask survives exec): a
+#: SIGTERM right after the server says it listens is a graceful stop, never a kill.
+HANDLED = (*STOP_SIGNALS, *PASSED_ON)
 _PR_SET_CHILD_SUBREAPER = 36
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 STOP = b"s"
 HURRY = b"h"
+
+
+# -- the core's side -------------------------------------------------------------------------
 
 
 @dataclass
@@ -80,6 +89,17 @@ class CoreLink:
     #: Write end of the status pipe.
     status: int
     watchdog_pid: int
+
+    @classmethod
+    def from_environment(cls) -> CoreLink | None:
+        """In a core started by a watchdog: its link (None otherwise). The variable is
+        removed, so that app processes do not inherit it."""
+        raw = os.environ.pop(ENVIRONMENT, None)
+        if raw is None:
+            return None
+        plan = json.loads(raw)
+        sockets = [socket.socket(fileno=fd) for fd in plan["sockets"]]
+        return cls(sockets, plan["commands"], plan["status"], plan["watchdog_pid"])
 
     def ready(self, urls: list[str]) -> None:
         self._say(b"ready " + json.dumps(urls).encode() + b"\n")
@@ -96,16 +116,95 @@ class CoreLink:
             os.write(self.status, line)
 
 
-class _CoreProcess:
-    """One run of the core: its pid, pidfd and status pipe, owned by the watchdog."""
+# -- becoming the watchdog -----------------------------------------------------------------
 
-    def __init__(self, pid: int, status: int) -> None:
+
+@dataclass
+class Plan:
+    """What ``ferryman start`` hands the watchdog it execs into."""
+
+    #: The listening sockets' fds.
+    sockets: list[int]
+    #: How to start a core: ``ferryman start`` with the same arguments.
+    core_argv: list[str]
+    #: Where the log goes: an fd (stderr, or --log-file opened), and the file to reopen.
+    log_fd: int
+    log_path: str | None = None
+    log_level: str = "info"
+    #: A Unix socket file to remove at exit (--socket).
+    socket_path: str | None = None
+    #: --pid-file, written once the first core serves and removed at exit.
+    pid_file: str | None = None
+    #: --daemonize: the pipe to the starting process, told once how the start went.
+    daemon_fd: int | None = None
+    #: The first core, already forked by ``ferryman start`` (so that a start costs one
+    #: interpreter, not two): its pid, the read end of its status pipe, and the command
+    #: pipe's two ends (the read end is every core's).
+    first_core: int | None = None
+    first_status: int | None = None
+    commands: list[int] | None = None
+
+    def fds(self) -> list[int]:
+        """Every fd the watchdog takes over."""
+        extra = [self.daemon_fd, self.first_status, *(self.commands or [])]
+        return [*self.sockets, self.log_fd, *(fd for fd in extra if fd is not None)]
+
+
+def become_watchdog(plan: Plan) -> None:
+    """Exec this module with ``plan`` (never returns; raises OSError if exec fails). The
+    fds the plan names stay open across the exec; nothing else does."""
+    for fd in plan.fds():
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "ferryman.watchdog", json.dumps(plan.__dict__)]
+    os.execv(sys.executable, argv)
+
+
+# -- the watchdog -------------------------------------------------------------------------------
+
+
+class _Log:
+    """The watchdog's own lines, in the core's format, to the same log."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.fd = plan.log_fd
+        self.path = plan.log_path
+        self.level = _LEVELS.get(plan.log_level, 20)
+
+    def __call__(self, level: str, message: str) -> None:
+        if _LEVELS[level] < self.level:
+            return
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        line = f"{stamp}.{int(now % 1 * 1000):03d} {level.upper():<7} [{os.getpid()}] {message}\n"
+        with contextlib.suppress(OSError):
+            os.write(self.fd, line.encode("utf-8", "replace"))
+
+    def reopen(self) -> None:
+        """After logrotate moved the file (SIGHUP, SIGUSR1); the old one stays on failure."""
+        if self.path is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return
+        old, self.fd = self.fd, fd
+        os.close(old)
+
+
+class _CoreProcess:
+    """One run of the core: its pid, pidfd and status pipe, owned by the watchdog (and its
+    Popen, unless ``ferryman start`` forked it before it became the watchdog)."""
+
+    def __init__(self, pid: int, status: int, popen: subprocess.Popen[bytes] | None) -> None:
+        self.popen = popen
         self.pid = pid
         self.status: int | None = status
         self.pidfd: int | None = os.pidfd_open(pid)
         self.started_at = time.monotonic()
         self.ready = False
-        self.exit_status: int | None = None  # a wait status, once reaped
+        self.exit_code: int | None = None  # once reaped (negative: the killing signal)
         self._pending = b""
 
     def read_status(self) -> list[bytes]:
@@ -139,54 +238,42 @@ class _CoreProcess:
 class Watchdog:
     """Runs cores one after another on the same listening sockets until one stops in order."""
 
-    def __init__(
-        self,
-        config: Config,
-        sink: LogSink,
-        sockets: list[socket.socket],
-        run_core: Callable[[CoreLink], int],
-        *,
-        on_listening: Callable[[list[str]], None] | None = None,
-        in_core: Callable[[], None] | None = None,
-    ) -> None:
-        self.config = config
-        self.sink = sink
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.log = _Log(plan)
         #: Owned from here on: closed (and a Unix socket file removed) when run() ends.
-        self.sockets: list[socket.socket] | None = sockets
-        self.run_core = run_core
-        #: Called once the first core serves, with its addresses (pid file, daemon).
-        self.on_listening = on_listening
-        #: Called first thing in every new core: closes what only the watchdog may hold
-        #: (the daemon's pipe to the starting process).
-        self.in_core = in_core
+        self.sockets: list[int] | None = list(plan.sockets)
         self.stopping = False
         #: The error a core reported before it exited (a configuration error).
         self.core_error = ""
+        self.listening = False
         self._stop_signals = 0
         self._signals: list[int] = []
         self._commands: int | None = None  # write end of the command pipe
         self._orphans: dict[int, float] = {}  # pid → when it gets SIGKILL
         self._core: _CoreProcess | None = None
-        #: The watchdog's own pipe ends, which a new core closes.
-        self._own_fds: list[int] = []
+        self._pid_file_written = False
 
     def run(self) -> int:
         _set_child_subreaper()
-        fds = self._own_fds
+        fds: list[int] = []  # the watchdog's own pipe ends
         old_handlers = {}
+        code = 1
         try:
             wake_r, wake_w = _pipe(fds)
-            commands_r, commands_w = _pipe(fds, nonblocking=False)
-            fds.remove(commands_r)  # the cores' end: closed below, after the last core
+            if self.plan.commands is not None:
+                commands_r, commands_w = self.plan.commands
+                fds += [commands_r, commands_w]
+            else:
+                commands_r, commands_w = _pipe(fds, nonblocking=False)
             self._commands = commands_w
             old_wakeup = signal.set_wakeup_fd(wake_w)
             try:
                 for sig in (*STOP_SIGNALS, *PASSED_ON, signal.SIGCHLD):
                     old_handlers[sig] = signal.signal(sig, self._on_signal)
-                try:
-                    return self._supervise(wake_r, commands_r)
-                finally:
-                    os.close(commands_r)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # see HANDLED
+                code = self._supervise(wake_r, commands_r)
+                return code
             finally:
                 for sig, handler in old_handlers.items():
                     signal.signal(sig, handler)
@@ -197,15 +284,28 @@ class Watchdog:
             self._commands = None
             for fd in fds:
                 os.close(fd)
-            fds.clear()
             running = 0
             if self._core is not None:
-                running = self._core.pid if self._core.exit_status is None else 0
+                running = self._core.pid if self._core.exit_code is None else 0
                 self._core.close()
                 self._core = None
             self._end_orphans(spare=running)
             self._close_sockets()
-            self._remove_socket_file()
+            self._finish(code)
+
+    def _finish(self, code: int) -> None:
+        """The last words: the socket file, the pid file, the starting process."""
+        if self.plan.socket_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.plan.socket_path)
+        if self.plan.pid_file and self._pid_file_written:
+            path = Path(self.plan.pid_file)
+            with contextlib.suppress(OSError, ValueError):
+                if int(path.read_text().strip() or 0) == os.getpid():
+                    path.unlink()
+        if not self.listening:
+            why = self.core_error or f"the server stopped before it listened (exit code {code})"
+            self._tell_daemon(why)
 
     # -- signals --------------------------------------------------------------------------
 
@@ -222,11 +322,11 @@ class Watchdog:
                 self._stop_signals += 1
                 self.stopping = True
                 if self._stop_signals == 1:
-                    log.info("Watchdog received %s: stopping the server", sig.name)
+                    self.log("info", f"Watchdog received {sig.name}: stopping the server")
                 self._command(STOP if self._stop_signals == 1 else HURRY)
             elif sig in PASSED_ON:
-                self.sink.reopen()
-                if core is not None and core.exit_status is None:
+                self.log.reopen()
+                if core is not None and core.exit_code is None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(core.pid, sig)
 
@@ -239,72 +339,73 @@ class Watchdog:
 
     def _supervise(self, wake: int, commands: int) -> int:
         failures = 0
-        served = False
+        first, status = self.plan.first_core, self.plan.first_status
         while True:
-            core = self._core = self._fork(commands)
+            if first is not None and status is not None:
+                core = self._core = _CoreProcess(first, status, None)
+                first = status = None
+            else:
+                core = self._core = self._start_core(commands)
             code = self._wait(core, wake)
             lived = time.monotonic() - core.started_at
-            served = served or core.ready
             self._core = None
             core.close()
             if self.stopping or code == 0:
                 return code if code >= 0 else 1
-            if not served:
-                return code if code > 0 else 1  # it never served: retrying will not help
+            if not self.listening:
+                return code if code > 0 else 1  # never served: retrying will not help
             if lived >= STABLE_AFTER:
                 failures = 0
             delay = 0.0 if failures == 0 else min(BACKOFF_CAP, 2.0 ** (failures - 1))
             failures += 1
             why = f"exit code {code}" if code >= 0 else f"signal {-code}"
-            log.error(
-                "The core (pid %d) died (%s) after %.1f s; %s",
-                core.pid,
-                why,
-                lived,
-                "starting a new one"
-                if not delay
-                else f"starting a new one in {delay:g} s (it keeps dying)",
+            later = f" in {delay:g} s (it keeps dying)" if delay else ""
+            self.log(
+                "error",
+                f"The core (pid {core.pid}) died ({why}) after {lived:.1f} s; "
+                f"starting a new one{later}",
             )
             self._adopt_orphans()
             if not self._pause(delay, wake):
                 return 0  # told to stop during the back-off
 
-    def _fork(self, commands: int) -> _CoreProcess:
-        """Start a core: a fork of this process, which runs ``run_core`` and exits."""
+    def _start_core(self, commands: int) -> _CoreProcess:
+        """``ferryman start`` again, the sockets and pipe ends inherited."""
         assert self.sockets is not None
         fds: list[int] = []
         status_r, status_w = _pipe(fds, nonblocking=False)
-        os.set_blocking(status_r, False)
-        self.sink.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the core
-            code = CORE_CRASHED
-            try:
-                os.close(status_r)
-                for sig in (*STOP_SIGNALS, *PASSED_ON, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.set_wakeup_fd(-1)
-                for fd in self._own_fds:  # so that EOF on commands means the watchdog went
-                    os.close(fd)
-                if self.in_core is not None:
-                    self.in_core()
-                link = CoreLink(list(self.sockets), commands, status_w, os.getppid())
-                code = self.run_core(link)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(BaseException):
-                    self.sink.flush()
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        os.close(status_w)
         try:
-            return _CoreProcess(pid, status_r)
+            os.set_blocking(status_r, False)
+            link = {
+                "sockets": self.sockets,
+                "commands": commands,
+                "status": status_w,
+                "watchdog_pid": os.getpid(),
+            }
+            env = dict(os.environ)
+            env[ENVIRONMENT] = json.dumps(link)
+            # The new core starts with HANDLED blocked, until it has its handlers.
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+            try:
+                popen = subprocess.Popen(
+                    self.plan.core_argv,
+                    env=env,
+                    pass_fds=(*self.sockets, commands, status_w),
+                    close_fds=True,
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            os.close(status_w)
+            fds.remove(status_w)
+            try:
+                return _CoreProcess(popen.pid, status_r, popen)
+            except BaseException:
+                popen.kill()
+                popen.wait()
+                raise
         except BaseException:
-            os.close(status_r)
+            for fd in fds:
+                os.close(fd)
             raise
 
     def _wait(self, core: _CoreProcess, wake: int) -> int:
@@ -317,38 +418,62 @@ class Watchdog:
                 timeout = max(0.0, min(self._orphans.values()) - time.monotonic())
             readable, _, _ = select.select(watched, [], [], timeout)
             if wake in readable:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake, 512):
-                        pass
+                _drain(wake)
             if self._signals:
                 self._handle_signals()
             if core.status is not None and core.status in readable:
                 for line in core.read_status():
-                    self._status(core, line)
+                    self._status(line)
             self._reap(core)
             self._kill_orphans(time.monotonic())
-            if core.exit_status is not None:
-                return os.waitstatus_to_exitcode(core.exit_status)
+            if core.exit_code is not None:
+                if core.status is not None:  # its last words, if any are left
+                    for line in core.read_status():
+                        self._status(line)
+                return core.exit_code
 
-    def _status(self, core: _CoreProcess, line: bytes) -> None:
+    def _status(self, line: bytes) -> None:
         word, _, rest = line.partition(b" ")
-        if word == b"ready" and not core.ready:
-            core.ready = True
+        if word == b"ready" and not self.listening:
+            self.listening = True  # the first core serves: the start went well
             try:
                 urls = [str(url) for url in json.loads(rest)]
             except ValueError:
                 urls = []
-            if self.on_listening is not None:
-                on_listening, self.on_listening = self.on_listening, None  # the first core only
-                on_listening(urls)
+            self._write_pid_file()
+            self._tell_daemon(f"ok pid {os.getpid()}, {', '.join(urls)}")
         elif word == b"error":
             self.core_error = rest.decode("utf-8", "replace")
         elif word == b"stopping":
             self.stopping = True
             self._close_sockets()  # new connections are refused from now on
 
+    def _write_pid_file(self) -> None:
+        if not self.plan.pid_file:
+            return
+        path = Path(self.plan.pid_file)
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            temp.write_text(f"{os.getpid()}\n")
+            temp.replace(path)
+            self._pid_file_written = True
+        except OSError as exc:
+            self.log("error", f"Cannot write the pid file {path}: {exc.strerror or exc}")
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+    def _tell_daemon(self, text: str) -> None:
+        """--daemonize: tell the starting process how it went (once) and let it go."""
+        fd = self.plan.daemon_fd
+        if fd is None:
+            return
+        self.plan.daemon_fd = None
+        with contextlib.suppress(OSError):
+            os.write(fd, text.encode("utf-8", "replace") + b"\n")
+        os.close(fd)
+
     def _reap(self, core: _CoreProcess) -> None:
-        """Reap every child that exited: the core (its status kept), orphans."""
+        """Reap every child that exited: the core (its exit code kept), orphans."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -357,7 +482,9 @@ class Watchdog:
             if pid == 0:
                 return
             if pid == core.pid:
-                core.exit_status = status
+                core.exit_code = os.waitstatus_to_exitcode(status)
+                if core.popen is not None:
+                    core.popen.returncode = core.exit_code  # reaped here, not by Popen
             self._orphans.pop(pid, None)
 
     def _pause(self, delay: float, wake: int) -> bool:
@@ -367,11 +494,8 @@ class Watchdog:
             left = deadline - time.monotonic()
             if left <= 0:
                 return True
-            readable, _, _ = select.select([wake], [], [], left)
-            if readable:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake, 512):
-                        pass
+            if select.select([wake], [], [], left)[0]:
+                _drain(wake)
             if self._signals:
                 self._handle_signals()
             self._reap_orphans()
@@ -418,18 +542,10 @@ class Watchdog:
                 _signal_group(pid, signal.SIGKILL)
             time.sleep(0.01)
 
-    # -- the sockets ----------------------------------------------------------------------
-
     def _close_sockets(self) -> None:
-        for sock in self.sockets or ():
-            sock.close()
-
-    def _remove_socket_file(self) -> None:
-        path = self.config.socket
-        if path and self.sockets is not None:
-            self.sockets = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        for fd in self.sockets or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self.sockets = None
 
 
@@ -438,6 +554,12 @@ def _pipe(fds: list[int], nonblocking: bool = True) -> tuple[int, int]:
     read, write = os.pipe2(os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0))
     fds += [read, write]
     return read, write
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 512):
+            pass
 
 
 def _set_child_subreaper() -> None:
@@ -465,3 +587,16 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)  # fails for a process that leads no group (the core)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+def main(argv: list[str]) -> int:
+    raw: dict[str, Any] = json.loads(argv[0])
+    plan = Plan(**raw)
+    for fd in plan.fds():
+        if fd > 2:  # stdio stays what it is for the cores
+            os.set_inheritable(fd, False)  # ours alone: a core gets the sockets explicitly
+    return Watchdog(plan).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -450,10 +450,11 @@ def test_detach_process_stops_it_after_its_request_and_replaces_it() -> None:
         assert missing.returncode == 1 and f"no process {pid}" in missing.stderr
 
 
-def test_memory_stats_lists_the_core_and_every_app_process(two: Server) -> None:
+def test_memory_stats_lists_the_watchdog_the_core_and_every_app_process(two: Server) -> None:
     out = ferryman(two, "memory-stats").stdout
-    assert "----------- Ferryman core -----------" in out
-    assert re.search(rf"^{two.pid} +[\d.]+ M +[\d.]+ M", out, re.M), out
+    assert "----------- Ferryman -----------" in out
+    assert re.search(rf"^{two.watchdog_pid} +[\d.]+ M .*  Ferryman watchdog$", out, re.M), out
+    assert re.search(rf"^{two.pid} +[\d.]+ M +[\d.]+ M .*  Ferryman core", out, re.M), out
     for pid in two.app_pids:
         assert re.search(rf"^{pid} +[\d.]+ M +[\d.]+ M +[\d.]+ M +[\d.]+ M  wsgi", out, re.M), out
     assert "### Processes: 2; total private memory:" in out
