@@ -378,8 +378,9 @@ def test_daemonize_without_a_log_file_is_refused() -> None:
     [
         (APPS / "wsgi_stub", "/hang?t=5", r"line \d+ in stuck_in_a_slow_query"),
         (APPS / "node_http", "/sleep?ms=5000", r"request in flight: GET /sleep\?ms=5000"),
+        (APPS / "asgi_fastapi", "/sleep?seconds=5", r'main\.py", line \d+, in sleep'),
     ],
-    ids=["wsgi", "node"],
+    ids=["wsgi", "node", "asgi"],
 )
 def test_a_request_running_longer_than_max_request_time_gets_504_and_a_new_process(
     app: Path, path: str, dump: str
@@ -412,6 +413,6 @@ def test_a_request_running_longer_than_max_request_time_gets_504_and_a_new_proce
         )
         assert hung not in server.children()
         # The others served on all along; a fast request is never cut short.
-        assert server.get("/")[0] == 200
+        assert server.get("/pid")[0] == 200
         log = server.log_text()
         assert "exited unexpectedly" not in log and "Could not start" not in log, log

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.spawning.journey import LOADER_STEPS
+from ferryman.spawning.journey import ASGI_STEPS
 
 from .harness import APPS, STUB, Request, Server, alive, serving, wait_until
 
-TITLES = {name: title for name, _side, title in LOADER_STEPS}
+TITLES = {name: title for name, _side, title in ASGI_STEPS}  # every loader step
 PAGE_TITLE = "Error starting web application"
 FAILURE_LINE = re.compile(
     r"Could not start a process for (?P<root>.+?): (?P<summary>.*)"
@@ -562,6 +562,6 @@ def test_an_asgi_app_is_recognised_with_the_recipe_to_serve_it(report_dir: Path)
             report_dir,
             step="load_app",
             category="asgi_app",
-            texts=["app.app is an ASGI application", "uvicorn main:app"],
+            texts=["app.app is an ASGI application", "--app-type asgi"],
         )
-        assert "--app-start-command" in failure.page
+        assert "asgi.py or main.py" in failure.page

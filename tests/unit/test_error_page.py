@@ -15,6 +15,7 @@ from ferryman.spawning.journey import Journey
 
 LOADER = Path(__file__).resolve().parents[2] / "src" / "ferryman" / "loaders" / "wsgi_loader.py"
 SPAWNER = LOADER.parent.parent / "spawning" / "spawner.py"
+ASGI_LOADER = LOADER.parent / "asgi_loader.py"
 
 
 def failed(summary: str = "RuntimeError: boom", **kwargs: object) -> SpawnError:
@@ -162,6 +163,7 @@ def test_every_category_the_code_produces_has_words_and_a_hint() -> None:
     import re
 
     produced = set(re.findall(r'AppLoadError\(\s*"(\w+)"', LOADER.read_text()))
+    produced |= set(re.findall(r'"kind": "(\w+)"', ASGI_LOADER.read_text()))
     produced |= set(re.findall(r'^\s+"(\w+)",\n\s+"\w+",\n', SPAWNER.read_text(), re.M))
     produced |= {"timeout", "exited", "interpreter_not_found", "interpreter_failed"}
     produced |= {"handshake_malformed", "internal"}

@@ -120,8 +120,11 @@ class AppLoadError(Exception):
         self.exc_info = exc_info
 
 
-def load_app(app_root: str, startup_file: str) -> WSGIApp:
-    """Import the startup file as a module and return its WSGI callable."""
+def load_app(
+    app_root: str, startup_file: str, interface: str = "wsgi", attribute: str | None = None
+) -> Any:
+    """Import the startup file as a module and return its ``interface`` ("wsgi" or
+    "asgi") callable: ``attribute``, else 'application' or 'app'."""
     path = os.path.join(app_root, startup_file)
     if not os.path.isfile(path):
         raise AppLoadError("startup_file_missing", "startup file %s does not exist" % path)
@@ -141,22 +144,31 @@ def load_app(app_root: str, startup_file: str) -> WSGIApp:
         raise AppLoadError(
             "import_error", "%s: %s" % (type(exc).__name__, exc), _exc_info(exc)
         ) from exc
-    for name in ("application", "app"):
+    kind = interface.upper()
+    for name in (attribute,) if attribute else ("application", "app"):
         app = getattr(module, name, None)
         if app is not None:
             if not callable(app):
                 raise AppLoadError(
                     "app_not_callable",
-                    "%s.%s is a %s, not a callable WSGI app"
-                    % (module_name, name, type(app).__name__),
+                    "%s.%s is a %s, not a callable %s app"
+                    % (module_name, name, type(app).__name__, kind),
                 )
-            if is_asgi_app(app):
+            if interface == "wsgi" and is_asgi_app(app):
                 raise AppLoadError(
                     "asgi_app",
                     "%s.%s is an ASGI application (its __call__ is 'async def', taking scope, "
                     "receive and send), not a WSGI one" % (module_name, name),
                 )
-            return app  # type: ignore[no-any-return]
+            if interface == "asgi" and not is_asgi_app(app) and call_arity(app) == 2:
+                raise AppLoadError(
+                    "wsgi_app",
+                    "%s.%s is a WSGI application (it takes environ and start_response), not "
+                    "an ASGI one" % (module_name, name),
+                )
+            return app
+    if attribute:
+        raise AppLoadError("app_missing", "%s defines no '%s'" % (startup_file, attribute))
     found = [name for name, value in vars(module).items() if _maybe_app(name, value, module_name)]
     hint = (
         " (it has %s; to serve it, add e.g. 'application = %s')" % (", ".join(found), found[0])
@@ -166,6 +178,54 @@ def load_app(app_root: str, startup_file: str) -> WSGIApp:
     raise AppLoadError(
         "app_missing", "%s defines neither 'application' nor 'app'%s" % (startup_file, hint)
     )
+
+
+def load_or_report(
+    handshake: Handshake,
+    app_root: str,
+    startup_file: str,
+    interface: str = "wsgi",
+    attribute: str | None = None,
+) -> Any:
+    """load_app, journey steps around it; on failure the error goes to the core and the
+    process exits 1."""
+    handshake.step("load_app", "in_progress")
+    handshake.keep_across_exec(True)
+    try:
+        app = load_app(app_root, startup_file, interface, attribute)
+    except AppLoadError as exc:
+        tb = app_traceback(exc.exc_info) if exc.exc_info else ""
+        if tb:
+            sys.stderr.write(tb)
+            sys.stderr.flush()
+        handshake.send(
+            {
+                "error": {
+                    "step": "load_app",
+                    "kind": exc.kind,
+                    "message": exc.message,
+                    "traceback": tb,
+                }
+            }
+        )
+        handshake.close()
+        sys.exit(1)
+    handshake.keep_across_exec(False)
+    handshake.step("load_app", "performed")
+    return app
+
+
+def call_arity(app: Any) -> int:
+    """Positional parameters ``app`` takes when called (-1: cannot tell): 2 for a WSGI
+    callable (environ, start_response), 3 for an ASGI one (scope, receive, send)."""
+    if isinstance(app, types.MethodType):
+        return app.__func__.__code__.co_argcount - 1
+    if isinstance(app, types.FunctionType):
+        return app.__code__.co_argcount
+    call = next((vars(c)["__call__"] for c in type(app).__mro__ if "__call__" in vars(c)), None)
+    if isinstance(call, types.FunctionType):
+        return call.__code__.co_argcount - 1  # self
+    return -1
 
 
 #: The code flag of an ``async def`` function (inspect.CO_COROUTINE, without importing
@@ -202,13 +262,16 @@ def _exc_info(exc: BaseException) -> ExcInfo:
     return (type(exc), exc, exc.__traceback__)
 
 
+#: The loaders' own files: their frames are left out of the app's tracebacks.
+LOADER_FILES = {os.path.abspath(__file__)}
+
+
 def app_traceback(exc_info: ExcInfo) -> str:
     """The traceback from the app's own first frame: the loader's and importlib's frames
     before it say nothing to the app's developer."""
     kind, value, tb = exc_info
-    here = os.path.abspath(__file__)
     while tb is not None and (
-        os.path.abspath(tb.tb_frame.f_code.co_filename) == here
+        os.path.abspath(tb.tb_frame.f_code.co_filename) in LOADER_FILES
         or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
     ):
         tb = tb.tb_next
@@ -749,29 +812,7 @@ def main() -> None:
     os.chdir(app_root)
     set_process_title("Ferryman WSGI: %s" % app_root)
 
-    handshake.step("load_app", "in_progress")
-    handshake.keep_across_exec(True)
-    try:
-        app = load_app(app_root, args["startup_file"])
-    except AppLoadError as exc:
-        tb = app_traceback(exc.exc_info) if exc.exc_info else ""
-        if tb:
-            sys.stderr.write(tb)
-            sys.stderr.flush()
-        handshake.send(
-            {
-                "error": {
-                    "step": "load_app",
-                    "kind": exc.kind,
-                    "message": exc.message,
-                    "traceback": tb,
-                }
-            }
-        )
-        handshake.close()
-        sys.exit(1)
-    handshake.keep_across_exec(False)
-    handshake.step("load_app", "performed")
+    app = load_or_report(handshake, app_root, args["startup_file"])
 
     handshake.step("listen", "in_progress")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -48,13 +48,23 @@ CATEGORIES: dict[str, Category] = {
     ),
     "asgi_app": Category(
         "The app is an ASGI application (FastAPI, Starlette, Django's ASGI handler...), "
-        "which Ferryman's WSGI loader cannot serve",
-        "Serve it with an ASGI server that listens on the port Ferryman gives it, as an "
-        "any-language app, e.g. --app-start-command 'uvicorn main:app --host 127.0.0.1 "
-        "--port $PORT' (install uvicorn in the app's environment; 'main:app' is the module "
-        "and the variable of your app). Ferryman then balances, restarts and explains it "
-        "as for any app. If the project also has a WSGI entry point (Django's wsgi.py), "
-        "point --startup-file at that instead.",
+        "started as a WSGI one",
+        "Serve it as ASGI: --app-type asgi (Ferryman finds asgi.py or main.py by itself, and "
+        "serves it with its ASGI loader: lifespan, streaming, any number of requests at once "
+        "per process). If the project also has a WSGI entry point (Django's wsgi.py), point "
+        "--startup-file at that instead.",
+    ),
+    "wsgi_app": Category(
+        "The app is a WSGI application (Flask, Django's WSGI handler...), started as an ASGI one",
+        "Serve it as WSGI: --app-type wsgi (Ferryman finds passenger_wsgi.py, wsgi.py or "
+        "app.py as WSGI by itself). Or wrap it for ASGI with a WSGI-to-ASGI adapter.",
+    ),
+    "lifespan_failed": Category(
+        "The app's lifespan startup failed",
+        "The app's startup code (FastAPI's lifespan or on_startup handlers, Starlette's "
+        "lifespan) raised or reported a failure; read its error and traceback below. Common "
+        "causes are a database or service it connects to at startup, or a missing "
+        "environment variable (--envvar NAME=VALUE).",
     ),
     "app_not_callable": Category(
         "The app's 'application' (or 'app') is not callable",

@@ -32,6 +32,13 @@ LOADER_STEPS: tuple[StepSpec, ...] = (
     ("finish", "core", "Registering the ready process"),
 )
 
+#: An ASGI app runs its lifespan startup before it listens: a step of its own.
+ASGI_STEPS: tuple[StepSpec, ...] = (
+    *LOADER_STEPS[:4],
+    ("lifespan_startup", "loader", "Running the app's lifespan startup"),
+    *LOADER_STEPS[4:],
+)
+
 
 @dataclass(slots=True)
 class Step:

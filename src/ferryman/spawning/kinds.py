@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .interpreter import InterpreterCheck
-from .journey import COMMAND_STEPS, LOADER_STEPS, StepSpec
+from .journey import ASGI_STEPS, COMMAND_STEPS, LOADER_STEPS, StepSpec
 
 LOADERS = Path(__file__).resolve().parent.parent / "loaders"
 #: The version of the handshake (journey lines, ready, error) that loaders and the core
@@ -137,6 +137,19 @@ WSGI = AppKind(
     threaded=True,
     stack_dump="every thread's Python stack",
 )
+ASGI = AppKind(
+    name="asgi",
+    title="Python ASGI",
+    find=first_file("asgi.py", "main.py"),
+    looked_for=("asgi.py", "main.py (FastAPI's layout)"),
+    suffixes=(),  # a .py startup file is WSGI unless --app-type asgi says otherwise
+    interpreter_setting="python",
+    interpreter_check=InterpreterCheck("Python", r"Python (\d+\.\d+(?:\.\d+)?)", (3, 9)),
+    loader=LOADERS / "asgi_loader.py",
+    protocol="session",
+    steps=ASGI_STEPS,
+    stack_dump="where each of its tasks awaits, and every thread's Python stack",
+)
 NODE = AppKind(
     name="node",
     title="Node.js",
@@ -158,7 +171,7 @@ GENERIC = AppKind(
 )
 
 #: Every kind, in detection order.
-KINDS: dict[str, AppKind] = {kind.name: kind for kind in (WSGI, NODE, GENERIC)}
+KINDS: dict[str, AppKind] = {kind.name: kind for kind in (WSGI, ASGI, NODE, GENERIC)}
 
 
 def kind_for_suffix(suffix: str) -> AppKind | None:

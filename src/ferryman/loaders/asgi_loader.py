@@ -1,0 +1,575 @@
+"""Ferryman's ASGI loader: runs inside an app process, under the app's own Python.
+
+It loads the app's ASGI 3 callable (FastAPI, Starlette, Django's ASGI handler...), runs
+its ``lifespan`` startup (a failure is a failed start, with the app's error on the
+error page), and serves ``http`` requests from the core over the session protocol (see
+docs/session-protocol.md), on one asyncio event loop (uvloop when the app's environment
+has it), any number at once. At stdin EOF or SIGTERM it stops accepting, lets requests
+in flight finish, runs the ``lifespan`` shutdown, and exits 0.
+
+What it shares with the WSGI loader (the handshake, loading the startup file, the
+session protocol's frames) it takes from ``wsgi_loader.py`` beside it, loaded from its
+file: loaders import nothing from Ferryman, and this directory is never put on the
+app's ``sys.path``. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import importlib.util
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any, Awaitable, Callable, Dict
+
+    Message = Dict[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+    ASGIApp = Callable[[Dict[str, Any], Receive, Send], Awaitable[None]]
+
+
+def _shared() -> ModuleType:
+    """wsgi_loader.py, beside this file, as a module of its own name."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wsgi_loader.py")
+    spec = importlib.util.spec_from_file_location("ferryman_wsgi_loader", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shared = _shared()
+shared.LOADER_FILES.add(os.path.abspath(__file__))  # not the app's frames, in tracebacks
+
+REQUEST_HEAD = shared.REQUEST_HEAD
+FRAME_HEAD = shared.FRAME_HEAD
+MAX_FRAME = shared.MAX_FRAME
+RECV_SIZE = shared.RECV_SIZE
+HOP_BY_HOP = shared.HOP_BY_HOP
+END_FRAME = shared.frame(shared.FRAME_END, b"")
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+#: Reason phrases for the status line (the core shows what the app's status line says).
+_REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+    422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+}  # fmt: skip
+#: How long the lifespan shutdown may take before the process exits anyway.
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class LifespanFailed(Exception):
+    """The app's lifespan startup failed; the message is the app's (and its traceback,
+    when it raised)."""
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        Exception.__init__(self, message)
+        self.traceback = traceback
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> LifespanFailed:
+        tb = shared.app_traceback((type(exc), exc, exc.__traceback__))
+        return cls("%s: %s" % (type(exc).__name__, exc), tb)
+
+
+# -- one request ----------------------------------------------------------------------------
+
+
+def http_scope(block: bytes, state: dict[str, Any]) -> dict[str, Any]:
+    """The ASGI ``http`` scope of a request, from the session protocol's environ block."""
+    items = iter(block.decode("latin-1").split("\0"))
+    environ = dict(zip(items, items))  # noqa: B905 - pairs; zip(strict) is 3.10+
+    headers: list[tuple[bytes, bytes]] = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            # The core passes only names of [A-Za-z0-9-]: '_' here was '-'.
+            name = key[5:].replace("_", "-").lower()
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            name = key.replace("_", "-").lower()
+        else:
+            continue
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    uri = environ.get("REQUEST_URI", "")
+    raw_path = uri.partition("?")[0]
+    path_bytes = environ.get("PATH_INFO", "").encode("latin-1")
+    try:
+        port = int(environ.get("SERVER_PORT", "80"))
+    except ValueError:
+        port = 80
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": ASGI,
+        "http_version": environ.get("SERVER_PROTOCOL", "HTTP/1.1")[5:],
+        "method": environ.get("REQUEST_METHOD", "GET"),
+        "scheme": environ.get("ferryman.url_scheme", "http"),
+        "path": path_bytes.decode("utf-8", "replace"),
+        "raw_path": raw_path.encode("latin-1"),
+        "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+        "root_path": environ.get("SCRIPT_NAME", ""),
+        "headers": headers,
+        "server": (environ.get("SERVER_NAME", "localhost"), port),
+        "state": dict(state),
+    }
+    if "REMOTE_ADDR" in environ:
+        try:
+            scope["client"] = (environ["REMOTE_ADDR"], int(environ.get("REMOTE_PORT", "0")))
+        except ValueError:
+            scope["client"] = (environ["REMOTE_ADDR"], 0)
+    return scope
+
+
+class Exchange:
+    """One request's receive and send, turned into session-protocol frames."""
+
+    def __init__(
+        self, writer: asyncio.StreamWriter, body: bytes, head_only: bool, gone: asyncio.Event
+    ) -> None:
+        self.writer = writer
+        self.body: bytes | None = body
+        self.head_only = head_only
+        #: The core closed the connection (the client went away).
+        self.gone = gone
+        #: The response is complete (the next receive() says http.disconnect).
+        self.done = asyncio.Event()
+        self.start: Message | None = None  # http.response.start, until the first body
+        self.head_sent = False
+        self.finished = False
+
+    async def receive(self) -> Message:
+        body = self.body
+        if body is not None:
+            self.body = None
+            return {"type": "http.request", "body": body, "more_body": False}
+        # Nothing more will come: block until the response is over or the client left
+        # (Starlette's streaming responses wait here for a disconnect).
+        waiters = [asyncio.ensure_future(self.done.wait()), asyncio.ensure_future(self.gone.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if self.finished:
+            return  # the response is over: nothing more goes out
+        if kind == "http.response.start":
+            if self.start is not None or self.head_sent:
+                raise RuntimeError("http.response.start sent twice")
+            self.start = message
+            return
+        if kind != "http.response.body":
+            raise RuntimeError("unexpected ASGI message type %r in an http scope" % (kind,))
+        if self.start is None and not self.head_sent:
+            raise RuntimeError("http.response.body sent before http.response.start")
+        body = message.get("body", b"")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise RuntimeError("http.response.body's body must be bytes, not %s" % type(body))
+        more = bool(message.get("more_body", False))
+        out: list[bytes | memoryview] = []
+        if not self.head_sent:
+            assert self.start is not None
+            # The whole body in one message: its length is known, so Content-Length goes
+            # in (keep-alive for HTTP/1.0 clients too).
+            known = None if more or (self.head_only and not body) else len(body)
+            out.append(shared.frame(shared.FRAME_HEAD_RESPONSE, head_payload(self.start, known)))
+            self.head_sent = True
+            self.start = None
+        if body and not self.head_only:
+            out.extend(shared.body_frames(bytes(body)))
+        if not more:
+            out.append(END_FRAME)
+            self.finished = True
+        if out:
+            self.writer.write(b"".join(out))
+            await self.writer.drain()
+        if self.finished:
+            self.done.set()
+
+    async def finish(self, failed: bool) -> None:
+        """The app returned (or raised): make the response whole, or cut it short."""
+        if self.finished:
+            return
+        self.finished = True
+        self.done.set()
+        if self.head_sent:
+            reason = b"the app raised mid-response" if failed else b"the app did not finish"
+            self.writer.write(shared.frame(shared.FRAME_ABORT, reason))
+        else:
+            out = [shared.frame(shared.FRAME_HEAD_RESPONSE, shared.ERROR_500)]
+            if not self.head_only:
+                out.extend(shared.body_frames(shared.ERROR_500_BODY))
+            out.append(END_FRAME)
+            self.writer.write(b"".join(out))
+            if not failed:
+                sys.stderr.write("Error while serving a request: the app sent no response\n")
+                sys.stderr.flush()
+        await self.writer.drain()
+
+
+def head_payload(start: Message, length: int | None) -> bytes:
+    """The H frame's payload from http.response.start."""
+    status = start.get("status")
+    if type(status) is not int or not 100 <= status <= 999:
+        raise RuntimeError("http.response.start's status must be an int, got %r" % (status,))
+    pairs = []
+    seen_length = False
+    for item in start.get("headers", ()):
+        name, value = item
+        text = bytes(name).decode("latin-1")
+        lower = text.lower()
+        if lower in HOP_BY_HOP:
+            continue
+        if lower == "content-length":
+            seen_length = True
+        pairs.append((text, bytes(value).decode("latin-1")))
+    if length is not None and not seen_length and status >= 200 and status not in (204, 304):
+        pairs.append(("Content-Length", str(length)))
+    # The shared check: names are tokens, values have no control characters.
+    return shared._head_payload("%d %s" % (status, _REASONS.get(status, "Unknown")), pairs)  # type: ignore[no-any-return]
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+        self.stopping = False
+        self.in_flight = 0
+        self.connections: set[asyncio.Task[Any]] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the core closed the connection; it knows
+        finally:
+            if task is not None:
+                self.connections.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_size = REQUEST_HEAD.size
+        data = b""
+        while not self.stopping:
+            while len(data) < head_size:
+                more = await reader.read(RECV_SIZE)
+                if not more:
+                    return
+                data += more
+            environ_len, body_len = REQUEST_HEAD.unpack_from(data)
+            body_at = head_size + environ_len
+            body_end = body_at + body_len
+            while len(data) < body_end:
+                more = await reader.read(max(RECV_SIZE, body_end - len(data)))
+                if not more:
+                    return
+                data += more
+            block, body = data[head_size:body_at], data[body_at:body_end]
+            data = data[body_end:]
+            gone = asyncio.Event()
+            request = asyncio.ensure_future(self.handle(writer, block, body, gone))
+            # While the app works, a read that ends means the core closed the connection
+            # (the client went away): the app's receive() then says http.disconnect. The
+            # core sends the next request only after this response, so nothing is lost.
+            while not request.done():
+                reading = asyncio.ensure_future(reader.read(RECV_SIZE))
+                await asyncio.wait([request, reading], return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
+                    reading.cancel()  # cancelling a read that got nothing loses nothing
+                try:
+                    more = await reading
+                except asyncio.CancelledError:
+                    continue
+                if not more:
+                    gone.set()
+                    await request
+                    return
+                data += more
+            request.result()
+
+    async def handle(
+        self, writer: asyncio.StreamWriter, block: bytes, body: bytes, gone: asyncio.Event
+    ) -> None:
+        scope = http_scope(block, self.state)
+        exchange = Exchange(writer, body, scope["method"] == "HEAD", gone)
+        self.in_flight += 1
+        self.idle.clear()
+        failed = False
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            failed = True
+            if not gone.is_set():
+                shared.print_exception("Error while serving a request:\n")
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+        if not gone.is_set():
+            await exchange.finish(failed)
+
+
+class Lifespan:
+    """The app's ``lifespan`` scope: startup before serving, shutdown at the end."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.incoming: asyncio.Queue[Message] = asyncio.Queue()
+        self.started = asyncio.get_running_loop().create_future()
+        self.stopped = asyncio.get_running_loop().create_future()
+        self.asked = False  # the app took lifespan.startup: it speaks the protocol
+        self.supported = True
+        self.task: asyncio.Task[None] | None = None
+
+    async def receive(self) -> Message:
+        self.asked = True
+        return await self.incoming.get()
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "lifespan.startup.complete":
+            _resolve(self.started, None)
+        elif kind == "lifespan.startup.failed":
+            _resolve(self.started, LifespanFailed(str(message.get("message", ""))))
+        elif kind == "lifespan.shutdown.complete":
+            _resolve(self.stopped, None)
+        elif kind == "lifespan.shutdown.failed":
+            sys.stderr.write("lifespan shutdown failed: %s\n" % message.get("message", ""))
+            _resolve(self.stopped, None)
+
+    async def run(self) -> None:
+        scope = {"type": "lifespan", "asgi": ASGI, "state": self.state}
+        try:
+            await self.app(scope, self.receive, self.send)
+        except BaseException as exc:
+            if not self.asked:
+                # It raised before it took the startup message: an app without lifespan
+                # support (as the spec allows). Serve it without.
+                self.supported = False
+                _resolve(self.started, None)
+            elif not self.started.done():
+                _resolve(self.started, LifespanFailed.from_exception(exc))
+            else:
+                shared.print_exception("Error in the app's lifespan:\n")
+            _resolve(self.stopped, None)
+            return
+        _resolve(self.started, None)  # returned without a word: as if complete
+        _resolve(self.stopped, None)
+
+    async def startup(self) -> None:
+        self.task = asyncio.ensure_future(self.run())
+        await self.incoming.put({"type": "lifespan.startup"})
+        error = await self.started
+        if error is not None:
+            raise error
+
+    async def shutdown(self) -> None:
+        if not self.supported or self.task is None or self.task.done():
+            return
+        await self.incoming.put({"type": "lifespan.shutdown"})
+        try:
+            await asyncio.wait_for(asyncio.shield(self.stopped), SHUTDOWN_TIMEOUT)
+        except asyncio.TimeoutError:
+            sys.stderr.write("lifespan shutdown took over %gs; exiting\n" % SHUTDOWN_TIMEOUT)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+# -- the process -------------------------------------------------------------------------------
+
+
+async def serve(args: dict[str, Any], handshake: Any, app: ASGIApp) -> int:
+    loop = asyncio.get_running_loop()
+    parent = os.getppid()
+    handshake.step("lifespan_startup", "in_progress")
+    lifespan = Lifespan(app)
+    try:
+        await lifespan.startup()
+    except LifespanFailed as exc:
+        tb = exc.traceback
+        sys.stderr.write(tb or "lifespan startup failed: %s\n" % exc)
+        sys.stderr.flush()
+        handshake.send(
+            {
+                "error": {
+                    "step": "lifespan_startup",
+                    "kind": "lifespan_failed",
+                    "message": str(exc) or "the app's lifespan startup failed",
+                    "traceback": tb,
+                }
+            }
+        )
+        handshake.close()
+        return 1
+    handshake.step("lifespan_startup", "performed")
+
+    handshake.step("listen", "in_progress")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(args["socket"])
+    listener.listen(1024)
+    server = Server(app, lifespan.state)
+    unix_server = await asyncio.start_unix_server(
+        server.serve_connection, sock=listener, limit=RECV_SIZE
+    )
+    handshake.step("listen", "performed")
+    handshake.step("ready", "performed")
+    handshake.send(
+        {
+            "ready": {
+                "version": shared.HANDSHAKE_VERSION,
+                "socket": args["socket"],
+                "protocol": shared.PROTOCOL,
+                "concurrency": 0,
+                "pid": os.getpid(),
+            }
+        }
+    )
+    handshake.close()
+
+    stop = asyncio.Event()
+    loop.add_reader(0, _on_stdin, stop)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
+        loop.add_signal_handler(signal.SIGTERM, _on_sigterm, server, stop)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
+        # Before killing a hung process (--max-request-time) the core sends SIGQUIT: the
+        # stack of every task (where each request awaits), and, through faulthandler, of
+        # every thread (the event loop's, if a request blocks it).
+        loop.add_signal_handler(signal.SIGQUIT, _dump_tasks)
+        faulthandler.register(signal.SIGQUIT, file=2, all_threads=True, chain=True)
+    await stop.wait()
+    loop.remove_reader(0)
+    server.stopping = True
+    unix_server.close()
+    while server.in_flight and os.getppid() == parent:
+        try:
+            await asyncio.wait_for(server.idle.wait(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+    if os.getppid() == parent:
+        await lifespan.shutdown()
+    for task in list(server.connections):
+        task.cancel()
+    return 0
+
+
+def _on_stdin(stop: asyncio.Event) -> None:
+    try:
+        data = os.read(0, 4096)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:
+        stop.set()
+
+
+def _on_sigterm(server: Server, stop: asyncio.Event) -> None:
+    if server.stopping or stop.is_set():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    sys.stderr.write("Ferryman loader: received SIGTERM; finishing the requests in flight\n")
+    sys.stderr.flush()
+    stop.set()
+
+
+def _dump_tasks() -> None:
+    """Every task's await chain, innermost last: where each request waits."""
+    lines = ["Ferryman loader: asked what this process is doing (max_request_time):"]
+    for task in asyncio.all_tasks():
+        lines.append("Task %s (most recent call last):" % task.get_name())
+        for frame in _await_chain(task.get_coro()):
+            code = frame.f_code
+            lines.append(
+                '  File "%s", line %d, in %s' % (code.co_filename, frame.f_lineno, code.co_name)
+            )
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+def _await_chain(coro: Any) -> list[Any]:
+    """The frames of a suspended coroutine and of what it awaits, down to the innermost
+    (Task.print_stack shows only the outermost one). Bounded."""
+    frames: list[Any] = []
+    while coro is not None and len(frames) < 200:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        frame = frame or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+            or getattr(coro, "ag_await", None)
+        )
+    return frames
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when the app's environment has it (as uvicorn does), else asyncio's own."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    handshake = shared.Handshake(args.get("handshake_fd"))
+    handshake.send(
+        {
+            "step": "loader_start",
+            "state": "performed",
+            "at": time.time(),
+            "interpreter": "Python %s (%s)" % (sys.version.split()[0], sys.executable),
+        }
+    )
+    app_root = args["app_root"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0]) == here:
+        del sys.path[0]  # the loaders' directory must not shadow the app's modules
+    sys.path.insert(0, app_root)
+    os.chdir(app_root)
+    shared.set_process_title("Ferryman ASGI: %s" % app_root)
+    app = shared.load_or_report(handshake, app_root, args["startup_file"], "asgi")
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(serve(args, handshake, app))
+    finally:
+        loop.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

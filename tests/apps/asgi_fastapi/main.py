@@ -1,0 +1,91 @@
+"""A FastAPI app for the end-to-end tests: JSON, forms, uploads, streaming, background
+tasks and a lifespan that leaves a trace in $LIFESPAN_LOG."""
+
+import asyncio
+import hashlib
+import os
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import BackgroundTasks, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+LIFESPAN_LOG = os.environ.get("LIFESPAN_LOG", "")
+
+
+def _trace(line: str) -> None:
+    if LIFESPAN_LOG:
+        with open(LIFESPAN_LOG, "a") as fh:
+            fh.write(f"{line} {os.getpid()}\n")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    _trace("startup")
+    yield {"started_by": os.getpid()}
+    _trace("shutdown")
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/items/{item_id}")
+async def item(item_id: int, q: str | None = None) -> dict:
+    return {"item_id": item_id, "q": q}
+
+
+@app.post("/json")
+async def echo_json(request: Request) -> dict:
+    return {"got": await request.json(), "state": request.state.started_by}
+
+
+@app.post("/form")
+async def form(name: Annotated[str, Form()], count: Annotated[int, Form()]) -> dict:
+    return {"name": name, "count": count}
+
+
+@app.post("/upload")
+async def upload(file: Annotated[UploadFile, File()]) -> dict:
+    data = await file.read()
+    return {
+        "filename": file.filename,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+@app.get("/stream")
+async def stream(n: int = 5, every: float = 0.1) -> StreamingResponse:
+    async def events():
+        loop = asyncio.get_running_loop()
+        for i in range(n):
+            yield f"data: {i} {loop.time():.6f}\n\n".encode()
+            await asyncio.sleep(every)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@app.post("/background")
+async def background(tasks: BackgroundTasks, path: str) -> PlainTextResponse:
+    def write() -> None:
+        with open(path, "w") as fh:
+            fh.write("done after the response")
+
+    tasks.add_task(write)
+    return PlainTextResponse("queued")
+
+
+@app.get("/pid")
+async def pid() -> PlainTextResponse:
+    return PlainTextResponse(str(os.getpid()))
+
+
+@app.get("/sleep")
+async def sleep(seconds: float = 1.0) -> PlainTextResponse:
+    await asyncio.sleep(seconds)
+    return PlainTextResponse(str(os.getpid()))
+
+
+@app.get("/boom")
+async def boom() -> dict:
+    raise RuntimeError("the handler blew up")
