@@ -232,6 +232,7 @@ class Core:
             )
             deadline = loop.time() + config.graceful_timeout
             front.stop_accepting()
+            supervisor.going_away()  # WebSockets close now, not at the graceful timeout
             if not await front.drained(config.graceful_timeout):
                 log.warning("Graceful timeout reached; closing the remaining connections")
                 front.abort_all()

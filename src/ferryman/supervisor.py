@@ -56,6 +56,8 @@ MB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 #: How long an exited process's last output lines may take to reach the log.
 OUTPUT_DRAIN_TIMEOUT = 1.0
+#: Written on an app process's owner pipe when the server stops (see going_away).
+GOING_AWAY = b"g"
 #: How long a hung process gets to write its stacks (SIGQUIT) before SIGKILL.
 STACK_DUMP_GRACE = 0.5
 #: Exit code when the self-check finds a broken pool invariant (EX_SOFTWARE).
@@ -413,6 +415,13 @@ class Supervisor:
             self.apply(group.detach(process, self.now(), RetireReason.UNREACHABLE))
 
     # -- shutdown ---------------------------------------------------------------------------------
+
+    def going_away(self) -> None:
+        """The server is stopping: every loader is told (``g`` on its owner pipe) to close
+        its long-lived connections (WebSockets, with 1001), which would otherwise hold the
+        graceful stop until its timeout. Requests in flight go on."""
+        for handle in self.handles.values():
+            handle.child.tell(GOING_AWAY)
 
     async def shutdown(
         self, eof_grace: float = STOP_EOF_GRACE, term_grace: float = STOP_TERM_GRACE

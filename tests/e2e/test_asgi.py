@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import itertools
 import json
 import os
 import threading
@@ -118,9 +117,10 @@ def test_a_streamed_response_reaches_the_client_as_it_is_produced() -> None:
         finally:
             conn.close()
         assert [e.split()[1] for e, _ in arrivals] == [str(i).encode() for i in range(10)]
-        # The gaps between arrivals follow the app's 100 ms: none waits for a buffer to fill.
-        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(arrivals)]
-        assert all(0.05 <= gap <= 0.15 for gap in gaps), gaps
+        # Each event carries the app's clock (time.monotonic, shared by every process on
+        # the machine) when it was produced: it reached the client within 50 ms.
+        delays = [now - float(event.split()[2]) for event, now in arrivals]
+        assert all(0 <= delay < 0.05 for delay in delays), delays
 
 
 def test_an_asgi_process_serves_many_requests_at_once() -> None:

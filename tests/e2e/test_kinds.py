@@ -117,6 +117,8 @@ def test_a_loader_of_another_handshake_version_is_a_clear_spawn_failure(
 LOADER_SOURCES = {
     kind.name: kind.loader.read_text() for kind in KINDS.values() if kind.loader is not None
 }
+# The ASGI loader runs the WSGI loader's handshake and app loading (it loads that file).
+LOADER_SOURCES["asgi"] += LOADER_SOURCES["wsgi"]
 _VERSION = re.compile(r"HANDSHAKE_VERSION\s*=\s*(\d+)")
 #: step("name", ...) calls and {"step": "name"} / {step: "name"} messages.
 _STEP_CALL = re.compile(r"""step(?:\(|["']?\s*:)\s*["'](\w+)["']""")

@@ -59,6 +59,12 @@ class Client(Protocol):
 
     def exchange_done(self, exchange: Exchange, *, abort: bool = False) -> None: ...
 
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """The app accepted ``exchange``'s upgrade: client bytes go to it from now on."""
+
+    def pause_tunnel(self, paused: bool) -> None:
+        """Stop (or resume) reading the client: the app is not taking a tunnel's bytes."""
+
 
 log = logging.getLogger("ferryman")
 
@@ -199,6 +205,7 @@ class Exchange:
         "_remaining",
         "_retried",
         "_streaming",
+        "_tunnel",
         "app",
         "body",
         "bytes_sent",
@@ -212,6 +219,7 @@ class Exchange:
         "started_at",
         "state",
         "status",
+        "upgrade",
         "upstream",
         "waiter",
     )
@@ -227,6 +235,10 @@ class Exchange:
         #: Close the connection after this response, whatever the client wants.
         self.close_after = False
         self.head_only = False
+        #: A WebSocket upgrade request (the front decided): a fresh connection to the app,
+        #: and on 101 a tunnel that holds the session until either side closes.
+        self.upgrade = False
+        self._tunnel = False
         self.state = RECEIVING
         self.session: Session | None = None
         self.waiter: Waiter | None = None
@@ -324,7 +336,8 @@ class Exchange:
         session = self.session
         assert session is not None
         upstream = self.app.upstreams.of(session.process)
-        conn = upstream.take_idle() if upstream is not None else None
+        # An upgrade gets a connection of its own: it may never come back to the pool.
+        conn = upstream.take_idle() if upstream is not None and not self.upgrade else None
         if conn is not None:
             self._send_request(conn)
         else:
@@ -408,6 +421,9 @@ class Exchange:
         if self._client_gone:
             self._drain_head = True  # the app is sending a reply nobody will read
             return
+        if self.upgrade and payload.startswith(b"101 "):
+            self._open_tunnel(payload)
+            return
         close = self.close_after or not self.keep_alive
         key = (payload, self.head_only, self.head.version, close)
         plan = _HEAD_PLANS.get(key)
@@ -436,6 +452,52 @@ class Exchange:
                 self.upstream.pause_reading()  # the client is still taking in earlier bytes
         self._head_sent = True
         self._out.append(prefix + DATES.lines(date, server) + suffix)
+
+    # -- a tunnel (WebSocket) -------------------------------------------------------------------
+
+    def _open_tunnel(self, payload: bytes) -> None:
+        """The app answered 101 to a WebSocket upgrade: the client gets the 101, then bytes
+        pass both ways as they are, with back-pressure each way, until either side closes.
+        The session stays open all along: the process counts the WebSocket as busy."""
+        head = [
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        ]
+        for line in payload.split(b"\r\n")[1:]:
+            name = line.partition(b":")[0].strip().lower()
+            if line and name not in (
+                b"upgrade",
+                b"connection",
+                b"content-length",
+                b"transfer-encoding",
+            ):
+                head.append(line + b"\r\n")
+        head.append(b"\r\n")
+        self.status = 101
+        self._head_sent = True
+        self._tunnel = True
+        self._streaming = True  # the app is paused while the client is, never buffered
+        self._remaining = -1
+        self._chunked = False
+        self._no_body = False
+        self.close_after = True
+        conn = self.upstream
+        if conn is not None:
+            conn.tunnel = True
+        self._out.append(b"".join(head))
+        self.flush()
+        self.conn.start_tunnel(self)
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Bytes from the client, in a tunnel: to the app as they are."""
+        conn = self.upstream
+        if conn is not None:
+            conn.send_raw(data)
+
+    def upstream_paused(self) -> None:
+        self.conn.pause_tunnel(True)
+
+    def upstream_resumed(self) -> None:
+        self.conn.pause_tunnel(False)
 
     def on_body(self, payload: bytes) -> None:
         if self.state >= DRAINING:
@@ -477,7 +539,7 @@ class Exchange:
             self.close_after = True  # shorter than announced: the client must see a cut
         self.flush()
         conn = self.upstream
-        reusable = conn is not None and conn.reusable()
+        reusable = conn is not None and conn.reusable() and not self._tunnel
         self._finish(upstream_ok=reusable, abort_client=self._remaining > 0)
 
     def on_abort(self) -> None:
@@ -670,6 +732,9 @@ class Exchange:
         if self.state == DONE:
             return
         self._client_gone = True
+        if self._tunnel:
+            self._finish(upstream_ok=False)  # either side closing ends the tunnel
+            return
         self._out.clear()
         self._held = None
         if self._buffer is not None:

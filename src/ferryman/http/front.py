@@ -247,6 +247,18 @@ class FrontServer:
             self._drained.set_result(None)
 
 
+#: Bytes a client may send after a WebSocket upgrade request before the app accepts it.
+MAX_EARLY_TUNNEL_BYTES = 64 * 1024
+
+
+def _asks_for_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request's Upgrade header names websocket (RFC 6455 4.1)."""
+    for name, value in headers:
+        if name.lower() == b"upgrade":
+            return any(t.strip().lower() == b"websocket" for t in value.split(b","))
+    return False
+
+
 def _sweep_interval(limit: float) -> float:
     """How often --max-request-time looks at the requests in flight."""
     return min(1.0, max(0.05, limit / 10))
@@ -340,6 +352,12 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         #: A 4xx answer owed once the earlier pipelined requests are answered.
         self._refusal: tuple[int, bytes, bool] | None = None
+        #: A WebSocket upgrade request read whole, waiting for the app's answer; the
+        #: client's bytes after it (bounded), held until then.
+        self._tunnel_pending: Exchange | None = None
+        self._early = b""
+        #: The app accepted the upgrade: the client's bytes go to this exchange as they are.
+        self.tunnel: Exchange | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -367,6 +385,17 @@ class ClientConnection(asyncio.Protocol):
             self.shutdown()  # accepted just before the server stopped accepting
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.tunnel_data(data)
+            return
+        if self._tunnel_pending is not None:
+            # Sent before the app accepted (a client should wait for the 101): kept for it,
+            # within bounds; reading is paused meanwhile, so little can come.
+            self._early += data
+            if len(self._early) > MAX_EARLY_TUNNEL_BYTES:
+                self.abort()
+            return
         if self._method_line is not None:
             self._method_line += data
             self._judge_method_line()
@@ -395,7 +424,14 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade_ignored(data[exc.args[0] :] if exc.args else b"")
+            rest = data[exc.args[0] :] if exc.args else b""
+            if self._tunnel_pending is not None:
+                self._early = rest  # no more HTTP on this connection: a tunnel, or a close
+                self._pause_reading()
+                if len(rest) > MAX_EARLY_TUNNEL_BYTES:
+                    self.abort()
+                return
+            self._upgrade_ignored(rest)
             return
         except httptools.HttpParserCallbackError as exc:
             # Why a callback stopped the parser is noted on the connection: the exception
@@ -662,9 +698,14 @@ class ClientConnection(asyncio.Protocol):
         if (self._seen & _UPGRADE or method == b"CONNECT") and parser.should_upgrade():
             if method == b"CONNECT":
                 raise self._stop(501, b"Not Implemented: Ferryman is not a forward proxy.\n")
-            # Upgrades (WebSocket) are not tunnelled yet: the request is served as plain
-            # HTTP/1.1 (RFC 9110 7.8 lets a server ignore Upgrade), body included.
             self._upgrade = True
+            bodiless = self._length <= 0 and not self._seen & _CHUNKED
+            if method == b"GET" and bodiless and _asks_for_websocket(self._headers):
+                # Tunnelled if the app answers 101; any other answer ends the connection.
+                current.upgrade = True
+                current.close_after = True
+            # Other upgrades (h2c...) are served as plain HTTP/1.1 (RFC 9110 7.8 lets a
+            # server ignore Upgrade), body included.
         length = self._length
         if self.max_body_size and length > self.max_body_size:
             raise self._stop(413, b"Content Too Large\n")
@@ -733,6 +774,8 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0
         if self.server.closing:
             exchange.close_after = True
+        if exchange.upgrade:
+            self._tunnel_pending = exchange  # the parser stops after it (HttpParserUpgrade)
         self.pipeline.append(exchange)
         if len(self.pipeline) == 1:
             self._disarm()
@@ -786,6 +829,25 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(rest)
 
     # -- called by exchanges ------------------------------------------------------------------
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """The app answered 101: from now on the client's bytes go to ``exchange`` as they
+        are; no timeout applies (a WebSocket may be quiet for long; its pings are the
+        app's business)."""
+        self._tunnel_pending = None
+        self.tunnel = exchange
+        self._disarm()
+        early, self._early = self._early, b""
+        if early:
+            exchange.tunnel_data(early)
+        self.pause_tunnel(False)
+
+    def pause_tunnel(self, paused: bool) -> None:
+        if paused:
+            self._pause_reading()
+        elif self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._write_closed:

@@ -49,8 +49,16 @@ class Responder(Protocol):
     body: RequestBody
     #: A HEAD request: the response has no body whatever its head says.
     head_only: bool
+    #: A WebSocket upgrade: on 101 the connection becomes a tunnel for raw bytes.
+    upgrade: bool
 
     def on_head(self, payload: bytes) -> None: ...
+
+    def upstream_paused(self) -> None:
+        """A tunnel's app side has a full write buffer: stop reading the client."""
+
+    def upstream_resumed(self) -> None:
+        """... and has room again."""
 
     def on_body(self, payload: bytes) -> None: ...
 
@@ -113,6 +121,8 @@ class AppConnection(asyncio.Protocol):
         #: A request body still being written from a file (flow-controlled).
         self._pump: Iterator[bytes] | None = None
         self._write_paused = False
+        #: After a 101: raw bytes pass both ways (client bytes through send_raw).
+        self.tunnel = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -131,10 +141,19 @@ class AppConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self.tunnel and self.exchange is not None:
+            self.exchange.upstream_paused()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.tunnel and self.exchange is not None:
+            self.exchange.upstream_resumed()
         self._run_pump()
+
+    def send_raw(self, data: bytes) -> None:
+        """A tunnel's client bytes, to the app as they are."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
 
     # -- used by the exchange ----------------------------------------------------------
 
@@ -273,6 +292,8 @@ class HttpConnection(AppConnection):
         #: The response's body runs until the connection closes (no length, not chunked).
         self._until_close = False
         self._head_seen = False
+        #: A tunnel: the parser is done, bytes go to the exchange as they are.
+        self._raw = False
 
     def start(self, exchange: Responder) -> None:
         head = exchange.head
@@ -302,6 +323,9 @@ class HttpConnection(AppConnection):
         size = exchange.body.size
         if size or head.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             lines += (b"Content-Length: ", str(size).encode(), b"\r\n")
+        if exchange.upgrade:
+            # The hop-by-hop pair that asks this hop, to the app, for a WebSocket.
+            lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         lines.append(b"\r\n")
         self._reason = b""
         self._headers = []
@@ -326,6 +350,19 @@ class HttpConnection(AppConnection):
         parser = self.parser
         code = parser.get_status_code()
         exchange = self.exchange
+        if code == 101 and exchange is not None and exchange.upgrade:
+            # The app took the WebSocket: what follows the head is the tunnel's
+            # (the parser stops with HttpParserUpgrade, see data_received).
+            self._keep_alive = False
+            self._head_seen = True
+            self.tunnel = True
+            exchange.on_head(
+                b"101 "
+                + (self._reason or b"Switching Protocols")
+                + b"\r\n"
+                + b"".join(self._headers)
+            )
+            return
         if code < 200:
             self._interim = True  # 1xx: a final response follows on the same connection
             self._reason = b""
@@ -353,6 +390,8 @@ class HttpConnection(AppConnection):
             exchange.on_body(body)
 
     def on_message_complete(self) -> None:
+        if self.tunnel:
+            return  # a 101's head is all: the tunnel follows
         if self._interim:
             self._interim = False
             return
@@ -374,8 +413,20 @@ class HttpConnection(AppConnection):
         if exchange is None:
             self.protocol_error(f"it sent {len(data)} bytes while no request was open")
             return
+        if self._raw:
+            exchange.on_body(data)  # a tunnel: the app's bytes as they are
+            exchange.flush()
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if not self.tunnel:
+                self.protocol_error("it switched protocols without being asked to")
+                return
+            self._raw = True
+            rest = data[exc.args[0] :] if exc.args else b""
+            if rest and self.exchange is exchange:
+                exchange.on_body(rest)
         except httptools.HttpParserError as exc:
             self.protocol_error(f"invalid HTTP response: {exc}")
             return

@@ -16,12 +16,15 @@ app's ``sys.path``. Standard library only.
 from __future__ import annotations
 
 import asyncio
+import base64
 import faulthandler
+import hashlib
 import importlib.util
 import json
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -252,6 +255,8 @@ class Server:
         self.stopping = False
         self.in_flight = 0
         self.connections: set[asyncio.Task[Any]] = set()
+        #: Open WebSockets: told to go away (1001) when the process stops.
+        self.websockets: set[WebSocket] = set()
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -289,8 +294,13 @@ class Server:
                 data += more
             block, body = data[head_size:body_at], data[body_at:body_end]
             data = data[body_end:]
+            scope = http_scope(block, self.state)
+            if _is_websocket(scope):
+                # The connection is the WebSocket's from now on; it ends with it.
+                await WebSocket(self, reader, writer, scope, data).run()
+                return
             gone = asyncio.Event()
-            request = asyncio.ensure_future(self.handle(writer, block, body, gone))
+            request = asyncio.ensure_future(self.handle(writer, scope, body, gone))
             # While the app works, a read that ends means the core closed the connection
             # (the client went away): the app's receive() then says http.disconnect. The
             # core sends the next request only after this response, so nothing is lost.
@@ -311,9 +321,12 @@ class Server:
             request.result()
 
     async def handle(
-        self, writer: asyncio.StreamWriter, block: bytes, body: bytes, gone: asyncio.Event
+        self,
+        writer: asyncio.StreamWriter,
+        scope: dict[str, Any],
+        body: bytes,
+        gone: asyncio.Event,
     ) -> None:
-        scope = http_scope(block, self.state)
         exchange = Exchange(writer, body, scope["method"] == "HEAD", gone)
         self.in_flight += 1
         self.idle.clear()
@@ -330,6 +343,351 @@ class Server:
                 self.idle.set()
         if not gone.is_set():
             await exchange.finish(failed)
+
+
+# -- WebSockets -----------------------------------------------------------------------------
+
+#: RFC 6455 1.3.
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The largest message (or frame) a client may send, as uvicorn's default: 16 MiB.
+WS_MAX_MESSAGE = 16 * 1024 * 1024
+#: Messages read ahead of the app's receive(): past this, reading waits (back-pressure).
+WS_QUEUE = 64
+#: After sending a close frame, how long the client gets to answer with its own.
+WS_CLOSE_WAIT = 1.0
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def _is_websocket(scope: dict[str, Any]) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"upgrade":
+            return b"websocket" in [t.strip().lower() for t in value.split(b",")]
+    return False
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A server frame (unmasked, final)."""
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, size)
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return head + payload
+
+
+def _close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+
+
+class WebSocketError(Exception):
+    """The client broke RFC 6455: close with ``code``."""
+
+    def __init__(self, code: int, why: str) -> None:
+        Exception.__init__(self, why)
+        self.code = code
+
+
+class FrameParser:
+    """Client frames (masked) to whole messages, control frames as they come."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.message_opcode = 0
+        self.fragments: list[bytes] = []
+        self.size = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buffer += data
+        out: list[tuple[int, bytes]] = []
+        while True:
+            buf = self.buffer
+            if len(buf) < 2:
+                return out
+            first, second = buf[0], buf[1]
+            fin, opcode, masked, size = first & 0x80, first & 0x0F, second & 0x80, second & 0x7F
+            at = 2
+            if size == 126:
+                if len(buf) < 4:
+                    return out
+                size = struct.unpack_from("!H", buf, 2)[0]
+                at = 4
+            elif size == 127:
+                if len(buf) < 10:
+                    return out
+                size = struct.unpack_from("!Q", buf, 2)[0]
+                at = 10
+            if first & 0x70:
+                raise WebSocketError(1002, "reserved bits set (no extension was agreed)")
+            if not masked:
+                raise WebSocketError(1002, "a client frame must be masked")
+            if size > WS_MAX_MESSAGE:
+                raise WebSocketError(1009, "frame too big")
+            if len(buf) < at + 4 + size:
+                return out
+            mask = buf[at : at + 4]
+            payload = _unmask(buf[at + 4 : at + 4 + size], mask)
+            self.buffer = buf[at + 4 + size :]
+            if opcode >= 0x8:  # control: whole, never fragmented, at most 125 bytes
+                if not fin or size > 125:
+                    raise WebSocketError(1002, "invalid control frame")
+                out.append((opcode, payload))
+                continue
+            if opcode == OP_CONT:
+                if not self.message_opcode:
+                    raise WebSocketError(1002, "continuation without a message")
+            elif opcode in (OP_TEXT, OP_BINARY):
+                if self.message_opcode:
+                    raise WebSocketError(1002, "a new message inside a fragmented one")
+                self.message_opcode = opcode
+            else:
+                raise WebSocketError(1002, "unknown opcode %d" % opcode)
+            self.size += size
+            if self.size > WS_MAX_MESSAGE:
+                raise WebSocketError(1009, "message too big")
+            self.fragments.append(payload)
+            if fin:
+                out.append((self.message_opcode, b"".join(self.fragments)))
+                self.message_opcode, self.fragments, self.size = 0, [], 0
+
+
+def _unmask(data: bytes, mask: bytes) -> bytes:
+    if not data:
+        return data
+    # One big-integer XOR: fast enough without numpy, in the standard library.
+    repeated = (mask * (len(data) // 4 + 1))[: len(data)]
+    value = int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")
+    return value.to_bytes(len(data), "big")
+
+
+class WebSocket:
+    """One ASGI ``websocket`` scope on a connection the core tunnels after our 101.
+
+    To the core, the accept is an H frame (``101``), every WebSocket frame we send is a
+    B frame, and the end is an E frame; what the core sends after the request are the
+    client's raw WebSocket bytes.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        scope: dict[str, Any],
+        early: bytes,
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+        protocols = [
+            t.strip().decode("latin-1")
+            for name, value in scope["headers"]
+            if name == b"sec-websocket-protocol"
+            for t in value.split(b",")
+        ]
+        scope["subprotocols"] = [p for p in protocols if p]
+        scope.pop("method", None)
+        self.scope = scope
+        self.key = next((v for n, v in scope["headers"] if n == b"sec-websocket-key"), b"")
+        self.early = early
+        self.state = "connecting"  # accepted, closed
+        self.connect_taken = False
+        self.incoming: asyncio.Queue[Message] = asyncio.Queue(WS_QUEUE)
+        self.close_sent = False
+        self.peer_closed = asyncio.Event()
+        self.ended = False
+        #: The process is stopping: the close code is 1001 (going away).
+        self.going_away = False
+
+    async def run(self) -> None:
+        server = self.server
+        server.websockets.add(self)
+        server.in_flight += 1
+        server.idle.clear()
+        reading = None
+        try:
+            app = asyncio.ensure_future(server.app(self.scope, self.receive, self.send))
+            reading = asyncio.ensure_future(self.read_loop())
+            try:
+                await app
+            except Exception:
+                shared.print_exception("Error in a WebSocket:\n")
+                await self.fail()
+            else:
+                if self.state == "connecting":  # returned without accepting: refused
+                    await self.refuse(403)
+                elif self.state == "accepted":
+                    await self.close(1001 if self.going_away else 1000, "")
+        finally:
+            if reading is not None:
+                reading.cancel()
+            await self.end()
+            server.websockets.discard(self)
+            server.in_flight -= 1
+            if not server.in_flight:
+                server.idle.set()
+
+    # -- the app's side --
+
+    async def receive(self) -> Message:
+        if not self.connect_taken:
+            self.connect_taken = True
+            return {"type": "websocket.connect"}
+        return await self.incoming.get()
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "websocket.accept" and self.state == "connecting":
+            await self.accept(message)
+        elif kind == "websocket.send" and self.state == "accepted":
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None:
+                await self.write(ws_frame(OP_TEXT, str(text).encode("utf-8")))
+            elif data is not None:
+                await self.write(ws_frame(OP_BINARY, bytes(data)))
+        elif kind == "websocket.close":
+            if self.state == "connecting":
+                await self.refuse(403)
+            elif self.state == "accepted":
+                await self.close(int(message.get("code") or 1000), message.get("reason") or "")
+        elif self.state == "closed" and kind in ("websocket.send", "websocket.close"):
+            raise OSError("the WebSocket is closed")
+        else:
+            raise RuntimeError("unexpected ASGI message %r in state %s" % (kind, self.state))
+
+    async def accept(self, message: Message) -> None:
+        accept = base64.b64encode(hashlib.sha1(self.key + WS_GUID).digest())
+        head = [b"101 Switching Protocols\r\nSec-WebSocket-Accept: ", accept, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            head += (b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n")
+        for name, value in message.get("headers") or ():
+            if bytes(name).lower() not in (b"sec-websocket-accept", b"sec-websocket-protocol"):
+                head += (bytes(name), b": ", bytes(value), b"\r\n")
+        self.state = "accepted"
+        self.writer.write(shared.frame(shared.FRAME_HEAD_RESPONSE, b"".join(head)))
+        await self.writer.drain()
+
+    async def refuse(self, status: int) -> None:
+        """Closed before it was accepted: an HTTP answer (ASGI says 403)."""
+        self.state = "closed"
+        reason = _REASONS.get(status, "Forbidden").encode()
+        head = b"%d %s\r\nContent-Length: 0\r\n" % (status, reason)
+        self.writer.write(shared.frame(shared.FRAME_HEAD_RESPONSE, head) + END_FRAME)
+        self.ended = True
+        await _drain(self.writer)
+        self._disconnected(1006)
+
+    async def fail(self) -> None:
+        if self.state == "connecting":
+            self.state = "closed"
+            out = [shared.frame(shared.FRAME_HEAD_RESPONSE, shared.ERROR_500)]
+            out.extend(shared.body_frames(shared.ERROR_500_BODY))
+            out.append(END_FRAME)
+            self.writer.write(b"".join(out))
+            self.ended = True
+            await _drain(self.writer)
+        elif self.state == "accepted":
+            await self.close(1011, "")
+
+    async def close(self, code: int, reason: str) -> None:
+        """Our close frame, then (briefly) the client's, then the end."""
+        self.state = "closed"
+        if not self.close_sent:
+            self.close_sent = True
+            await self.write(ws_frame(OP_CLOSE, _close_payload(code, reason)))
+        try:
+            await asyncio.wait_for(self.peer_closed.wait(), WS_CLOSE_WAIT)
+        except asyncio.TimeoutError:
+            pass
+        await self.end()
+
+    async def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.writer.write(END_FRAME)
+            await _drain(self.writer)
+
+    async def write(self, frame: bytes) -> None:
+        out: list[bytes | memoryview] = list(shared.body_frames(frame))
+        self.writer.write(b"".join(out))
+        await _drain(self.writer)
+
+    # -- the client's side --
+
+    async def read_loop(self) -> None:
+        parser = FrameParser()
+        data = self.early
+        try:
+            while True:
+                if not data:
+                    data = await self.reader.read(RECV_SIZE)
+                    if not data:
+                        self._disconnected(1006)  # the core closed: the client is gone
+                        return
+                try:
+                    messages = parser.feed(data)
+                except WebSocketError as exc:
+                    await self.protocol_error(exc)
+                    return
+                data = b""
+                for opcode, payload in messages:
+                    if opcode == OP_TEXT:
+                        try:
+                            text = payload.decode("utf-8")
+                        except UnicodeDecodeError:
+                            await self.protocol_error(WebSocketError(1007, "invalid UTF-8"))
+                            return
+                        await self.incoming.put({"type": "websocket.receive", "text": text})
+                    elif opcode == OP_BINARY:
+                        await self.incoming.put({"type": "websocket.receive", "bytes": payload})
+                    elif opcode == OP_PING:
+                        await self.write(ws_frame(OP_PONG, payload))
+                    elif opcode == OP_CLOSE:
+                        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                        await self.peer_close(code, payload)
+                        return
+        except (ConnectionError, OSError):
+            self._disconnected(1006)
+
+    async def peer_close(self, code: int, payload: bytes) -> None:
+        self.peer_closed.set()
+        if not self.close_sent and self.state == "accepted":
+            self.close_sent = True
+            await self.write(ws_frame(OP_CLOSE, payload[:2]))  # the close handshake
+            self.state = "closed"
+            await self.end()
+        self._disconnected(code)
+
+    async def protocol_error(self, exc: WebSocketError) -> None:
+        sys.stderr.write("WebSocket closed (%d): %s\n" % (exc.code, exc))
+        sys.stderr.flush()
+        if not self.close_sent:
+            self.close_sent = True
+            await self.write(ws_frame(OP_CLOSE, _close_payload(exc.code)))
+        self.state = "closed"
+        await self.end()
+        self._disconnected(exc.code)
+
+    def _disconnected(self, code: int) -> None:
+        message = {"type": "websocket.disconnect", "code": code}
+        try:
+            self.incoming.put_nowait(message)
+        except asyncio.QueueFull:
+            # The app reads behind: drop what it has not read; the end is what matters.
+            while not self.incoming.empty():
+                self.incoming.get_nowait()
+            self.incoming.put_nowait(message)
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    try:
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
 
 
 class Lifespan:
@@ -454,7 +812,7 @@ async def serve(args: dict[str, Any], handshake: Any, app: ASGIApp) -> int:
     handshake.close()
 
     stop = asyncio.Event()
-    loop.add_reader(0, _on_stdin, stop)
+    loop.add_reader(0, _on_stdin, stop, server)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
         loop.add_signal_handler(signal.SIGTERM, _on_sigterm, server, stop)
     if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
@@ -467,6 +825,7 @@ async def serve(args: dict[str, Any], handshake: Any, app: ASGIApp) -> int:
     loop.remove_reader(0)
     server.stopping = True
     unix_server.close()
+    _going_away(server)  # WebSockets would never end by themselves
     while server.in_flight and os.getppid() == parent:
         try:
             await asyncio.wait_for(server.idle.wait(), 0.2)
@@ -479,7 +838,9 @@ async def serve(args: dict[str, Any], handshake: Any, app: ASGIApp) -> int:
     return 0
 
 
-def _on_stdin(stop: asyncio.Event) -> None:
+def _on_stdin(stop: asyncio.Event, server: Server) -> None:
+    """The owner pipe: EOF stops the process; ``g`` (the server is stopping) closes the
+    WebSockets with 1001 at once, so that they do not hold the stop."""
     try:
         data = os.read(0, 4096)
     except BlockingIOError:
@@ -488,6 +849,15 @@ def _on_stdin(stop: asyncio.Event) -> None:
         data = b""
     if not data:
         stop.set()
+    elif b"g" in data:
+        _going_away(server)
+
+
+def _going_away(server: Server) -> None:
+    for websocket in list(server.websockets):
+        if websocket.state == "accepted" and not websocket.going_away:
+            websocket.going_away = True  # closed with 1001 once the app returns
+            websocket._disconnected(1001)
 
 
 def _on_sigterm(server: Server, stop: asyncio.Event) -> None:

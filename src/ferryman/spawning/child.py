@@ -185,6 +185,17 @@ class Child:
 
     # -- ending it -----------------------------------------------------------------------------
 
+    def tell(self, word: bytes) -> None:
+        """Write ``word`` on the owner pipe (a loader reads it as a request, see
+        docs/session-protocol.md); never blocks, and a full or closed pipe is ignored."""
+        if self._owner_fd is None:
+            return
+        try:
+            os.set_blocking(self._owner_fd, False)
+            os.write(self._owner_fd, word)
+        except OSError:
+            pass
+
     def close_owner_pipe(self) -> None:
         if self._owner_fd is not None:
             os.close(self._owner_fd)

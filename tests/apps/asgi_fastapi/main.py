@@ -7,7 +7,16 @@ import os
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import BackgroundTasks, FastAPI, File, Form, Request, UploadFile
+from fastapi import (
+    BackgroundTasks,
+    FastAPI,
+    File,
+    Form,
+    Request,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 LIFESPAN_LOG = os.environ.get("LIFESPAN_LOG", "")
@@ -89,3 +98,39 @@ async def sleep(seconds: float = 1.0) -> PlainTextResponse:
 @app.get("/boom")
 async def boom() -> dict:
     raise RuntimeError("the handler blew up")
+
+
+@app.websocket("/ws/echo")
+async def ws_echo(websocket: WebSocket) -> None:
+    """Echo text and bytes; the text 'close:CODE' makes the server close with CODE; the
+    first message is the process's pid."""
+    await websocket.accept()
+    await websocket.send_text(str(os.getpid()))
+    while True:
+        try:
+            message = await websocket.receive()
+        except WebSocketDisconnect:
+            return
+        if message["type"] == "websocket.disconnect":
+            _trace(f"client closed {message.get('code')}")
+            return
+        text = message.get("text")
+        if text is not None and text.startswith("close:"):
+            await websocket.close(code=int(text[6:]), reason="asked to")
+            return
+        if text is not None:
+            await websocket.send_text(text)
+        else:
+            await websocket.send_bytes(message["bytes"])
+
+
+@app.websocket("/ws/refuse")
+async def ws_refuse(websocket: WebSocket) -> None:
+    await websocket.close(code=1008)
+
+
+@app.websocket("/ws/slow-accept")
+async def ws_slow_accept(websocket: WebSocket) -> None:
+    await asyncio.sleep(2)
+    await websocket.accept()
+    await websocket.close()

@@ -1,0 +1,232 @@
+"""WebSockets through the front: a real client (the websockets library), real ASGI apps,
+the upgrade routed to the least-busy process and held as a session for its whole life."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect as connect_async
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from .harness import APPS, Server, alive, serving, wait_until
+
+FASTAPI = APPS / "asgi_fastapi"
+
+
+def _url(server: Server, path: str = "/ws/echo") -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def _sessions(server: Server) -> dict[int, int]:
+    """Open sessions per app process, as `ferryman status --show json` reports them."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ferryman", "status", "--show=json"],
+        env=server.env, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    state: dict[str, Any] = json.loads(out)
+    return {p["pid"]: p["sessions"] for app in state["apps"] for p in app["processes"]}
+
+
+def test_echo_text_binary_and_a_megabyte_and_close_codes_both_ways() -> None:
+    with serving(FASTAPI, "--min-instances", "1") as server:
+        (pid,) = server.app_pids
+        with connect(_url(server), max_size=2**21) as ws:
+            assert ws.recv() == str(pid)  # routed to the app process, through the tunnel
+            ws.send("héllo")
+            assert ws.recv() == "héllo"
+            ws.send(b"\x00\x01\xff")
+            assert ws.recv() == b"\x00\x01\xff"
+            big = os.urandom(1024 * 1024)
+            ws.send(big)
+            assert ws.recv() == big
+            assert _sessions(server) == {pid: 1}  # the WebSocket holds a session
+            ws.send("close:4001")  # the server closes, with its code
+            with pytest.raises(ConnectionClosed):
+                ws.recv()
+            assert (ws.close_code, ws.close_reason) == (4001, "asked to")
+        with connect(_url(server)) as ws:
+            ws.recv()
+            ws.close(4002, "bye")  # the client closes, with its code
+        server.wait_for_log(r'"GET /ws/echo HTTP/1.1" 101 ')
+        assert wait_until(lambda: _sessions(server) == {pid: 0}, timeout=10)
+
+
+def test_a_websocket_the_app_refuses_gets_403() -> None:
+    with serving(FASTAPI, "--min-instances", "1") as server:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(_url(server, "/ws/refuse")).close()
+        assert refused.value.response.status_code == 403
+        # No route: FastAPI refuses the handshake too; the server serves on.
+        with pytest.raises(InvalidStatus):
+            connect(_url(server, "/ws/nowhere")).close()
+        assert server.get("/pid")[0] == 200
+
+
+def test_a_thousand_websockets_spread_evenly_over_two_processes() -> None:
+    with serving(FASTAPI, "--min-instances", "2", "--max-pool-size", "2", wait_ready=2) as server:
+        before = server.settled_resources()
+        pids = sorted(server.app_pids)
+
+        async def scenario() -> tuple[dict[int, int], list[str]]:
+            sockets = []
+            try:
+                for _ in range(1000):
+                    sockets.append(await connect_async(_url(server), open_timeout=30))
+                firsts = await asyncio.gather(*(ws.recv() for ws in sockets))
+                counts = await asyncio.to_thread(_sessions, server)
+                await asyncio.gather(*(ws.send(f"m{i}") for i, ws in enumerate(sockets)))
+                echoes = await asyncio.gather(*(ws.recv() for ws in sockets))
+                assert echoes == [f"m{i}" for i in range(1000)]
+                assert sorted({int(p) for p in firsts}) == pids
+                return counts, [str(first) for first in firsts]
+            finally:
+                await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+        counts, firsts = asyncio.run(asyncio.wait_for(scenario(), 120))
+        assert sorted(counts) == pids and sum(counts.values()) == 1000, counts
+        assert max(counts.values()) - min(counts.values()) <= 1, counts
+        assert {firsts.count(str(pid)) for pid in pids} == set(counts.values())
+        # Every tunnel closed: its session given back, its fds closed.
+        assert wait_until(lambda: set(_sessions(server).values()) == {0}, timeout=30)
+        assert wait_until(lambda: server.resources() == before, timeout=30), (
+            before,
+            server.resources(),
+        )
+
+
+def test_killing_a_process_ends_its_websockets_and_new_ones_succeed() -> None:
+    with serving(FASTAPI, "--min-instances", "2", "--max-pool-size", "2", wait_ready=2) as server:
+        sockets = [connect(_url(server)) for _ in range(6)]
+        try:
+            owners = [int(ws.recv()) for ws in sockets]
+            victim = owners[0]
+            os.kill(victim, signal.SIGKILL)
+            for ws, owner in zip(sockets, owners, strict=True):
+                if owner == victim:
+                    with pytest.raises(ConnectionClosed):
+                        ws.recv(timeout=10)
+                else:
+                    ws.send("still here")
+                    assert ws.recv(timeout=10) == "still here"
+            assert wait_until(lambda: not alive(victim), timeout=10)
+            with connect(_url(server)) as fresh:
+                assert int(fresh.recv(timeout=10)) != victim
+                fresh.send("new")
+                assert fresh.recv(timeout=10) == "new"
+        finally:
+            for ws in sockets:
+                ws.close()
+
+
+def test_a_graceful_stop_closes_websockets_with_going_away() -> None:
+    with serving(FASTAPI, "--min-instances", "1", "--graceful-timeout", "5") as server:
+        ws = connect(_url(server))
+        try:
+            ws.recv()
+            server.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=15)
+            assert ws.close_code == 1001
+        finally:
+            ws.close()
+        assert server.proc.wait(30) == 0
+
+
+# -- raw bytes over a real socket ---------------------------------------------------------------
+
+_HANDSHAKE = (
+    b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+def _read_until(sock: Any, marker: bytes, limit: int = 1 << 20) -> bytes:
+    data = b""
+    while marker not in data and len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_handshake_and_a_frame_sent_in_one_packet_both_arrive() -> None:
+    """The client's first frame in the same packet as its handshake (before the 101):
+    held, then passed on once the app accepted."""
+    import socket
+
+    with (
+        serving(FASTAPI, "--min-instances", "1") as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        sock.sendall(_HANDSHAKE + _masked(0x1, b"early bird"))
+        data = _read_until(sock, b"early bird")
+        head, _, frames = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+        assert b"\r\nUpgrade: websocket" in head and b"\r\nConnection: Upgrade" in head
+        assert frames.endswith(b"\x81\x0aearly bird")
+
+
+def test_an_upgrade_the_app_does_not_take_is_an_ordinary_response_then_a_close() -> None:
+    """A WSGI app cannot take a WebSocket: it answers as to any GET, and the connection
+    closes after (what follows the upgrade request is not HTTP any more)."""
+    import socket
+
+    with serving(APPS / "wsgi_stub", "--min-instances", "1") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            request = _HANDSHAKE.replace(b"/ws/echo", b"/pid")
+            sock.sendall(request + b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert data.count(b"HTTP/1.1 ") == 1  # the bytes after it were not a request
+        assert b"\r\nConnection: close\r\n" in data
+
+
+def test_an_upgrade_with_a_body_is_served_as_plain_http() -> None:
+    with serving(APPS / "wsgi_stub", "--min-instances", "1") as server:
+        request = (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Content-Length: 5\r\n\r\nhello"
+        )
+        reply = server.raw(request + b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\n\r\nhello" in reply
+        assert reply.count(b"HTTP/1.1 200 OK") == 2
+
+
+def test_a_client_that_floods_before_the_101_is_bounded_and_ends() -> None:
+    """256 KiB of garbage right after the handshake: the core reads no further than a
+    bound (reading pauses until the app answers; more than the bound at once is cut off),
+    and if the app accepts, the garbage is a protocol error it closes on. The connection
+    ends either way, and the server serves on."""
+    import socket
+
+    with serving(FASTAPI, "--min-instances", "1") as server:
+        flood = _HANDSHAKE.replace(b"/ws/echo", b"/ws/slow-accept") + b"x" * (256 * 1024)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        try:
+            try:
+                sock.sendall(flood)
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+        finally:
+            sock.close()
+        assert server.get("/pid")[0] == 200
