@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,8 @@ def ensure_express_installed(app: Path = EXPRESS, path: str | None = None) -> No
     Without npm (``path``: where to look, default $PATH) the test fails with one line
     saying so, rather than with an error from deep inside a spawn.
     """
-    if (app / "node_modules" / "express" / "package.json").is_file():
+    wanted = json.loads((app / "package.json").read_text())["dependencies"]
+    if all((app / "node_modules" / name / "package.json").is_file() for name in wanted):
         return
     npm = shutil.which("npm", path=path)
     if npm is None:

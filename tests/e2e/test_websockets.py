@@ -230,3 +230,32 @@ def test_a_client_that_floods_before_the_101_is_bounded_and_ends() -> None:
         finally:
             sock.close()
         assert server.get("/pid")[0] == 200
+
+
+# -- Node.js (the ws library) -----------------------------------------------------------------
+
+
+def test_node_websockets_through_the_front() -> None:
+    from .node import EXPRESS, ensure_express_installed
+
+    ensure_express_installed()
+    with serving(EXPRESS, "--min-instances", "2", "--max-pool-size", "2", wait_ready=2) as server:
+        url = _url(server, "/ws")
+        sockets = [connect(url, max_size=2**21) for _ in range(4)]
+        try:
+            owners = sorted(int(ws.recv()) for ws in sockets)
+            assert owners == sorted(sorted(server.app_pids) * 2)  # spread: two per process
+            ws = sockets[0]
+            ws.send("hi node")
+            assert ws.recv() == "hi node"
+            big = os.urandom(1024 * 1024)
+            ws.send(big)
+            assert ws.recv() == big
+            ws.send("close:4003")
+            with pytest.raises(ConnectionClosed):
+                ws.recv()
+            assert ws.close_code == 4003
+        finally:
+            for ws in sockets:
+                ws.close()
+        assert server.get("/")[0] == 200

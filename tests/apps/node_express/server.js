@@ -1,6 +1,7 @@
 // An Express fixture app (package.json "main"); its dependencies come from package-lock.json.
 "use strict";
 const express = require("express");
+const { WebSocketServer } = require("ws");
 
 const app = express();
 app.use(express.raw({ type: "*/*", limit: "50mb" }));
@@ -15,4 +16,16 @@ app.get("/stream", (req, res) => {
   res.end();
 });
 
-app.listen(3000, () => console.log("express listening"));
+const server = app.listen(3000, () => console.log("express listening"));
+
+// WebSockets with the ws library on the same server: the first message is the pid, then
+// every message is echoed; the text "close:CODE" makes the server close with CODE.
+const wss = new WebSocketServer({ server, path: "/ws" });
+wss.on("connection", (ws) => {
+  ws.send(String(process.pid));
+  ws.on("message", (data, isBinary) => {
+    const text = isBinary ? null : data.toString();
+    if (text !== null && text.startsWith("close:")) ws.close(Number(text.slice(6)), "asked to");
+    else ws.send(data, { binary: isBinary });
+  });
+});
