@@ -152,7 +152,7 @@ class AdminApi:
             "max_pool_size": self.pool.max_size,
             "capacity_used": self.pool.capacity_used(),
             "processes": processes,
-            "requests_in_queue": sum(len(v.group.queue) for v in self.apps),
+            "requests_in_queue": sum(v.group.waiting() for v in self.apps),
             "apps": [group_state(view, now) for view in self.apps],
         }
 

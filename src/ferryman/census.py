@@ -80,7 +80,7 @@ def _error(error: Exception | None) -> dict[str, Any] | None:
 
 def group_state(view: AppView, now: float) -> dict[str, Any]:
     group = view.group
-    queue = group.queue
+    oldest = group.oldest_wait_since()
     last_error = _error(group.last_error)
     stats = view.app.stats
     return {
@@ -89,8 +89,8 @@ def group_state(view: AppView, now: float) -> dict[str, Any]:
         "environment": view.environment,
         "app_type": view.app_type,
         "queue": {
-            "length": len(queue),
-            "oldest_wait": round(now - queue[0].enqueued_at, 3) if queue else 0.0,
+            "length": group.waiting(),
+            "oldest_wait": round(now - oldest, 3) if oldest is not None else 0.0,
         },
         "spawning": group.spawning,
         "spawn_reason": group.spawn_reason if group.spawning else None,

@@ -127,6 +127,29 @@ _HOST_NAME = re.compile(
 )
 
 
+def _cookie_name_kind() -> Kind:
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", raw):
+            raise ValueError
+        return raw
+
+    return Kind("a cookie name: 1 to 64 letters, digits or !#$%&'*+-.^_`|~", parse, "NAME")
+
+
+def _cookie_attributes_kind() -> Kind:
+    def parse(raw: Any) -> str:
+        # Printable ASCII only: a line break would let the value add headers of its own.
+        if not isinstance(raw, str) or not re.fullmatch(r"[\x20-\x7e]{0,256}", raw):
+            raise ValueError
+        return raw.strip()
+
+    return Kind(
+        "cookie attributes such as 'SameSite=Lax; Secure' (printable ASCII, at most 256)",
+        parse,
+        "ATTRIBUTES",
+    )
+
+
 def _address_kind() -> Kind:
     """An IP address, or a host name by RFC 1123's rules; something that looks like an
     IPv4 address but is not one (999.1.1.1) is refused here, not when binding."""
@@ -725,6 +748,27 @@ class Config:
         "line) instead of making a random one; the read-only account's is always random. "
         "Both are in 0600 files in the instance directory.",
         "Administration",
+    )
+    sticky_sessions: bool = setting(
+        False,
+        BOOL,
+        "Send a client back to the process that served it: responses carry a cookie "
+        "naming their process, and a request with it goes to that process while it lives "
+        "(waiting for it when it is busy); others go to the least-busy one. For apps that "
+        "keep sessions in memory and socket.io's long-polling.",
+        "Pool",
+    )
+    sticky_sessions_cookie_name: str = setting(
+        "_ferryman_route",
+        _cookie_name_kind(),
+        "The cookie of sticky_sessions.",
+        "Pool",
+    )
+    sticky_sessions_cookie_attributes: str = setting(
+        "SameSite=Lax; HttpOnly",
+        _cookie_attributes_kind(),
+        "Attributes of the sticky_sessions cookie, after 'Path=/' (add 'Secure' behind HTTPS).",
+        "Pool",
     )
     health_check_path: str | None = setting(
         None,

@@ -145,6 +145,8 @@ class Core:
             restart_file=self.spec.root / "tmp" / "restart.txt",
             stat_throttle_rate=config.stat_throttle_rate,
             local=health,
+            sticky_cookie=config.sticky_sessions_cookie_name if config.sticky_sessions else None,
+            sticky_attributes=config.sticky_sessions_cookie_attributes,
         )
         front = FrontServer(config, app)
         link = self.link

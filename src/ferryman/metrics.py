@@ -110,7 +110,7 @@ class PoolCollector:
             queue_wait.add_metric(
                 [name], stats.queue_wait.cumulative(at_once), sum_value=stats.queue_wait.total
             )
-            queue.add_metric([name], len(group.queue))
+            queue.add_metric([name], group.waiting())
             processes.add_metric([name, "ready"], len(group.processes))
             processes.add_metric([name, "retiring"], len(group.retiring))
             spawning.add_metric([name], 1 if group.spawning else 0)

@@ -904,3 +904,87 @@ def test_a_dead_or_stopping_process_is_not_killed_again() -> None:
     assert group.abandon(a, 10.5, RetireReason.MAX_REQUEST_TIME) == []
     group.process_died(a, 11.0)
     assert group.abandon(a, 11.5, RetireReason.MAX_REQUEST_TIME) == []
+
+
+# -- sticky sessions ---------------------------------------------------------------------
+
+
+def test_a_sticky_request_goes_to_its_process_even_when_another_is_less_busy() -> None:
+    pool, group = pool_with(max_size=2, min_instances=2)
+    a, b = bring_up(group, 2, 2)
+    busy = sessions_of(group.checkout(Req(), 0.0, sticky=b.seq)[0])
+    assert busy.process is b
+    again = sessions_of(group.checkout(Req(), 0.1, sticky=b.seq)[0])
+    assert again.process is b and b.totally_busy() and a.sessions == 0
+    pool.verify(0.1)
+
+
+def test_a_sticky_request_waits_for_its_busy_process_and_is_served_first() -> None:
+    pool, group = pool_with(max_size=2, min_instances=2, max_instances=2)
+    a, b = bring_up(group, 1, 2)
+    on_b = sessions_of(group.checkout(Req(), 0.0, sticky=b.seq)[0])
+    waiter, effects = group.checkout(Req("sticky"), 0.1, sticky=b.seq)
+    assert isinstance(waiter, Waiter) and effects == []  # no spawn: it wants b
+    assert group.waiting() == 1 and not group.queue
+    # An ordinary request still finds a, which has room.
+    other = sessions_of(group.checkout(Req("any"), 0.2)[0])
+    assert other.process is a
+    pool.verify(0.2)
+    (grant,) = on_b.close(1.0)
+    assert isinstance(grant, Grant) and grant.waiter is waiter
+    assert grant.session.process is b and group.waiting() == 0
+    pool.verify(1.0)
+
+
+def test_a_sticky_request_for_a_gone_process_goes_to_the_least_busy() -> None:
+    pool, group = pool_with(max_size=2, min_instances=1)
+    (a,) = bring_up(group, 1, 1)
+    session = sessions_of(group.checkout(Req(), 0.0, sticky=999)[0])
+    assert session.process is a
+
+
+def test_requests_waiting_for_a_process_that_dies_wait_for_any() -> None:
+    pool, group = pool_with(max_size=2, min_instances=2, max_instances=2)
+    a, b = bring_up(group, 1, 2)
+    sessions_of(group.checkout(Req(), 0.0, sticky=b.seq)[0])
+    on_a = sessions_of(group.checkout(Req(), 0.0)[0])
+    w1, _ = group.checkout(Req(1), 0.1, sticky=b.seq)
+    w2, _ = group.checkout(Req(2), 0.2, sticky=b.seq)
+    assert isinstance(w1, Waiter) and isinstance(w2, Waiter)
+    effects = group.process_died(b, 1.0)
+    assert list(group.queue) == [w1, w2] and not group.sticky_queues
+    assert w1.sticky == 0 and Spawn(group.name) in effects
+    pool.verify(1.0)
+    grants = [e for e in on_a.close(1.5) if isinstance(e, Grant)]
+    assert [g.waiter for g in grants] == [w1]  # in their order
+    pool.verify(1.5)
+
+
+def test_sticky_waiters_count_against_the_queue_size_and_time() -> None:
+    pool, group = pool_with(max_size=1, min_instances=1, max_queue_size=2, max_queue_time=1.0)
+    (a,) = bring_up(group, 1, 1)
+    sessions_of(group.checkout(Req(), 0.0)[0])
+    w1, _ = group.checkout(Req(1), 0.0, sticky=a.seq)
+    w2, _ = group.checkout(Req(2), 0.5)
+    assert isinstance(w1, Waiter) and isinstance(w2, Waiter)
+    assert group.checkout(Req(3), 0.6, sticky=a.seq)[0] == Rejected(Reason.QUEUE_FULL)
+    effects = pool.tick(1.0)
+    assert effects == [Reject(w1, Rejected(Reason.QUEUE_TIMEOUT))]
+    assert group.waiting() == 1
+    group.cancel(w2)
+    assert group.waiting() == 0
+    pool.verify(1.0)
+
+
+def test_a_restart_sends_sticky_waiters_to_the_new_processes() -> None:
+    pool, group = pool_with(max_size=1, min_instances=1)
+    (a,) = bring_up(group, 1, 1)
+    busy = sessions_of(group.checkout(Req(), 0.0)[0])
+    waiter, _ = group.checkout(Req(), 0.1, sticky=a.seq)
+    group.restart(1.0, rolling=False)
+    assert list(group.queue) == [waiter] and not group.sticky_queues
+    pool.verify(1.0)
+    _, effects = group.spawn_done(pid=50, concurrency=1, now=2.0)
+    assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
+    busy.close(2.5)
+    pool.verify(2.5)

@@ -110,12 +110,17 @@ class PoolMachine(RuleBasedStateMachine):
         elif isinstance(outcome, Waiter):
             self.waiting.append((group, outcome))
 
-    @rule(g=st.integers(0, 1))
-    def checkout(self, g: int) -> None:
+    @rule(g=st.integers(0, 1), sticky=st.integers(0, 12))
+    def checkout(self, g: int, sticky: int) -> None:
+        """sticky: 0 (any process), or a sticky id — of a live process, a dead one, or
+        one never seen (ids are spawn order numbers)."""
         group = self.groups[g]
-        outcome, effects = group.checkout(token=Req(), now=self.now)
+        outcome, effects = group.checkout(token=Req(), now=self.now, sticky=sticky)
         self.take(group, outcome)
         self.apply(effects)
+        if isinstance(outcome, Session) and sticky:
+            live = [p for p in group.processes if p.seq == sticky]
+            assert not live or outcome.process is live[0], "a sticky request went elsewhere"
 
     @precondition(lambda self: self.open)
     @rule(i=st.integers(0, 100), twice=st.booleans())
@@ -231,6 +236,7 @@ class PoolMachine(RuleBasedStateMachine):
     @invariant()
     def waiters_match_the_queues(self) -> None:
         queued = {id(w) for g in self.groups for w in g.queue}
+        queued |= {id(w) for g in self.groups for q in g.sticky_queues.values() for w in q}
         assert queued == {id(w) for _, w in self.waiting}
 
 

@@ -82,8 +82,15 @@ class App:
         restart_file: Path | None = None,
         stat_throttle_rate: float = 1.0,
         local: LocalRoutes | None = None,
+        sticky_cookie: str | None = None,
+        sticky_attributes: str = "",
     ) -> None:
         self.group = group
+        #: --sticky-sessions: the cookie's name (None: off), and what follows its value.
+        self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
+        self._sticky_tail = b"; Path=/" + (
+            b"; " + sticky_attributes.encode() if sticky_attributes else b""
+        )
         #: Requests the core answers itself, asked first for every request (None: none).
         self.local = local
         self.stats = RequestStats()
@@ -103,6 +110,11 @@ class App:
             f"The request queue of {name} is full: answered 503 to %d more request(s) since "
             "the last report"
         )
+
+    def sticky_line(self, seq: int) -> bytes:
+        """The Set-Cookie header line that sends a client back to process ``seq``."""
+        assert self.sticky_cookie is not None
+        return b"Set-Cookie: %s=%d%s\r\n" % (self.sticky_cookie, seq, self._sticky_tail)
 
     def _restart_file_mtime(self) -> int | None:
         if self.restart_file is None:

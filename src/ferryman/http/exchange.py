@@ -93,6 +93,18 @@ _OUT_OF_FDS = frozenset([errno.EMFILE, errno.ENFILE])
 _CONNECT_ATTEMPTS = 3
 
 
+def sticky_id(headers: list[tuple[bytes, bytes]], name: bytes) -> int:
+    """The process a request's sticky-sessions cookie names (0: none, or not a number)."""
+    for header, value in headers:
+        if len(header) == 6 and header.lower() == b"cookie":
+            for pair in value.split(b";"):
+                key, sep, found = pair.strip().partition(b"=")
+                if sep and key == name:
+                    found = found.strip().strip(b'"')
+                    return int(found) if found.isdigit() and len(found) <= 9 else 0
+    return 0
+
+
 def _has_header(lower_block: bytes, name: bytes) -> bool:
     """Whether a CRLF-terminated, lower-cased header block has a ``name:`` line."""
     return lower_block.startswith(name) or (b"\n" + name) in lower_block
@@ -204,6 +216,7 @@ class Exchange:
         "_out",
         "_remaining",
         "_retried",
+        "_sticky",
         "_streaming",
         "_tunnel",
         "app",
@@ -239,6 +252,8 @@ class Exchange:
         #: and on 101 a tunnel that holds the session until either side closes.
         self.upgrade = False
         self._tunnel = False
+        #: The sticky id its cookie asked for (sticky sessions), 0 for none.
+        self._sticky = 0
         self.state = RECEIVING
         self.session: Session | None = None
         self.waiter: Waiter | None = None
@@ -293,7 +308,10 @@ class Exchange:
 
     def _checkout(self, now: float) -> None:
         app = self.app
-        outcome, effects = app.group.checkout(self, now)
+        cookie = app.sticky_cookie
+        if cookie is not None:
+            self._sticky = sticky_id(self.head.headers, cookie)
+        outcome, effects = app.group.checkout(self, now, self._sticky)
         if isinstance(outcome, Session):
             self.session = outcome
             self.forwarded_at = now
@@ -451,6 +469,14 @@ class Exchange:
             if self.conn.writing_paused and self.upstream is not None:
                 self.upstream.pause_reading()  # the client is still taking in earlier bytes
         self._head_sent = True
+        session = self.session
+        if self.app.sticky_cookie is not None and session is not None:
+            seq = session.process.seq
+            if seq != self._sticky:  # a client new to this process learns its way back
+                self._out.append(
+                    prefix + DATES.lines(date, server) + self.app.sticky_line(seq) + suffix
+                )
+                return
         self._out.append(prefix + DATES.lines(date, server) + suffix)
 
     # -- a tunnel (WebSocket) -------------------------------------------------------------------

@@ -79,15 +79,17 @@ class Session:
 
 
 class Waiter:
-    """A request waiting in a group's queue."""
+    """A request waiting in a group's queue (or for one process: ``sticky``)."""
 
-    __slots__ = ("enqueued_at", "token", "waiting")
+    __slots__ = ("enqueued_at", "sticky", "token", "waiting")
 
-    def __init__(self, token: Requester, now: float) -> None:
+    def __init__(self, token: Requester, now: float, sticky: int = 0) -> None:
         self.token = token
         self.enqueued_at = now
         #: True while in the queue; False once granted, rejected or cancelled.
         self.waiting = True
+        #: The sticky id (Process.seq) of the process it waits for; 0: any process.
+        self.sticky = sticky
 
 
 @dataclass(frozen=True, slots=True)

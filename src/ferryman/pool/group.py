@@ -21,6 +21,10 @@ Rules the code keeps:
 5. A retired process gets no new sessions and is stopped once its last session
    closes, so retiring (restarts, eviction) never cuts a request short. The one
    exception is a hung process (``abandon``): it is killed with its sessions open.
+6. A request with a sticky id (its cookie names a process) goes to that process while
+   it is enabled, waiting for it (in its own FIFO) when it is totally busy; when the
+   process leaves, those requests join the group's queue. Requests for a process
+   that is gone are routed as any other.
 """
 
 from __future__ import annotations
@@ -114,6 +118,8 @@ class Group:
     4. Every queued waiter has ``waiting`` set; the queue is no longer than ``max_queue_size``
        (when bounded).
     5. Every process in ``retiring`` is detached, shutting down, and still has sessions.
+    6. A non-empty sticky queue belongs to a listed process that is totally busy; the
+       queues together are no longer than ``max_queue_size`` (when bounded).
     """
 
     def __init__(self, name: str, pool: PoolCapacity, options: GroupOptions) -> None:
@@ -124,6 +130,9 @@ class Group:
         #: Detached processes that still serve sessions; each is stopped when its last closes.
         self.retiring: list[Process] = []
         self.queue: deque[Waiter] = deque()
+        #: Requests waiting for one process (sticky sessions), by its sticky id (its seq).
+        self.sticky_queues: dict[int, deque[Waiter]] = {}
+        self._sticky_waiting = 0
         #: A spawn is in flight (counts against the pool's capacity).
         self.spawning = False
         #: Consecutive failed starts, and when the back-off after the last one ends. A
@@ -162,12 +171,29 @@ class Group:
     # -- requests ---------------------------------------------------------------
 
     def checkout(
-        self, token: Requester, now: float
+        self, token: Requester, now: float, sticky: int = 0
     ) -> tuple[Session | Waiter | Rejected, list[Effect]]:
-        """Ask for a session: one now, a place in the queue, or a rejection."""
+        """Ask for a session: one now, a place in the queue, or a rejection. ``sticky``:
+        the sticky id of the process the request asks for (0: any)."""
         effects: list[Effect] = []
         if self.shutting_down:
             return Rejected(Reason.SHUTTING_DOWN), effects
+        if sticky:
+            target = self._sticky_target(sticky)
+            if target is not None:
+                if not target.totally_busy():  # then no one waits for it (invariant 6)
+                    session = self._open_session(target, now)
+                    if target.totally_busy():
+                        self._maybe_spawn(now, effects)
+                    return session, effects
+                if self._queue_full():
+                    return Rejected(Reason.QUEUE_FULL), effects
+                waiter = Waiter(token, now, sticky)
+                self.sticky_queues.setdefault(sticky, deque()).append(waiter)
+                self._sticky_waiting += 1
+                if self.options.max_queue_time:
+                    effects.append(Wake(now + self.options.max_queue_time))
+                return waiter, effects
         if not self.queue:
             process = self._route()
             if process is not None:
@@ -178,7 +204,7 @@ class Group:
                 return session, effects
         if not self.processes and not self.spawning and now < self.backoff_until:
             return Rejected(Reason.SPAWN_FAILED, self.last_error), effects
-        if self.options.max_queue_size and len(self.queue) >= self.options.max_queue_size:
+        if self._queue_full():
             return Rejected(Reason.QUEUE_FULL), effects
         waiter = Waiter(token, now)
         self.queue.append(waiter)
@@ -187,23 +213,80 @@ class Group:
         self._maybe_spawn(now, effects)
         return waiter, effects
 
+    def waiting(self) -> int:
+        """Requests waiting: in the queue and for a process of their own."""
+        return len(self.queue) + self._sticky_waiting
+
+    def oldest_wait_since(self) -> float | None:
+        """When the longest-waiting request started waiting (None: none waits)."""
+        heads = [q[0].enqueued_at for q in self.sticky_queues.values()]
+        if self.queue:
+            heads.append(self.queue[0].enqueued_at)
+        return min(heads) if heads else None
+
+    def _queue_full(self) -> bool:
+        limit = self.options.max_queue_size
+        return bool(limit) and self.waiting() >= limit
+
+    def _sticky_target(self, sticky: int) -> Process | None:
+        for process in self.processes:
+            if process.seq == sticky:
+                return process
+        return None
+
     def expire_waiters(self, now: float, effects: list[Effect]) -> None:
-        """Reject the requests that waited max_queue_time or longer (the queue is in
+        """Reject the requests that waited max_queue_time or longer (each queue is in
         arrival order: they are at its head)."""
         limit = self.options.max_queue_time
         if not limit:
             return
-        queue = self.queue
-        while queue and queue[0].enqueued_at + limit <= now:
-            waiter = queue.popleft()
-            waiter.waiting = False
-            effects.append(Reject(waiter, Rejected(Reason.QUEUE_TIMEOUT)))
+        for queue in [self.queue, *self.sticky_queues.values()]:
+            while queue and queue[0].enqueued_at + limit <= now:
+                waiter = queue.popleft()
+                waiter.waiting = False
+                if waiter.sticky:
+                    self._sticky_waiting -= 1
+                effects.append(Reject(waiter, Rejected(Reason.QUEUE_TIMEOUT)))
+        self._drop_empty_sticky_queues()
 
     def cancel(self, waiter: Waiter) -> None:
         """The request behind ``waiter`` went away before it got a session."""
         if waiter.waiting:
             waiter.waiting = False
-            self.queue.remove(waiter)
+            if waiter.sticky:
+                self.sticky_queues[waiter.sticky].remove(waiter)
+                self._sticky_waiting -= 1
+                self._drop_empty_sticky_queues()
+            else:
+                self.queue.remove(waiter)
+
+    def _drop_empty_sticky_queues(self) -> None:
+        for sticky in [k for k, q in self.sticky_queues.items() if not q]:
+            del self.sticky_queues[sticky]
+
+    def _serve_sticky(self, process: Process, now: float, effects: list[Effect]) -> None:
+        """``process`` has room: the requests waiting for it go first."""
+        queue = self.sticky_queues.get(process.seq)
+        if queue is None:
+            return
+        while queue and not process.totally_busy():
+            waiter = queue.popleft()
+            waiter.waiting = False
+            self._sticky_waiting -= 1
+            effects.append(Grant(waiter, self._open_session(process, now)))
+        if not queue:
+            del self.sticky_queues[process.seq]
+
+    def _unstick(self, process: Process, now: float, effects: list[Effect]) -> None:
+        """``process`` leaves routing: the requests waiting for it wait for any process."""
+        queue = self.sticky_queues.pop(process.seq, None)
+        if not queue:
+            return
+        self._sticky_waiting -= len(queue)
+        for waiter in queue:
+            waiter.sticky = 0
+        self.queue.extend(queue)
+        self._serve_queue(now, effects)
 
     def _route(self) -> Process | None:
         """The enabled process with the lowest busyness that has room; ties → spawned first."""
@@ -235,6 +318,8 @@ class Group:
             limit = process.request_limit
             if limit and process.processed >= limit and process not in self.outdated:
                 self._recycle(process, now, effects, RetireReason.MAX_REQUESTS)
+            if self.sticky_queues:
+                self._serve_sticky(process, now, effects)
             self._serve_queue(now, effects)
             if process.sessions == 0 and not self.queue:
                 self.pool._lend_idle_process(self, process, now, effects)
@@ -253,10 +338,13 @@ class Group:
             effects.append(Grant(waiter, self._open_session(process, now)))
 
     def _reject_all(self, rejected: Rejected, effects: list[Effect]) -> None:
-        while self.queue:
-            waiter = self.queue.popleft()
-            waiter.waiting = False
-            effects.append(Reject(waiter, rejected))
+        for queue in [self.queue, *self.sticky_queues.values()]:
+            while queue:
+                waiter = queue.popleft()
+                waiter.waiting = False
+                effects.append(Reject(waiter, rejected))
+        self.sticky_queues.clear()
+        self._sticky_waiting = 0
 
     # -- spawning ---------------------------------------------------------------
 
@@ -316,7 +404,7 @@ class Group:
         self._restarting = False
         effects: list[Effect] = []
         if self.shutting_down:
-            self._detach(process, effects, RetireReason.RESTART)
+            self._detach(process, now, effects, RetireReason.RESTART)
             return process, effects
         self.processes.append(process)
         self._serve_queue(now, effects)
@@ -345,7 +433,7 @@ class Group:
         self.spawn_failures += 1
         effects: list[Effect] = []
         if self.outdated:
-            self._rolling_failed(error, effects)
+            self._rolling_failed(error, now, effects)
         self._note_failure(error, now, effects)
         if not self.processes:
             # With live processes the queue is still served; only the scale-up failed.
@@ -374,6 +462,7 @@ class Group:
             process.retire_reason = RetireReason.DIED
             self._count_retired(RetireReason.DIED)
             self.processes.remove(process)
+            self._unstick(process, now, effects)
             if process in self.outdated:
                 self.outdated.remove(process)  # nothing to wait for: it is gone
             if self.died_starting(process, now):
@@ -405,10 +494,11 @@ class Group:
     def _count_retired(self, reason: str) -> None:
         self.retired[reason] = self.retired.get(reason, 0) + 1
 
-    def _detach(self, process: Process, effects: list[Effect], reason: str) -> None:
+    def _detach(self, process: Process, now: float, effects: list[Effect], reason: str) -> None:
         """Take an enabled process out of routing for good; stop it once it is idle."""
         if process in self.processes:
             self.processes.remove(process)
+            self._unstick(process, now, effects)
         if process in self.outdated:
             self.outdated.remove(process)
         process.retire_reason = reason
@@ -425,7 +515,7 @@ class Group:
         and replaced if the group wants as many processes as before."""
         effects: list[Effect] = []
         if process.enablement is Enablement.ENABLED:
-            self._detach(process, effects, reason)
+            self._detach(process, now, effects, reason)
             self._after_loss(now, effects)
         return effects
 
@@ -442,6 +532,7 @@ class Group:
             self._count_retired(reason)
         elif process.enablement is Enablement.ENABLED:
             self.processes.remove(process)
+            self._unstick(process, now, effects)
             if process in self.outdated:
                 self.outdated.remove(process)  # the restart goes on without it
             process.enablement = Enablement.DETACHED
@@ -475,7 +566,7 @@ class Group:
         victim = min(idle, key=lambda p: p.last_used)
         # Not if every other process is full right now: a spawn would replace it at once.
         if any(not p.totally_busy() for p in self.processes if p is not victim):
-            self._detach(victim, effects, RetireReason.IDLE)
+            self._detach(victim, now, effects, RetireReason.IDLE)
 
     def restart(self, now: float, rolling: bool | None = None) -> list[Effect]:
         """Replace every process (the new version of the app); forget past failures.
@@ -503,7 +594,7 @@ class Group:
             self._rolling_spawn(effects, SpawnReason.RESTART)
             return effects
         for process in list(self.processes):
-            self._detach(process, effects, RetireReason.RESTART)
+            self._detach(process, now, effects, RetireReason.RESTART)
         self.outdated = []
         self._maybe_spawn(now, effects)
         self.pool._after_capacity_change(now, effects)
@@ -547,13 +638,13 @@ class Group:
         self._batch_ready += 1
         if self._batch_ready >= min(self.options.rolling_batch, len(self.outdated)):
             for old in self.outdated[: self._batch_ready]:
-                self._detach(old, effects, old.retire_reason or RetireReason.RESTART)
+                self._detach(old, now, effects, old.retire_reason or RetireReason.RESTART)
             self._batch_ready = 0
         if self.outdated:
             self._restarting = self.spawn_reason == SpawnReason.RESTART
             self._rolling_spawn(effects, self.spawn_reason or SpawnReason.RESTART)
 
-    def _rolling_failed(self, error: Exception | None, effects: list[Effect]) -> None:
+    def _rolling_failed(self, error: Exception | None, now: float, effects: list[Effect]) -> None:
         """The new version did not start during a rolling restart."""
         self._batch_ready = 0
         self._restarting = False
@@ -568,7 +659,7 @@ class Group:
             return
         # As a blocking restart would have: the old version goes, the error shows.
         for old in list(self.outdated):
-            self._detach(old, effects, RetireReason.RESTART)
+            self._detach(old, now, effects, RetireReason.RESTART)
         self.outdated = []
 
     def shutdown(self) -> list[Effect]:
@@ -615,7 +706,18 @@ class Group:
             assert p.life is Life.SHUTTING_DOWN, f"{p}: retiring but not shutting down"
             assert p.sessions > 0, f"{p}: retiring without sessions (should be stopped)"
         if self.options.max_queue_size:
-            assert len(self.queue) <= self.options.max_queue_size, f"{self.name}: queue overflow"
+            assert self.waiting() <= self.options.max_queue_size, f"{self.name}: queue overflow"
+        assert self._sticky_waiting == sum(len(q) for q in self.sticky_queues.values()), (
+            f"{self.name}: sticky waiters miscounted"
+        )
+        for sticky, queue in self.sticky_queues.items():
+            target = self._sticky_target(sticky)
+            assert queue, f"{self.name}: an empty sticky queue is kept"
+            assert target is not None, f"{self.name}: requests wait for a process not listed"
+            assert target.totally_busy(), f"{self.name}: requests wait for {target}, which has room"
+            assert all(w.waiting and w.sticky == sticky for w in queue), (
+                f"{self.name}: a sticky waiter is not waiting for its process"
+            )
         if self.options.max_instances:
             assert len(self.processes) <= self.options.max_instances + self.surge(), (
                 f"{self.name}: more processes than max_instances"

@@ -84,7 +84,7 @@ class Pool:
         if victim is None:
             return False
         victim_group = victim[0]
-        victim_group._detach(victim[1], effects, RetireReason.LENT)
+        victim_group._detach(victim[1], now, effects, RetireReason.LENT)
         return True
 
     def _oldest_idle_process(self, exclude: Group) -> tuple[Group, Process] | None:
@@ -105,7 +105,7 @@ class Pool:
             return
         for other in self.groups.values():
             if other is not group and other.queue and other.wants_process(now):
-                group._detach(process, effects, RetireReason.LENT)
+                group._detach(process, now, effects, RetireReason.LENT)
                 other._maybe_spawn(now, effects)
                 return
 
