@@ -433,7 +433,8 @@ class Config:
         None,
         _text_kind("a file path", "PATH"),
         "The app's startup file, relative to the app directory (default: passenger_wsgi.py, "
-        "wsgi.py or app.py, whichever exists first).",
+        "wsgi.py or app.py, then asgi.py or main.py, whichever exists first); for Python, "
+        "also uvicorn's 'module:attribute' form (main:app, mysite.asgi:application).",
         "Application",
     )
     python: str = setting(

@@ -219,3 +219,9 @@ def test_fds_and_children_return_to_their_baseline(path: str) -> None:
         for _ in range(200):
             assert server.get(path)[0] == 200
         assert server.settled_resources() == before
+
+
+def test_a_module_attribute_reference_names_the_app() -> None:
+    with serving(STARLETTE, "--startup-file", "main:api") as server:
+        server.wait_for_log(r"app type: Python ASGI \(main\.py:api\)")
+        assert server.get("/") == (200, b"hello from starlette")

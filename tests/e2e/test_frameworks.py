@@ -25,3 +25,24 @@ def test_a_fresh_django_project_is_found_and_served(tmp_path: Path) -> None:
         status, body = server.get("/")
         assert status == 200
         assert b"The install worked successfully" in body
+
+
+def test_a_fresh_django_project_is_served_through_its_asgi_handler(tmp_path: Path) -> None:
+    """The same project through Django's own asgi.py, named as uvicorn users do
+    (``mysite.asgi:application``): Django refuses the lifespan scope, which the loader
+    takes as "no lifespan", and serves the welcome page."""
+    site = tmp_path / "site"
+    site.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "mysite", str(site)],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    with serving(site, "--startup-file", "mysite.asgi:application") as server:
+        server.wait_for_log(r"app type: Python ASGI \(mysite/asgi\.py:application\)")
+        status, body = server.get("/")
+        assert status == 200
+        assert b"The install worked successfully" in body
+        status, _ = server.get("/admin/login/")
+        assert status == 200

@@ -39,7 +39,43 @@ CASES = [
     ({"main.mjs": ""}, {"startup_file": "main.mjs"}, ("node", "main.mjs", "")),
     ({"serve.py": ""}, {"startup_file": "serve.py"}, ("wsgi", "serve.py", "")),
     ({"x.js": ""}, {"startup_file": "x.js", "app_type": "wsgi"}, ("wsgi", "x.js", "")),
+    # ASGI: asgi.py, then main.py (FastAPI's layout), after every WSGI name.
+    ({"main.py": "", "asgi.py": ""}, {}, ("asgi", "asgi.py", "")),
+    ({"main.py": "", "server.js": ""}, {}, ("asgi", "main.py", "")),
+    ({"app.py": "", "main.py": ""}, {}, ("wsgi", "app.py", "")),
+    ({"app.py": ""}, {"app_type": "asgi", "startup_file": "app.py"}, ("asgi", "app.py", "")),
+    ({"main.py": ""}, {"startup_file": "main.py"}, ("asgi", "main.py", "")),
+    # uvicorn's module:attribute form.
+    ({"main.py": ""}, {"startup_file": "main:api"}, ("asgi", "main.py", "")),
+    ({"mysite/asgi.py": ""}, {"startup_file": "mysite.asgi:application"},
+     ("asgi", "mysite/asgi.py", "")),
+    ({"serve.py": ""}, {"startup_file": "serve.py:app"}, ("wsgi", "serve.py", "")),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("main:app", ("main.py", "app")),
+        ("mysite.asgi:application", ("mysite/asgi.py", "application")),
+        ("src/app.py:create", ("src/app.py", "create")),
+        ("main.py", ("main.py", "")),
+        ("main:", ("main:", "")),
+        (":app", (":app", "")),
+        ("main:not-a-name", ("main:not-a-name", "")),
+    ],
+)
+def test_module_attribute_references(tmp_path: Path, value: str, expected: tuple[str, str]) -> None:
+    from ferryman.spawning.detect import split_app_reference
+
+    assert split_app_reference(tmp_path, value) == expected
+
+
+def test_a_file_whose_name_has_a_colon_is_a_file(tmp_path: Path) -> None:
+    from ferryman.spawning.detect import split_app_reference
+
+    (tmp_path / "odd:name.py").write_text("")
+    assert split_app_reference(tmp_path, "odd:name.py") == ("odd:name.py", "")
 
 
 @pytest.mark.parametrize(("files", "settings", "expected"), CASES)

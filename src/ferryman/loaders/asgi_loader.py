@@ -929,7 +929,9 @@ def main() -> None:
     sys.path.insert(0, app_root)
     os.chdir(app_root)
     shared.set_process_title("Ferryman ASGI: %s" % app_root)
-    app = shared.load_or_report(handshake, app_root, args["startup_file"], "asgi")
+    app = shared.load_or_report(
+        handshake, app_root, args["startup_file"], "asgi", args.get("app_attribute")
+    )
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -812,7 +812,9 @@ def main() -> None:
     os.chdir(app_root)
     set_process_title("Ferryman WSGI: %s" % app_root)
 
-    app = load_or_report(handshake, app_root, args["startup_file"])
+    app = load_or_report(
+        handshake, app_root, args["startup_file"], "wsgi", args.get("app_attribute")
+    )
 
     handshake.step("listen", "in_progress")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -29,6 +29,8 @@ class AppSpec:
     root: Path
     startup_file: str = ""
     start_command: str = ""
+    #: The callable's name in the startup file ('module:attr' given); "" = the default.
+    app_attribute: str = ""
     #: The interpreter that runs the loader, found and checked (see ``with_interpreter``).
     interpreter: Interpreter | None = None
 
@@ -43,6 +45,8 @@ class AppSpec:
     @property
     def entry(self) -> str:
         """The startup file or command, for people."""
+        if self.app_attribute:
+            return f"{self.startup_file}:{self.app_attribute}"
         return self.start_command or self.startup_file
 
 
@@ -53,19 +57,23 @@ def detect(config: Config) -> AppSpec:
         command_kind = wanted if wanted != "auto" else _command_kinds()[0].name
         return AppSpec(command_kind, root, start_command=config.app_start_command)
     if config.startup_file:
-        path = root / config.startup_file
+        startup_file, attribute = split_app_reference(root, config.startup_file)
+        path = root / startup_file
         if not path.is_file():
             raise AppNotFound(
-                f"startup file {config.startup_file!r} not found in {root} (from --startup-file)"
+                f"startup file {startup_file!r} not found in {root} (from --startup-file)"
             )
         if wanted == "auto":
-            by_suffix = kind_for_suffix(path.suffix)
-            wanted = (by_suffix or KINDS["wsgi"]).name
+            if path.suffix == ".py" and KINDS["asgi"].find(path.parent) == path.name:
+                wanted = "asgi"  # asgi.py, main.py: named as ASGI apps are
+            else:
+                by_suffix = kind_for_suffix(path.suffix)
+                wanted = (by_suffix or KINDS["wsgi"]).name
         if KINDS[wanted].loader is None:
             raise AppNotFound(
                 f"app_type {wanted} needs app_start_command (or a Procfile web: line)"
             )
-        return AppSpec(wanted, root, config.startup_file)
+        return AppSpec(wanted, root, startup_file, app_attribute=attribute)
     candidates = list(KINDS.values()) if wanted == "auto" else [KINDS[wanted]]
     for kind in candidates:
         entry = kind.find(root)
@@ -81,6 +89,19 @@ def detect(config: Config) -> AppSpec:
         " (use --startup-file, e.g. --startup-file mysite/wsgi.py, or --app-start-command to"
         " say how to start it)"
     )
+
+
+def split_app_reference(root: Path, value: str) -> tuple[str, str]:
+    """``--startup-file`` as a file, or uvicorn's ``module:attr`` (``main:app``,
+    ``mysite.asgi:application``) or ``path.py:attr``: (file, attribute or "")."""
+    if ":" not in value or (root / value).is_file():
+        return value, ""
+    module, _, attribute = value.rpartition(":")
+    if not attribute.isidentifier() or not module:
+        return value, ""
+    if module.endswith(".py") or "/" in module:
+        return module, attribute
+    return module.replace(".", "/") + ".py", attribute
 
 
 def with_interpreter(spec: AppSpec, config: Config, cwd: Path) -> AppSpec:

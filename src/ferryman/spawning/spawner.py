@@ -300,6 +300,7 @@ class Spawner:
             args = {
                 "app_root": str(self.spec.root),
                 "startup_file": self.spec.startup_file,
+                "app_attribute": self.spec.app_attribute or None,
                 "socket": socket_path,
                 "threads": self.config.thread_count,
                 "handshake_fd": hs_w,

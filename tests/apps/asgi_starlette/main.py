@@ -44,3 +44,7 @@ app = Starlette(
         Route("/pid", pid),
     ]
 )
+
+
+#: The same app under another name, for --startup-file main:api.
+api = app
