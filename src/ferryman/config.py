@@ -628,6 +628,15 @@ class Config:
     max_body_size: int = setting(
         1024**3, _size_kind("unlimited"), "Largest request body accepted (else 413).", "HTTP"
     )
+    buffer_request_bodies: bool = setting(
+        True,
+        BOOL,
+        "Receive each request body whole before the app gets the request, so that slow "
+        "uploads never hold an app process. Off: a body with a Content-Length goes to the "
+        "app as it arrives (for uploads the app processes on the fly; the app process is "
+        "busy for the whole upload); chunked bodies are still received whole.",
+        "HTTP",
+    )
     max_header_size: int = setting(
         32 * 1024,
         _size_kind(),

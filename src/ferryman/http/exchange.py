@@ -62,8 +62,9 @@ class Client(Protocol):
     def start_tunnel(self, exchange: Exchange) -> None:
         """The app accepted ``exchange``'s upgrade: client bytes go to it from now on."""
 
-    def pause_tunnel(self, paused: bool) -> None:
-        """Stop (or resume) reading the client: the app is not taking a tunnel's bytes."""
+    def hold_client(self, held: bool) -> None:
+        """Stop (or resume) reading the client: the app is not taking its bytes (a tunnel,
+        a streamed body), or is not there yet."""
 
 
 log = logging.getLogger("ferryman")
@@ -204,12 +205,14 @@ class Exchange:
     __slots__ = (
         "_abort_after",
         "_attempts",
+        "_body_done",
         "_buffer",
         "_chunked",
         "_client_gone",
         "_connect_task",
         "_drain_head",
         "_drained",
+        "_early_body",
         "_head_sent",
         "_held",
         "_no_body",
@@ -232,6 +235,7 @@ class Exchange:
         "started_at",
         "state",
         "status",
+        "stream_length",
         "upgrade",
         "upstream",
         "waiter",
@@ -254,6 +258,11 @@ class Exchange:
         self._tunnel = False
         #: The sticky id its cookie asked for (sticky sessions), 0 for none.
         self._sticky = 0
+        #: A body streamed to the app as it arrives: its Content-Length (-1: buffered);
+        #: its pieces that came before the request went out; whether its last came.
+        self.stream_length = -1
+        self._early_body: list[bytes] = []
+        self._body_done = False
         self.state = RECEIVING
         self.session: Session | None = None
         self.waiter: Waiter | None = None
@@ -311,6 +320,8 @@ class Exchange:
         cookie = app.sticky_cookie
         if cookie is not None:
             self._sticky = sticky_id(self.head.headers, cookie)
+        if self.stream_length >= 0 and not self._body_done:
+            self.conn.hold_client(True)  # until the request goes out: no body piles up here
         outcome, effects = app.group.checkout(self, now, self._sticky)
         if isinstance(outcome, Session):
             self.session = outcome
@@ -430,6 +441,13 @@ class Exchange:
             conn.start(self)
         except BadTarget:
             self._respond_simple(400, b"Bad Request: invalid request target.\n", upstream_ok=True)
+            return
+        if self.stream_length >= 0:
+            early, self._early_body = self._early_body, []
+            for piece in early:
+                conn.send_raw(piece)
+            if not self._body_done:
+                self.conn.hold_client(False)
 
     # -- the response, frame by frame (called by AppConnection) ------------------------------
 
@@ -442,7 +460,9 @@ class Exchange:
         if self.upgrade and payload.startswith(b"101 "):
             self._open_tunnel(payload)
             return
-        close = self.close_after or not self.keep_alive
+        # Answered before the client sent its whole (streamed) body: the rest of it makes
+        # the connection unusable for another request.
+        close = self.close_after or not self.keep_alive or self._body_streaming()
         key = (payload, self.head_only, self.head.version, close)
         plan = _HEAD_PLANS.get(key)
         if plan is None:
@@ -520,10 +540,38 @@ class Exchange:
             conn.send_raw(data)
 
     def upstream_paused(self) -> None:
-        self.conn.pause_tunnel(True)
+        if self._tunnel or self._body_streaming():
+            self.conn.hold_client(True)
 
     def upstream_resumed(self) -> None:
-        self.conn.pause_tunnel(False)
+        if self._tunnel or self._body_streaming():
+            self.conn.hold_client(False)
+
+    # -- a streamed request body (--no-buffer-request-bodies) -----------------------------------
+
+    @property
+    def body_length(self) -> int:
+        """The body's length: buffered, or (streamed) as its Content-Length says."""
+        return self.stream_length if self.stream_length >= 0 else self.body.size
+
+    def _body_streaming(self) -> bool:
+        """Body bytes are still to come from the client, for the app."""
+        return self.stream_length >= 0 and not self._body_done
+
+    def stream_body(self, data: bytes) -> None:
+        """A piece of a streamed body from the client: to the app, or kept until the
+        request is sent (the client is held meanwhile)."""
+        if self.state >= DRAINING:
+            return  # answered already: the rest of the body goes nowhere
+        conn = self.upstream
+        if conn is not None and self.state == FORWARDING:
+            conn.send_raw(data)
+        else:
+            self._early_body.append(data)
+
+    def body_done(self) -> None:
+        """The streamed body's last byte arrived (and went on to the app)."""
+        self._body_done = True
 
     def on_body(self, payload: bytes) -> None:
         if self.state >= DRAINING:
@@ -757,9 +805,13 @@ class Exchange:
         """
         if self.state == DONE:
             return
+        if self._client_gone:
+            return  # told already
         self._client_gone = True
-        if self._tunnel:
-            self._finish(upstream_ok=False)  # either side closing ends the tunnel
+        if self._tunnel or self._body_streaming():
+            # Either side closing ends a tunnel; a body cut short would keep the app
+            # waiting for the rest: its connection closes, which tells it.
+            self._finish(upstream_ok=False)
             return
         self._out.clear()
         self._held = None
@@ -784,6 +836,11 @@ class Exchange:
             return
         was_request = self.state != RECEIVING
         self.state = DRAINING
+        if self._body_streaming():
+            # Answered before the whole body came (e.g. 413): the rest of it is still on
+            # its way on both connections; neither can carry another request.
+            upstream_ok = False
+            self.close_after = True
         app = self.app
         conn = self.upstream
         if conn is not None:

@@ -35,6 +35,7 @@ from .app import App
 from .body import SPOOL_THRESHOLD
 from .chunked import ChunkedBody, ChunkError
 from .exchange import CLIENT_CLOSED, FORWARDING, Exchange
+from .exchange import DONE as DONE_STATE
 from .listener import FD_ALERT_SUMMARY, Listener, open_for
 from .request import RequestHead, is_trusted
 from .response import simple_response
@@ -282,6 +283,8 @@ class ClientConnection(asyncio.Protocol):
         config = server.config
         self.max_header_size = config.max_header_size
         self.max_body_size = config.max_body_size
+        #: --no-buffer-request-bodies: bodies with a length go to the app as they arrive.
+        self.stream_bodies = not config.buffer_request_bodies
         self.header_timeout = config.header_timeout
         self.body_timeout = config.body_timeout
         self.min_body_rate = config.min_body_rate
@@ -728,6 +731,19 @@ class ClientConnection(asyncio.Protocol):
                 self._rate_from = self.loop.time()
                 self._rate_bytes = 0
         if (
+            self.stream_bodies
+            and length > 0
+            and not self._seen & _CHUNKED
+            and not self._upgrade
+            and not self.pipeline
+        ):
+            # --no-buffer-request-bodies: the request goes to the app now, its body as it
+            # arrives (on_body); it heads the pipeline while it is still being read.
+            current.stream_length = length
+            self.pipeline.append(current)
+            current.start(self.loop.time())
+            return
+        if (
             self._seen & _CHUNKED
             and not self._seen & _LENGTH
             and self._te.rpartition(b",")[2].strip().lower() == b"chunked"
@@ -739,6 +755,12 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         current = self.current
         assert current is not None
+        if current.stream_length >= 0:
+            current.stream_body(body)
+            if self.min_body_rate:
+                self._rate_bytes += len(body)
+            self._arm(self.body_timeout)
+            return
         try:
             current.body.append(body)
         except SpoolFull:
@@ -756,6 +778,17 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.current
         assert exchange is not None
+        if exchange.stream_length >= 0:
+            # A streamed body's end: the exchange is under way (or done) already.
+            self.current = None
+            self.completed += 1
+            self._rate_from = 0.0
+            self.head_complete = False
+            self.head_size = 0
+            exchange.body_done()
+            if exchange.state != DONE_STATE:
+                self._disarm()  # the app has it all: no client deadline until it answers
+            return
         if self._upgrade and (self._length > 0 or self._seen & _CHUNKED):
             # The parser skips the body of an upgrade request: it comes after the
             # HttpParserUpgrade that follows, through _upgrade_ignored.
@@ -840,14 +873,22 @@ class ClientConnection(asyncio.Protocol):
         early, self._early = self._early, b""
         if early:
             exchange.tunnel_data(early)
-        self.pause_tunnel(False)
+        self.hold_client(False)
 
-    def pause_tunnel(self, paused: bool) -> None:
-        if paused:
+    def hold_client(self, held: bool) -> None:
+        """Stop (or resume) reading: the app is not taking this client's bytes yet. A
+        streamed body's timeout runs only while we read."""
+        if held:
             self._pause_reading()
+            current = self.current
+            if current is not None and current.stream_length >= 0:
+                self._disarm()
         elif self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = False
             self.transport.resume_reading()
+            current = self.current
+            if current is not None and current.stream_length >= 0:
+                self._arm(self.body_timeout)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._write_closed:

@@ -52,10 +52,16 @@ class Responder(Protocol):
     #: A WebSocket upgrade: on 101 the connection becomes a tunnel for raw bytes.
     upgrade: bool
 
+    @property
+    def body_length(self) -> int:
+        """The request body's length: buffered in ``body``, or still arriving (streamed,
+        its bytes sent with send_raw as they come)."""
+
     def on_head(self, payload: bytes) -> None: ...
 
     def upstream_paused(self) -> None:
-        """A tunnel's app side has a full write buffer: stop reading the client."""
+        """The app side has a full write buffer (a tunnel, a streamed body): stop reading
+        the client."""
 
     def upstream_resumed(self) -> None:
         """... and has room again."""
@@ -141,17 +147,17 @@ class AppConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        if self.tunnel and self.exchange is not None:
+        if self.exchange is not None:
             self.exchange.upstream_paused()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self.tunnel and self.exchange is not None:
+        if self.exchange is not None:
             self.exchange.upstream_resumed()
         self._run_pump()
 
     def send_raw(self, data: bytes) -> None:
-        """A tunnel's client bytes, to the app as they are."""
+        """Client bytes to the app as they are: a tunnel's, or a streamed body's."""
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
@@ -240,8 +246,8 @@ class SessionConnection(AppConnection):
         self.reader = FrameReader()
 
     def start(self, exchange: Responder) -> None:
-        environ = build_environ(exchange.head, exchange.body.size)
-        self._send(encode_request(environ, exchange.body.size), exchange)
+        length = exchange.body_length
+        self._send(encode_request(build_environ(exchange.head, length), length), exchange)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -320,7 +326,7 @@ class HttpConnection(AppConnection):
         lines += (b"X-Forwarded-For: ", head.client_addr, b"\r\n")
         lines += (b"X-Forwarded-Proto: ", head.scheme, b"\r\n")
         lines += (b"X-Forwarded-Host: ", head.forwarded_host or host, b"\r\n")
-        size = exchange.body.size
+        size = exchange.body_length
         if size or head.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             lines += (b"Content-Length: ", str(size).encode(), b"\r\n")
         if exchange.upgrade:

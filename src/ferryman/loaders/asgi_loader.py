@@ -133,14 +133,56 @@ def http_scope(block: bytes, state: dict[str, Any]) -> dict[str, Any]:
     return scope
 
 
+class Body:
+    """A request's body, read from the connection as the app asks for it: whole already
+    for most requests, piece by piece for a large one (or one the core streams as it
+    arrives from the client)."""
+
+    def __init__(self, reader: asyncio.StreamReader, data: bytes, length: int) -> None:
+        self.reader = reader
+        self.buffer = data
+        self.remaining = length
+        #: All of it was read (or the connection ended): nothing more to wait for.
+        self.consumed = asyncio.Event()
+        if not length:
+            self.consumed.set()
+        self.broken = False
+
+    async def next(self) -> tuple[bytes, bool]:
+        """The next piece and whether more follow; ConnectionError if the core closed the
+        connection first (the client went away)."""
+        if not self.buffer and self.remaining:
+            self.buffer = await self.reader.read(min(RECV_SIZE, self.remaining))
+            if not self.buffer:
+                self.broken = True
+                self.consumed.set()
+                raise ConnectionError("the request body was cut short")
+        piece = self.buffer[: self.remaining]
+        self.buffer = self.buffer[len(piece) :]
+        self.remaining -= len(piece)
+        if not self.remaining:
+            self.consumed.set()
+        return piece, self.remaining > 0
+
+    async def drain(self) -> bool:
+        """Read what the app left unread (framing stays in step); False if cut short."""
+        try:
+            while self.remaining:
+                await self.next()
+        except ConnectionError:
+            return False
+        return not self.broken
+
+
 class Exchange:
     """One request's receive and send, turned into session-protocol frames."""
 
     def __init__(
-        self, writer: asyncio.StreamWriter, body: bytes, head_only: bool, gone: asyncio.Event
+        self, writer: asyncio.StreamWriter, body: Body, head_only: bool, gone: asyncio.Event
     ) -> None:
         self.writer = writer
-        self.body: bytes | None = body
+        self.body = body
+        self.body_taken = False
         self.head_only = head_only
         #: The core closed the connection (the client went away).
         self.gone = gone
@@ -152,9 +194,14 @@ class Exchange:
 
     async def receive(self) -> Message:
         body = self.body
-        if body is not None:
-            self.body = None
-            return {"type": "http.request", "body": body, "more_body": False}
+        if not self.body_taken and not self.gone.is_set():
+            try:
+                piece, more = await body.next()
+            except ConnectionError:
+                self.gone.set()
+                return {"type": "http.disconnect"}
+            self.body_taken = not more
+            return {"type": "http.request", "body": piece, "more_body": more}
         # Nothing more will come: block until the response is over or the client left
         # (Starlette's streaming responses wait here for a disconnect).
         waiters = [asyncio.ensure_future(self.done.wait()), asyncio.ensure_future(self.gone.wait())]
@@ -286,25 +333,31 @@ class Server:
                 data += more
             environ_len, body_len = REQUEST_HEAD.unpack_from(data)
             body_at = head_size + environ_len
-            body_end = body_at + body_len
-            while len(data) < body_end:
-                more = await reader.read(max(RECV_SIZE, body_end - len(data)))
+            while len(data) < body_at:
+                more = await reader.read(max(RECV_SIZE, body_at - len(data)))
                 if not more:
                     return
                 data += more
-            block, body = data[head_size:body_at], data[body_at:body_end]
-            data = data[body_end:]
+            block = data[head_size:body_at]
+            data = data[body_at:]
             scope = http_scope(block, self.state)
-            if _is_websocket(scope):
+            if _is_websocket(scope) and not body_len:
                 # The connection is the WebSocket's from now on; it ends with it.
                 await WebSocket(self, reader, writer, scope, data).run()
                 return
             gone = asyncio.Event()
+            body = Body(reader, data, body_len)
             request = asyncio.ensure_future(self.handle(writer, scope, body, gone))
-            # While the app works, a read that ends means the core closed the connection
-            # (the client went away): the app's receive() then says http.disconnect. The
-            # core sends the next request only after this response, so nothing is lost.
-            while not request.done():
+            # The body is read as the app asks for it (Body.next); once it is all read,
+            # a read that ends means the core closed the connection (the client went
+            # away): the app's receive() then says http.disconnect. The core sends the
+            # next request only after this response, so nothing else can come.
+            while not request.done() and not body.consumed.is_set():
+                consumed = asyncio.ensure_future(body.consumed.wait())
+                await asyncio.wait([request, consumed], return_when=asyncio.FIRST_COMPLETED)
+                consumed.cancel()
+            data = b""
+            while not request.done() and not body.broken:
                 reading = asyncio.ensure_future(reader.read(RECV_SIZE))
                 await asyncio.wait([request, reading], return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():
@@ -318,13 +371,16 @@ class Server:
                     await request
                     return
                 data += more
-            request.result()
+            await request  # done, or ending: the client's disconnect reached it
+            if not await body.drain():
+                return  # cut short: the connection is over
+            data = body.buffer + data
 
     async def handle(
         self,
         writer: asyncio.StreamWriter,
         scope: dict[str, Any],
-        body: bytes,
+        body: Body,
         gone: asyncio.Event,
     ) -> None:
         exchange = Exchange(writer, body, scope["method"] == "HEAD", gone)

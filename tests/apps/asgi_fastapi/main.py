@@ -134,3 +134,35 @@ async def ws_slow_accept(websocket: WebSocket) -> None:
     await asyncio.sleep(2)
     await websocket.accept()
     await websocket.close()
+
+
+@app.post("/upload-stream")
+async def upload_stream(request: Request) -> dict:
+    """Reads the body as it arrives: when the first and last pieces came (the monotonic
+    clock, which every process on the machine shares), how many, how big."""
+    loop = asyncio.get_running_loop()
+    first = last = 0.0
+    pieces = size = 0
+    digest = hashlib.sha256()
+    async for chunk in request.stream():
+        if not chunk:
+            continue
+        now = loop.time()
+        first = first or now
+        last = now
+        pieces += 1
+        size += len(chunk)
+        digest.update(chunk)
+    return {
+        "first_at": first,
+        "last_at": last,
+        "pieces": pieces,
+        "size": size,
+        "sha256": digest.hexdigest(),
+    }
+
+
+@app.post("/refuse-upload")
+async def refuse_upload() -> PlainTextResponse:
+    """Answers without reading the body (as a 413 from the app would)."""
+    return PlainTextResponse("too big", status_code=413)
