@@ -86,8 +86,10 @@ def test_fastapi_json_forms_uploads_and_lifespan(tmp_path: Path) -> None:
         done = tmp_path / "background.txt"
         status, _, data = server.request("POST", f"/background?path={done}")
         assert (status, data) == (200, b"queued")
-        assert wait_until(done.exists, timeout=10)
-        assert done.read_text() == "done after the response"
+        # (exists first, then written: wait for the words, not the file)
+        assert wait_until(
+            lambda: done.exists() and done.read_text() == "done after the response", timeout=10
+        )
 
         assert server.stop() == 0
     assert trace.read_text() == f"startup {pid}\nshutdown {pid}\n"

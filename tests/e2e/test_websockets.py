@@ -259,3 +259,20 @@ def test_node_websockets_through_the_front() -> None:
             for ws in sockets:
                 ws.close()
         assert server.get("/")[0] == 200
+
+
+def test_a_nodejs_app_told_the_server_is_stopping_closes_its_websockets() -> None:
+    from .node import EXPRESS, ensure_express_installed
+
+    ensure_express_installed()
+    with serving(EXPRESS, "--min-instances", "1", "--graceful-timeout", "10") as server:
+        ws = connect(_url(server, "/ws"))
+        try:
+            ws.recv()
+            server.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=15)
+            assert ws.close_code == 1001
+        finally:
+            ws.close()
+        assert server.proc.wait(30) == 0

@@ -195,7 +195,16 @@ function stop() {
   }, CORE_CHECK_INTERVAL_MS).unref();
 }
 
-process.stdin.on("data", () => {});
+// "g" on the owner pipe: the server is stopping. The app may close what would hold the
+// stop (WebSockets: server.close() leaves upgraded sockets open) by listening:
+//   process.on("ferryman:stopping", () => wss.clients.forEach((c) => c.close(1001)));
+let stoppingSaid = false;
+process.stdin.on("data", (data) => {
+  if (!stoppingSaid && data.includes(0x67)) {
+    stoppingSaid = true;
+    process.emit("ferryman:stopping");
+  }
+});
 process.stdin.on("end", stop);
 process.stdin.on("error", stop);
 

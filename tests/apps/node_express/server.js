@@ -21,6 +21,10 @@ const server = app.listen(3000, () => console.log("express listening"));
 // WebSockets with the ws library on the same server: the first message is the pid, then
 // every message is echoed; the text "close:CODE" makes the server close with CODE.
 const wss = new WebSocketServer({ server, path: "/ws" });
+// Ferryman says it is stopping: close the WebSockets as going away (1001).
+process.on("ferryman:stopping", () => {
+  for (const client of wss.clients) client.close(1001, "server stopping");
+});
 wss.on("connection", (ws) => {
   ws.send(String(process.pid));
   ws.on("message", (data, isBinary) => {
