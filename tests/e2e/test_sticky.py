@@ -19,6 +19,12 @@ def _get(server: Server, path: str, cookie: str | None = None) -> tuple[int, str
     return status, body.decode(), got.get("set-cookie")
 
 
+def _route_of(set_cookie: str | None) -> str:
+    """The process a Set-Cookie header names."""
+    assert set_cookie is not None
+    return set_cookie.split(";")[0].partition("=")[2]
+
+
 def _in_threads(count: int, work: object) -> list[tuple[int, str, str | None]]:
     results: list[tuple[int, str, str | None]] = []
     lock = threading.Lock()
@@ -70,8 +76,7 @@ def test_a_sticky_request_waits_for_its_busy_process() -> None:
         wait_ready=2,
     ) as server:  # fmt: skip
         _, _, set_cookie = _get(server, "/pid")
-        assert set_cookie is not None
-        route = set_cookie.split(";")[0].partition("=")[2]
+        route = _route_of(set_cookie)
         results = _in_threads(6, lambda: _get(server, "/slow?t=0.2", route))
         assert len({body for _, body, _ in results}) == 1, results
         assert {status for status, _, _ in results} == {200}
@@ -83,8 +88,7 @@ def test_a_cookie_for_a_process_that_is_gone_gets_a_new_one() -> None:
         wait_ready=2,
     ) as server:  # fmt: skip
         _, pid, set_cookie = _get(server, "/pid")
-        assert set_cookie is not None
-        route = set_cookie.split(";")[0].partition("=")[2]
+        route = _route_of(set_cookie)
         os.kill(int(pid), signal.SIGKILL)
         assert wait_until(lambda: not alive(int(pid)), timeout=10)
         status, other, renewed = _get(server, "/pid", route)

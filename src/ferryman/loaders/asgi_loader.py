@@ -26,7 +26,6 @@ import signal
 import socket
 import struct
 import sys
-import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -969,22 +968,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    handshake = shared.Handshake(args.get("handshake_fd"))
-    handshake.send(
-        {
-            "step": "loader_start",
-            "state": "performed",
-            "at": time.time(),
-            "interpreter": "Python %s (%s)" % (sys.version.split()[0], sys.executable),
-        }
-    )
+    handshake = shared.begin(args, "Ferryman ASGI")
     app_root = args["app_root"]
-    here = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0]) == here:
-        del sys.path[0]  # the loaders' directory must not shadow the app's modules
-    sys.path.insert(0, app_root)
-    os.chdir(app_root)
-    shared.set_process_title("Ferryman ASGI: %s" % app_root)
     app = shared.load_or_report(
         handshake, app_root, args["startup_file"], "asgi", args.get("app_attribute")
     )

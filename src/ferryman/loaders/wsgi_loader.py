@@ -792,9 +792,9 @@ def wait_for_owner_eof() -> None:
             return
 
 
-def main() -> None:
-    args = json.loads(sys.argv[1])
-    parent = os.getppid()
+def begin(args: dict[str, Any], title: str) -> Handshake:
+    """A Python loader's first steps: loader_start on the handshake, the app's directory
+    as the working directory and first on sys.path, the process title."""
     handshake = Handshake(args.get("handshake_fd"))
     handshake.send(
         {
@@ -805,12 +805,20 @@ def main() -> None:
         }
     )
     app_root = args["app_root"]
-    # The script's own directory must not shadow the app's modules (wsgi.py, app.py...).
+    # The loaders' own directory must not shadow the app's modules (wsgi.py, app.py...).
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]
     sys.path.insert(0, app_root)
     os.chdir(app_root)
-    set_process_title("Ferryman WSGI: %s" % app_root)
+    set_process_title("%s: %s" % (title, app_root))
+    return handshake
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    parent = os.getppid()
+    handshake = begin(args, "Ferryman WSGI")
+    app_root = args["app_root"]
 
     app = load_or_report(
         handshake, app_root, args["startup_file"], "wsgi", args.get("app_attribute")
