@@ -392,7 +392,10 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.tunnel_data(data)
             return
-        if self._tunnel_pending is not None:
+        # (Through a local: a test of the attribute itself would let mypyc take it as None
+        # for the rest of this method, though the parser's callbacks below may set it.)
+        pending = self._tunnel_pending
+        if pending is not None:
             # Sent before the app accepted (a client should wait for the 101): kept for it,
             # within bounds; reading is paused meanwhile, so little can come.
             self._early += data
