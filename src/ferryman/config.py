@@ -425,8 +425,9 @@ class Config:
     app_type: str = setting(
         "auto",
         _app_type_kind(),
-        "What kind of app this is: a Python WSGI app, a Node.js app, or any program that "
-        "listens on $PORT (generic); 'auto' detects it from the files in the app directory.",
+        "What kind of app this is: a Python WSGI or ASGI app, a Ruby Rack app, a Node.js "
+        "app, or any program that listens on $PORT (generic); 'auto' detects it from the "
+        "files in the app directory.",
         "Application",
     )
     startup_file: str | None = setting(
@@ -447,6 +448,19 @@ class Config:
         "node",
         _text_kind("a path to a Node.js interpreter", "PATH"),
         "Node.js interpreter that runs Node.js apps.",
+        "Application",
+    )
+    ruby: str = setting(
+        "ruby",
+        _text_kind("a path to a Ruby interpreter", "PATH"),
+        "Ruby interpreter that runs Rack apps (Ruby 3.0 or newer).",
+        "Application",
+    )
+    rackup: str | None = setting(
+        None,
+        _text_kind("a file path", "PATH"),
+        "The Rack app's rackup file, relative to the app directory (default: config.ru); "
+        "implies app_type rack.",
         "Application",
     )
     app_start_command: str | None = setting(

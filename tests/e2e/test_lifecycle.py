@@ -379,12 +379,17 @@ def test_daemonize_without_a_log_file_is_refused() -> None:
         (APPS / "wsgi_stub", "/hang?t=5", r"line \d+ in stuck_in_a_slow_query"),
         (APPS / "node_http", "/sleep?ms=5000", r"request in flight: GET /sleep\?ms=5000"),
         (APPS / "asgi_fastapi", "/sleep?seconds=5", r'main\.py", line \d+, in sleep'),
+        (APPS / "rack_stub", "/slow?t=5", r"config\.ru:\d+:in `sleep'"),
     ],
-    ids=["wsgi", "node", "asgi"],
+    ids=["wsgi", "node", "asgi", "rack"],
 )
 def test_a_request_running_longer_than_max_request_time_gets_504_and_a_new_process(
     app: Path, path: str, dump: str
 ) -> None:
+    if app.name.startswith("rack_"):
+        from .test_rack import _need
+
+        _need("rack")
     with serving(
         app, "--min-instances", "2", "--max-pool-size", "2", "--max-request-time", "1",
     ) as server:  # fmt: skip

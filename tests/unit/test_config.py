@@ -328,7 +328,7 @@ REFUSED_TEXT = [
     ("max_body_size", ""),
     ("log_level", "verbose"),
     ("log_level", ""),
-    ("app_type", "rack"),
+    ("app_type", "cobol"),
     ("address", "   "),
     ("access_log", "maybe"),
     ("access_log", "2"),

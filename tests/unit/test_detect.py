@@ -45,6 +45,11 @@ CASES = [
     ({"app.py": "", "main.py": ""}, {}, ("wsgi", "app.py", "")),
     ({"app.py": ""}, {"app_type": "asgi", "startup_file": "app.py"}, ("asgi", "app.py", "")),
     ({"main.py": ""}, {"startup_file": "main.py"}, ("asgi", "main.py", "")),
+    # Rack: config.ru, after the Python names, before Node.js (Rails apps have a package.json).
+    ({"config.ru": "", "package.json": "{}", "index.js": ""}, {}, ("rack", "config.ru", "")),
+    ({"app.py": "", "config.ru": ""}, {}, ("wsgi", "app.py", "")),
+    ({"other.ru": "", "app.py": ""}, {"rackup": "other.ru"}, ("rack", "other.ru", "")),
+    ({"x.ru": ""}, {"startup_file": "x.ru"}, ("rack", "x.ru", "")),
     # uvicorn's module:attribute form.
     ({"main.py": ""}, {"startup_file": "main:api"}, ("asgi", "main.py", "")),
     ({"mysite/asgi.py": ""}, {"startup_file": "mysite.asgi:application"},

@@ -988,3 +988,31 @@ def test_a_restart_sends_sticky_waiters_to_the_new_processes() -> None:
     assert any(isinstance(e, Grant) and e.waiter is waiter for e in effects)
     busy.close(2.5)
     pool.verify(2.5)
+
+
+def test_a_failed_batch_of_a_rolling_restart_leaves_the_pool_within_its_size() -> None:
+    """Found by the stateful test: batch 2, the first new process ready (its old one still
+    serving, waiting for the batch), the second fails to start: the ready new one went on
+    serving beside both old ones, one process above max_size once the surge ended."""
+    pool, group = pool_with(max_size=2, min_instances=2, rolling_batch=2)
+    a, b = bring_up(group, 1, 2)
+    group.restart(1.0)
+    _, effects = group.spawn_done(pid=10, concurrency=1, now=2.0)
+    assert group._batch_ready == 1 and [p.pid for p in group.processes] == [a.pid, b.pid, 10]
+    effects = group.spawn_failed(BOOM, 3.0)
+    assert [p.pid for p in group.processes] == [a.pid, b.pid]  # the old version, alone
+    assert any(isinstance(e, Stop) and e.process.pid == 10 for e in effects)
+    assert group.restart_error is BOOM
+    pool.verify(3.0)
+
+
+def test_a_restart_restarted_over_that_fails_leaves_the_pool_within_its_size() -> None:
+    pool, group = pool_with(max_size=2, min_instances=2, rolling_batch=2)
+    a, b = bring_up(group, 1, 2)
+    group.restart(1.0)
+    group.spawn_done(pid=10, concurrency=1, now=2.0)
+    group.restart(2.5)  # starts over: the new process 10 is outdated too
+    assert [p.pid for p in group.outdated] == [a.pid, b.pid, 10]
+    group.spawn_failed(BOOM, 3.0)
+    assert [p.pid for p in group.processes] == [a.pid, b.pid]
+    pool.verify(3.0)

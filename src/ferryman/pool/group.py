@@ -93,6 +93,8 @@ class PoolCapacity(Protocol):
 
     def is_full(self) -> bool: ...
 
+    def allowed_capacity(self) -> int: ...
+
     def _next_seq(self) -> int: ...
 
     def _make_room(self, group: Group, now: float, effects: list[Effect]) -> bool: ...
@@ -656,6 +658,12 @@ class Group:
             for old in self.outdated:
                 old.retire_reason = ""  # it stays; a later retirement says its own reason
             self.outdated = []
+            # Without the surge the pool must fit its size again: processes the restart
+            # started go, newest first (an unfinished batch's, whose old ones still
+            # serve; a restart's restarted over). Found by the stateful test.
+            excess = self.pool.capacity_used() - self.pool.allowed_capacity()
+            for new in self.processes[len(self.processes) - excess :] if excess > 0 else ():
+                self._detach(new, now, effects, RetireReason.RESTART)
             return
         # As a blocking restart would have: the old version goes, the error shows.
         for old in list(self.outdated):

@@ -36,6 +36,10 @@ class Pool:
     def is_full(self) -> bool:
         return self.capacity_used() >= self.max_size
 
+    def allowed_capacity(self) -> int:
+        """max_size, plus the surge of groups in a rolling restart (Pool.verify's bound)."""
+        return self.max_size + sum(g.surge() for g in self.groups.values())
+
     def tick(self, now: float) -> list[Effect]:
         """Periodic/awaited check: retire idle processes, spawn what groups want now."""
         effects: list[Effect] = []
@@ -61,7 +65,7 @@ class Pool:
     def verify(self, now: float) -> None:
         used = self.capacity_used()
         # A rolling restart may hold its batch above max_size (the new ones start first).
-        allowed = self.max_size + sum(g.surge() for g in self.groups.values())
+        allowed = self.allowed_capacity()
         assert used <= allowed, f"pool over capacity: {used} > {allowed}"
         for group in self.groups.values():
             group.verify(now)

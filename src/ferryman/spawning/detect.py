@@ -56,6 +56,10 @@ def detect(config: Config) -> AppSpec:
     if config.app_start_command and (wanted == "auto" or KINDS[wanted].loader is None):
         command_kind = wanted if wanted != "auto" else _command_kinds()[0].name
         return AppSpec(command_kind, root, start_command=config.app_start_command)
+    if config.rackup:
+        if not (root / config.rackup).is_file():
+            raise AppNotFound(f"rackup file {config.rackup!r} not found in {root} (from --rackup)")
+        return AppSpec("rack", root, config.rackup)
     if config.startup_file:
         startup_file, attribute = split_app_reference(root, config.startup_file)
         path = root / startup_file

@@ -32,7 +32,9 @@ CATEGORIES: dict[str, Category] = {
         "Read the traceback: it names the file and line where the exception was raised. "
         "Common causes are a package missing where the app's interpreter looks for it (for "
         "Python, install it into the interpreter given by --python, e.g. your virtualenv's; "
-        "for Node.js, run npm install in the app directory), a missing environment variable "
+        "for Node.js, run npm install in the app directory; for Ruby, bundle install, or "
+        "the Debian package of the gem, for the interpreter given by --ruby), a missing "
+        "environment variable "
         "(--envvar NAME=VALUE), or a service the app connects to while it is loaded.",
     ),
     "syntax_error": Category(

@@ -150,6 +150,19 @@ ASGI = AppKind(
     steps=ASGI_STEPS,
     stack_dump="where each of its tasks awaits, and every thread's Python stack",
 )
+RACK = AppKind(
+    name="rack",
+    title="Ruby Rack",
+    find=first_file("config.ru"),
+    looked_for=("config.ru",),
+    suffixes=(".ru",),
+    interpreter_setting="ruby",
+    interpreter_check=InterpreterCheck("Ruby", r"ruby (\d+\.\d+\.\d+)", (3, 0)),
+    loader=LOADERS / "rack_loader.rb",
+    protocol="session",
+    threaded=True,
+    stack_dump="every thread's Ruby backtrace",
+)
 NODE = AppKind(
     name="node",
     title="Node.js",
@@ -171,7 +184,7 @@ GENERIC = AppKind(
 )
 
 #: Every kind, in detection order.
-KINDS: dict[str, AppKind] = {kind.name: kind for kind in (WSGI, ASGI, NODE, GENERIC)}
+KINDS: dict[str, AppKind] = {kind.name: kind for kind in (WSGI, ASGI, RACK, NODE, GENERIC)}
 
 
 def kind_for_suffix(suffix: str) -> AppKind | None:

@@ -1,0 +1,2 @@
+raise "the config.ru is on fire"
+run ->(env) { [200, {}, ["never"]] }
