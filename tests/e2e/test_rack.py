@@ -144,3 +144,13 @@ def test_fds_and_children_return_to_their_baseline() -> None:
             assert server.get("/")[0] == 200
         server.request("POST", "/digest", os.urandom(2 * 1024 * 1024))
         assert server.settled_resources() == before
+
+
+def test_a_gem_missing_from_the_gemfile_is_explained(report_dir: Path) -> None:  # noqa: F811
+    """With a Gemfile, the app loads through bundler/setup: a gem it names that is not
+    installed stops the start, naming the gem."""
+    with serving(APPS / "rack_bundler_missing", *flags(report_dir), wait_ready=0) as server:
+        assert_explained(
+            server, report_dir, step="load_app", category="import_error",
+            texts=["a_gem_the_gemfile_wants_xyz"],
+        )  # fmt: skip
