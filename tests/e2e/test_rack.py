@@ -137,7 +137,9 @@ def test_a_missing_gem_is_explained(report_dir: Path) -> None:  # noqa: F811 - t
 
 
 def test_fds_and_children_return_to_their_baseline() -> None:
-    with serving(STUB, "--min-instances", "1") as server:
+    # One process only: a single-threaded process busy with a request makes the pool start
+    # another, which could land between the two readings.
+    with serving(STUB, "--min-instances", "1", "--max-pool-size", "1") as server:
         server.get("/")
         before = server.settled_resources()
         for _ in range(200):
