@@ -70,6 +70,15 @@ def test_a_websocket_the_app_refuses_gets_403() -> None:
         assert server.get("/pid")[0] == 200
 
 
+def test_an_accept_with_an_invalid_header_gets_502_not_the_header() -> None:
+    with serving(FASTAPI, "--min-instances", "1") as server:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(_url(server, "/ws/bad-header")).close()
+        assert refused.value.response.status_code == 502
+        server.wait_for_log(r"502 for GET /ws/bad-header .*invalid header")
+        assert server.get("/pid")[0] == 200
+
+
 def test_a_thousand_websockets_spread_evenly_over_two_processes() -> None:
     with serving(FASTAPI, "--min-instances", "2", "--max-pool-size", "2", wait_ready=2) as server:
         before = server.settled_resources()

@@ -505,10 +505,14 @@ class Exchange:
         """The app answered 101 to a WebSocket upgrade: the client gets the 101, then bytes
         pass both ways as they are, with back-pressure each way, until either side closes.
         The session stays open all along: the process counts the WebSocket as busy."""
+        block = payload.partition(b"\r\n")[2]
+        if _VALID_FIELDS.fullmatch(block) is None:  # as for any head (plan_head)
+            self._respond_bad_gateway(b"the app sent an invalid header (name or value)")
+            return
         head = [
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         ]
-        for line in payload.split(b"\r\n")[1:]:
+        for line in block.split(b"\r\n"):
             name = line.partition(b":")[0].strip().lower()
             if line and name not in (
                 b"upgrade",

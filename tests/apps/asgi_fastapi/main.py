@@ -124,6 +124,13 @@ async def ws_echo(websocket: WebSocket) -> None:
             await websocket.send_bytes(message["bytes"])
 
 
+@app.websocket("/ws/bad-header")
+async def ws_bad_header(websocket: WebSocket) -> None:
+    """Accepts with a header value holding a control character: the core must not pass it."""
+    await websocket.accept(headers=[(b"x-bad", b"a\x01b")])
+    await websocket.send_text("never seen")
+
+
 @app.websocket("/ws/refuse")
 async def ws_refuse(websocket: WebSocket) -> None:
     await websocket.close(code=1008)
