@@ -326,7 +326,11 @@ class Supervisor:
             # It stopped in order by itself (a loader does on SIGTERM: systemd's
             # control-group kill, docker stop): not a crash, not a failed start.
             log.info("App %d stopped by itself (exit code 0)", process.pid)
-        elif not self.stopping and process.life is Life.ALIVE:
+        elif not self.stopping and (
+            process.life is Life.ALIVE or (code != 0 and not handle.child.signalled)
+        ):
+            # A retired process (draining, or found unreachable) that dies by a signal we
+            # did not send crashed too: someone killed it (the OOM killer, kill -9).
             status = f"exit code {code}" if code >= 0 else f"signal {-code}"
             lived = now - process.spawned_at
             log.warning(
@@ -334,7 +338,7 @@ class Supervisor:
                 process.pid,
                 status,
             )
-            if group.died_starting(process, now):
+            if process.life is Life.ALIVE and group.died_starting(process, now):
                 error = self._died_starting(handle, lived, status)
                 self._log_spawn_error(group, error)
         else:

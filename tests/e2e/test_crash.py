@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -78,3 +79,45 @@ def test_a_request_that_kills_a_new_process_is_a_crash_not_a_failed_start() -> N
         log = server.log_text()
         assert "Could not start" not in log
         assert "Error starting web application" not in log
+
+
+def _unix_socket_paths(pid: int) -> list[str]:
+    """The paths of the Unix sockets process ``pid`` holds (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    paths = []
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[6] in inodes:
+                paths.append(fields[7])
+    return paths
+
+
+def test_retired_process_killed_by_someone_else_is_reported_as_a_crash(tmp_path: Path) -> None:
+    """Regression (seen in CI): a process found unreachable is retired; when it then dies
+    by a signal Ferryman did not send (kill -9, the OOM killer), the log says it exited
+    unexpectedly, not that it "stopped"."""
+    with serving(GATE_APP, "--min-instances", "2", "--max-pool-size", "2", wait_ready=2) as server:
+        victim = server.children()[0]
+        (socket_path,) = [p for p in _unix_socket_paths(victim) if p.endswith(".sock")]
+        os.kill(victim, signal.SIGSTOP)  # alive, but will not exit when told to
+        try:
+            os.unlink(socket_path)
+            mark = server.mark()
+            for _ in range(20):
+                status, body = server.get("/pid")
+                assert status == 200
+                assert int(body) != victim
+                if any(f"App {victim} is unreachable" in line for line in server.lines[mark:]):
+                    break
+            server.wait_for_log(rf"App {victim} is unreachable", start=mark)
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        server.wait_for_log(rf"App {victim} exited unexpectedly \(signal 9\)", start=mark)
+        assert wait_until(lambda: len(server.children()) == 2, timeout=15)

@@ -79,6 +79,9 @@ class Child:
         self.outputs: list[OutputReader] = []
         #: The last lines of its stdout and stderr, in the order they came.
         self.lines: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
+        #: Whether we signalled it: a death by a signal, or a failure exit code, is then
+        #: our doing, not a crash.
+        self.signalled = False
         self._pidfd: int | None = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
 
@@ -204,6 +207,7 @@ class Child:
     def signal(self, sig: signal.Signals) -> None:
         """Signal the child's process group (the app and anything it started)."""
         if self.running:
+            self.signalled = True
             try:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:
