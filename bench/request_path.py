@@ -29,6 +29,7 @@ from ferryman.config import Config
 from ferryman.http.app import App
 from ferryman.http.front import ClientConnection, FrontServer
 from ferryman.http.session_protocol import FRAME_BODY, FRAME_END, FRAME_HEAD, FRAME_HEAD_RESPONSE
+from ferryman.http.site import Site
 from ferryman.http.upstream import SessionConnection, Upstreams
 from ferryman.log import AccessLog, LogSink
 from ferryman.pool import Effect, Grant, Pool, Process, Reject, Rejected
@@ -127,7 +128,7 @@ async def run(requests: int, profile: bool, queued: bool) -> float:
         access_log=AccessLog(sink, False),
         rejection_response=reject,
     )
-    front = FrontServer(config, app)
+    front = FrontServer(config, Site([app]))
     client = ClientConnection(front)
     client_transport = Sink()
     client.connection_made(client_transport)  # type: ignore[arg-type]

@@ -26,6 +26,8 @@ class AppView:
     root: Path
     environment: str
     app_type: str
+    #: Where it is mounted: [HOSTS]PREFIX ("/" for the app at / of any host).
+    mount: str = "/"
 
 
 def proc_usage(pid: int) -> tuple[float, int, float] | None:
@@ -86,6 +88,7 @@ def group_state(view: AppView, now: float) -> dict[str, Any]:
     return {
         "name": group.name,
         "app_root": str(view.root),
+        "mount": view.mount,
         "environment": view.environment,
         "app_type": view.app_type,
         "queue": {

@@ -21,6 +21,7 @@ from . import describe
 from . import status as operator
 from .config import (
     Config,
+    SiteApp,
     effective_settings,
     flag_of,
     json_value,
@@ -28,6 +29,7 @@ from .config import (
     resolve,
     settings,
     shown_default,
+    site_apps,
     toml_value,
 )
 from .core import Core, admin_password
@@ -266,7 +268,10 @@ def start(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 f"invalid value true for daemonize (from {config.origin('daemonize')}): it "
                 "needs log_file (a daemon has no terminal to log to)"
             )
-        spec = with_interpreter(detect(config), config, Path.cwd())
+        apps = [
+            (site_app, with_interpreter(detect(site_app.config), site_app.config, Path.cwd()))
+            for site_app in site_apps(config)
+        ]
         ErrorReports(config.error_report_dir, config.error_report_limit).check()
         password = admin_password(config)
         if config.pid_file and link is None:
@@ -279,7 +284,7 @@ def start(args: argparse.Namespace, argv: Sequence[str]) -> int:
             link.error(str(exc))  # changed since the watchdog checked it (Ferrymanfile.toml)
         return exc.exit_code
     if link is not None:
-        return run_core(config, spec, sink, warnings, link=link, password=password)
+        return run_core(config, apps, sink, warnings, link=link, password=password)
     daemon = None
     if config.daemonize:
         daemon = Daemon()
@@ -309,7 +314,7 @@ def start(args: argparse.Namespace, argv: Sequence[str]) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # see watchdog.HANDLED
         first, status, commands = fork_first_core(
             sockets,
-            lambda link: run_core(config, spec, sink, warnings, link=link, password=password),
+            lambda link: run_core(config, apps, sink, warnings, link=link, password=password),
             close_in_core=[daemon.report_fd] if daemon is not None and daemon.report_fd else [],
         )
         plan = Plan(
@@ -372,7 +377,7 @@ def fork_first_core(
 
 def run_core(
     config: Config,
-    spec: AppSpec,
+    apps: list[tuple[SiteApp, AppSpec]],
     sink: LogSink,
     warnings: list[str],
     *,
@@ -385,7 +390,7 @@ def run_core(
         for warning in warnings:
             log.warning("%s", warning)
         try:
-            return run(Core(config, spec, sink, link, password).run())
+            return run(Core(config, apps, sink, link, password).run())
         except ConfigError as exc:
             # Found only by the core (e.g. a TMPDIR too deep for socket paths): said like
             # every other configuration error, and to the watchdog (for --daemonize).

@@ -337,6 +337,122 @@ NETWORKS = Kind(
 )
 
 
+# -- several apps --------------------------------------------------------------------------
+
+#: Settings an app mounted with --app / [[app]] may set for itself; the others are the
+#: server's (listening, logging, the shared pool size...). The mounted app inherits each
+#: from the top level, except those that say which app it is (APP_IDENTITY).
+PER_APP = frozenset(
+    {
+        "environment", "app_type", "startup_file", "python", "nodejs", "ruby", "rackup",
+        "app_start_command", "envvar", "thread_count", "start_timeout",
+        "friendly_error_pages", "spawn_error_status_code", "spawn_backoff", "min_instances",
+        "max_instances", "force_max_concurrent_requests_per_process",
+        "max_request_queue_size", "pool_idle_time", "rolling_restarts",
+        "rolling_restart_batch", "max_request_queue_time", "max_requests",
+        "max_requests_jitter", "resist_deployment_errors", "sticky_sessions",
+        "sticky_sessions_cookie_name", "sticky_sessions_cookie_attributes",
+    }
+)  # fmt: skip
+#: Per-app settings that name the app itself: a mounted app does not inherit them.
+APP_IDENTITY = frozenset({"app_type", "startup_file", "rackup", "app_start_command"})
+_HOST_NAME = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One more app the server serves: for requests to one of ``hosts`` (any host when
+    empty) whose path is ``prefix`` or below it, from the app in ``root``."""
+
+    root: str
+    prefix: str = "/"
+    hosts: tuple[str, ...] = ()
+    #: Its own values of PER_APP settings, parsed: (name, value) pairs.
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def describe(self) -> str:
+        where = (",".join(self.hosts) if self.hosts else "") + self.prefix
+        return f"{where}={self.root}"
+
+
+def _prefix_parse(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/"):
+        raise ValueError
+    segments = [part for part in raw.split("/") if part]
+    for part in segments:
+        if part in (".", "..") or not _PREFIX_SEGMENT.fullmatch(part):
+            raise ValueError
+    return "/" + "/".join(segments)
+
+
+def _host_parse(raw: Any) -> str:
+    if not isinstance(raw, str) or len(raw) > 253 or not _HOST_NAME.fullmatch(raw):
+        raise ValueError
+    return raw.lower()
+
+
+def _mount_parse(raw: Any) -> Mount:
+    if isinstance(raw, str):
+        where, sep, root = raw.partition("=")
+        slash = where.find("/")
+        if not sep or not root.strip() or slash < 0:
+            raise ValueError
+        host, prefix = where[:slash], where[slash:]
+        return Mount(root.strip(), _prefix_parse(prefix), (_host_parse(host),) if host else ())
+    if not isinstance(raw, Mapping):
+        raise ValueError
+    table = dict(raw)
+    root = table.pop("root", None)
+    if not isinstance(root, str) or not root.strip():
+        raise ValueError
+    prefix = _prefix_parse(table.pop("prefix", "/"))
+    hosts_raw = table.pop("hosts", None)
+    host_raw = table.pop("host", None)
+    if hosts_raw is not None and host_raw is not None:
+        raise ValueError
+    if host_raw is not None:
+        hosts_raw = [host_raw]
+    if hosts_raw is None:
+        hosts_raw = []
+    if not isinstance(hosts_raw, list) or not all(isinstance(h, str) for h in hosts_raw):
+        raise ValueError
+    hosts = tuple(_host_parse(h) for h in hosts_raw)
+    known = {name: spec for name, spec, _ in settings()}
+    values: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if key not in PER_APP:
+            hint = (
+                "it is a setting of the whole server, set at the top level"
+                if key in known
+                else "not a setting (settings are listed by 'ferryman settings')"
+            )
+            raise ConfigError(
+                f"invalid key {key!r} in the [[app]] table for {root}: {hint}; an app may set "
+                f"root, prefix, host or hosts, and these settings: {', '.join(sorted(PER_APP))}"
+            )
+        values.append((key, _parse(key, value, known[key], f"the [[app]] table for {root}")))
+    return Mount(root.strip(), prefix, hosts, tuple(values))
+
+
+def _mounts_parse(raw: Any) -> tuple[Mount, ...]:
+    entries = [raw] if isinstance(raw, str | Mapping) else raw
+    if not isinstance(entries, Sequence):
+        raise ValueError
+    return tuple(_mount_parse(entry) for entry in entries)
+
+
+MOUNTS = Kind(
+    "[HOST]/PREFIX=DIR, e.g. /api=./api or admin.example.com/=./admin (in "
+    f"{CONFIG_FILE}: [[app]] tables with root, prefix, host or hosts, and per-app settings)",
+    _mounts_parse,
+    "[HOST]/PREFIX=DIR",
+    repeatable=True,
+)
+
+
 def _port_or_zero() -> Kind:
     return _int_kind(0, 65535, "0 = any free port")
 
@@ -794,6 +910,21 @@ class Config:
         "Attributes of the sticky_sessions cookie, after 'Path=/' (add 'Secure' behind HTTPS).",
         "Pool",
     )
+    app: tuple[Mount, ...] = setting(
+        (),
+        MOUNTS,
+        "Serve one more app from this server: requests for HOST (any host if left out) whose "
+        "path is PREFIX or below go to the app in DIR (relative to the app directory); "
+        "repeat for several. The app directory itself serves / for any host, unless an app "
+        "given here takes that. Routing: the Host first (an app naming it wins over one "
+        "that names none), then the longest PREFIX. A prefix app sees the prefix as "
+        "SCRIPT_NAME (WSGI, Rack) or root_path (ASGI), Node.js and other apps get the full "
+        "path and X-Forwarded-Prefix. Every app is a group in the one pool: max_pool_size "
+        "is shared. In Ferrymanfile.toml an [[app]] table may also set the app's own "
+        "values of per-app settings (thread_count, min_instances, envvar...).",
+        "Several apps",
+    )
+
     health_check_path: str | None = setting(
         None,
         _path_kind("an HTTP path such as /healthz"),
@@ -972,6 +1103,7 @@ def resolve(
     warnings = [f"ignoring unknown environment variable {var}" for var in sorted(unknown)]
     config = Config(app_dir=app_dir.resolve(), origins=origins, **values)
     _check_together(config)
+    site_apps(config)  # every mounted app's directory and settings, checked now
     return config, warnings
 
 
@@ -989,6 +1121,62 @@ def _check_together(config: Config) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SiteApp:
+    """One app of the server, with where it is mounted and its own settings."""
+
+    config: Config
+    prefix: str = "/"
+    hosts: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return (",".join(self.hosts) if self.hosts else "") + self.prefix
+
+
+def site_apps(config: Config) -> list[SiteApp]:
+    """The apps ``config`` serves: the app directory's own at / for any host (unless an
+    --app / [[app]] takes that), then those of --app / [[app]]. ConfigError if a directory does
+    not exist or two apps claim the same host and prefix."""
+    apps: list[SiteApp] = []
+    claimed: dict[tuple[str, str], str] = {}
+    source = config.origin("app")
+    for mount in config.app:
+        root = (config.app_dir / mount.root).resolve()
+        if not root.is_dir():
+            raise ConfigError(
+                f"invalid value {mount.describe()!r} for app (from {source}): the directory "
+                f"{str(root)!r} does not exist"
+            )
+        for host in mount.hosts or ("",):
+            where = (host, mount.prefix)
+            if where in claimed:
+                raise ConfigError(
+                    f"invalid value {mount.describe()!r} for app (from {source}): "
+                    f"{host}{mount.prefix} is served by {claimed[where]} already; each host "
+                    "and prefix may be given to one app"
+                )
+            claimed[where] = mount.root
+        own = dict(mount.settings)
+        inherited = {
+            name: getattr(config, name) for name in PER_APP - APP_IDENTITY if name not in own
+        }
+        origins = {
+            **{k: v for k, v in config.origins.items() if k not in APP_IDENTITY},
+            **dict.fromkeys(own, f"the [[app]] table for {mount.root}"),
+        }
+        fields = {name: _default_of(name) for name in APP_IDENTITY} | inherited | own
+        mounted = dataclasses.replace(config, app_dir=root, origins=origins, app=(), **fields)
+        _check_together(mounted)
+        apps.append(SiteApp(mounted, mount.prefix, mount.hosts))
+    if ("", "/") not in claimed:
+        apps.insert(0, SiteApp(config))
+    return apps
+
+
+def _default_of(name: str) -> Any:
+    return next(default for key, _, default in settings() if key == name)
+
+
 # -- the effective settings ------------------------------------------------------------------
 
 
@@ -999,6 +1187,11 @@ def effective_settings(config: Config) -> list[tuple[str, Any, str]]:
 
 def json_value(value: Any) -> Any:
     """A setting's value as JSON can hold it (networks and pairs as strings and tables)."""
+    if isinstance(value, Mount):
+        table: dict[str, Any] = {"root": value.root, "prefix": value.prefix}
+        if value.hosts:
+            table["hosts"] = list(value.hosts)
+        return table | {name: json_value(v) for name, v in value.settings}
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
     if isinstance(value, tuple):

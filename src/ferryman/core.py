@@ -21,11 +21,12 @@ from pathlib import Path
 from . import __version__, build
 from .admin import AdminApi
 from .census import AppView
-from .config import CONFIG_FILE, Config, split_host_port
+from .config import CONFIG_FILE, Config, SiteApp, split_host_port
 from .errors import ConfigError, SpawnError
 from .http.app import App, HealthCheck
 from .http.front import FrontServer
 from .http.listener import listen_target
+from .http.site import Site
 from .http.upstream import Upstreams
 from .instance import InstanceDir
 from .log import AccessLog, LogSink
@@ -100,13 +101,16 @@ class Core:
     def __init__(
         self,
         config: Config,
-        spec: AppSpec,
+        apps: list[tuple[SiteApp, AppSpec]],
         sink: LogSink,
         link: CoreLink | None = None,
         admin_password: str | None = None,
     ) -> None:
         self.config = config
-        self.spec = spec
+        #: Every app it serves (the app directory's own last, see config.site_apps).
+        self.apps = apps
+        #: The app directory's app (or the first mounted one if it serves none).
+        self.spec = next((spec for site_app, spec in apps if site_app.config is config), apps[0][1])
         self.sink = sink
         #: The watchdog: the sockets to serve on, and the pipes to and from it (None: the
         #: core binds its own sockets and answers to no one).
@@ -130,25 +134,46 @@ class Core:
     async def _serve(self, loop: asyncio.AbstractEventLoop, instance: InstanceDir) -> int:
         config = self.config
         pool = Pool(config.max_pool_size)
-        group = pool.add_group(self.spec.name, group_options(config))
         reports = ErrorReports(config.error_report_dir, config.error_report_limit)
         upstreams = Upstreams()
-        spawners = {group.name: Spawner(config, self.spec, instance)}
+        spawners: dict[str, Spawner] = {}
         supervisor = Supervisor(pool, spawners, reports, upstreams, selfcheck=config.selfcheck)
-        health = HealthCheck(config.health_check_path, group) if config.health_check_path else None
-        app = App(
-            group,
-            supervisor,
-            upstreams=upstreams,
-            access_log=AccessLog(self.sink, config.access_log),
-            rejection_response=Rejections(config),
-            restart_file=self.spec.root / "tmp" / "restart.txt",
-            stat_throttle_rate=config.stat_throttle_rate,
-            local=health,
-            sticky_cookie=config.sticky_sessions_cookie_name if config.sticky_sessions else None,
-            sticky_attributes=config.sticky_sessions_cookie_attributes,
-        )
-        front = FrontServer(config, app)
+        apps: list[App] = []
+        views: list[AppView] = []
+        for site_app, spec in self.apps:
+            app_config = site_app.config
+            group = pool.add_group(_group_name(spec, site_app, pool), group_options(app_config))
+            spawners[group.name] = Spawner(app_config, spec, instance)
+            app = App(
+                group,
+                supervisor,
+                upstreams=upstreams,
+                access_log=AccessLog(self.sink, config.access_log),
+                rejection_response=Rejections(app_config),
+                restart_file=spec.root / "tmp" / "restart.txt",
+                stat_throttle_rate=config.stat_throttle_rate,
+                sticky_cookie=(
+                    app_config.sticky_sessions_cookie_name if app_config.sticky_sessions else None
+                ),
+                sticky_attributes=app_config.sticky_sessions_cookie_attributes,
+                prefix=site_app.prefix,
+                hosts=site_app.hosts,
+            )
+            apps.append(app)
+            views.append(
+                AppView(
+                    group,
+                    app,
+                    spec.root,
+                    app_config.environment,
+                    spec.kind.name,
+                    site_app.describe(),
+                )
+            )
+        groups = [app.group for app in apps]
+        health = HealthCheck(config.health_check_path, groups) if config.health_check_path else None
+        site = Site(apps, local=health)
+        front = FrontServer(config, site)
         link = self.link
         try:
             urls = front.listen(link.sockets if link is not None else None)
@@ -161,7 +186,7 @@ class Core:
         passwords = instance.write_passwords(self.admin_password)
         admin_api = AdminApi(
             pool=pool,
-            apps=[AppView(group, app, self.spec.root, config.environment, self.spec.kind.name)],
+            apps=views,
             driver=supervisor,
             front=front,
             instance_name=instance.name,
@@ -169,18 +194,18 @@ class Core:
             shutdown=self._admin_shutdown,
         )
         admin_app = App(
-            group,
+            apps[0].group,  # never asked: the admin API answers every request itself
             supervisor,
             upstreams=upstreams,
             access_log=AccessLog(self.sink, False),
             rejection_response=Rejections(config),
-            local=admin_api,
         )
+        admin_site = Site([admin_app], local=admin_api)
         admin_fronts = []
         admin_urls: list[str] = []
         try:
             for admin_config in self._admin_configs(instance):
-                admin_front = FrontServer(admin_config, admin_app)
+                admin_front = FrontServer(admin_config, admin_site)
                 admin_fronts.append(admin_front)
                 admin_urls += admin_front.listen()
         except OSError as exc:
@@ -198,7 +223,7 @@ class Core:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         if link is not None:
             loop.add_reader(link.commands, self._on_command, link.commands)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hup, group, supervisor)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup, groups, supervisor)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_log, signal.SIGUSR1)
         try:
             instance.write_properties(
@@ -328,11 +353,12 @@ class Core:
         else:
             log.info("Received %s: logging to stderr, nothing to reopen", sig.name)
 
-    def _on_hup(self, group: Group, supervisor: Supervisor) -> None:
-        """SIGHUP: reopen the log and restart the app's processes (as tmp/restart.txt)."""
+    def _on_hup(self, groups: list[Group], supervisor: Supervisor) -> None:
+        """SIGHUP: reopen the log and restart every app's processes (as tmp/restart.txt)."""
         self._reopen_log(signal.SIGHUP)
-        log.info("Received SIGHUP: restarting the processes of %s", group.name)
-        supervisor.apply(group.restart(supervisor.now()))
+        for group in groups:
+            log.info("Received SIGHUP: restarting the processes of %s", group.name)
+            supervisor.apply(group.restart(supervisor.now()))
 
     def _banner(self, urls: list[str]) -> None:
         config = self.config
@@ -368,6 +394,15 @@ class Core:
             config.max_pool_size,
             per_process,
         )
+        for site_app, spec in self.apps:
+            if spec is not self.spec or site_app.prefix != "/" or site_app.hosts:
+                log.info(
+                    "  serving %s from %s (%s, %s)",
+                    site_app.describe(),
+                    spec.root,
+                    spec.kind.title,
+                    spec.entry,
+                )
         for url in urls:
             log.info("Listening on %s", url)
         if config.log_file:
@@ -417,3 +452,12 @@ def _tick_interval(config: Config) -> float:
     if not config.pool_idle_time:
         return MAX_TICK_INTERVAL
     return min(MAX_TICK_INTERVAL, max(MIN_TICK_INTERVAL, config.pool_idle_time / 4))
+
+
+def _group_name(spec: AppSpec, site_app: SiteApp, pool: Pool) -> str:
+    """The app's name in the pool, the status and the logs: its directory's name, made
+    unique with where it is mounted when two apps share it."""
+    name = spec.name
+    if name in pool.groups:
+        name = f"{name} ({site_app.describe()})"
+    return name

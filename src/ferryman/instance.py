@@ -49,6 +49,9 @@ class InstanceDir:
         self.path = path
         self.apps = path / "apps"
         self.admin_socket = path / ADMIN_SOCKET
+        #: App sockets handed out so far: one count for every app's spawner, so that
+        #: two apps never pick the same socket path.
+        self._sockets = 0
 
     @property
     def name(self) -> str:
@@ -76,6 +79,11 @@ class InstanceDir:
 
     def app_socket(self, number: int) -> str:
         return str(self.apps / f"{number}.sock")
+
+    def next_app_socket(self) -> str:
+        """A socket path no spawn of this server used before."""
+        self._sockets += 1
+        return self.app_socket(self._sockets)
 
     def write_passwords(self, admin_password: str | None = None) -> dict[str, str]:
         """A random password per account (the admin one may be given), each in a 0600 file."""

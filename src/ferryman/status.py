@@ -187,6 +187,7 @@ def render_pool(state: dict[str, Any]) -> str:
         out += [
             f"{app['app_root']} ({app['environment']}):",
             f"  App root: {app['app_root']}",
+            f"  Mounted at: {app.get('mount', '/')}  (group {app['name']})",
             f"  Requests in queue: {app['queue']['length']}",
         ]
         out += _state_lines(app)

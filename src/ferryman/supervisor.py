@@ -307,6 +307,10 @@ class Supervisor:
 
     async def _stop(self, process: Process) -> None:
         handle = self.handles[process]
+        if process.retire_reason and not self.stopping:
+            log.info(
+                "Stopping app %d of %s: %s", process.pid, handle.group.name, process.retire_reason
+            )
         self.connections.close(process)
         eof_grace = 0.0 if self.hurry else handle.ready.eof_grace
         term_grace = STOP_TERM_GRACE

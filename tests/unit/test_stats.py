@@ -30,7 +30,7 @@ def test_status_classes_and_durations() -> None:
 def test_the_health_check_answers_only_its_own_path() -> None:
     pool = Pool(2)
     group = pool.add_group("app", GroupOptions(min_instances=1))
-    check = HealthCheck("/healthz", group)
+    check = HealthCheck("/healthz", [group])
 
     def answer(method: bytes, target: bytes) -> int | None:
         head = RequestHead(method, target, b"1.1", [], b"x", b"1", b"1", False, b"x", b"80")

@@ -81,18 +81,21 @@ class App:
         rejection_response: Callable[[Rejected], tuple[int, bytes, bytes]],
         restart_file: Path | None = None,
         stat_throttle_rate: float = 1.0,
-        local: LocalRoutes | None = None,
         sticky_cookie: str | None = None,
         sticky_attributes: str = "",
+        prefix: str = "/",
+        hosts: tuple[str, ...] = (),
     ) -> None:
         self.group = group
+        #: Where it is mounted (see site.Site): the URL prefix, and the hosts it serves
+        #: (none: any); "*.example.com" names every subdomain.
+        self.prefix = prefix.encode()
+        self.hosts = tuple(host.encode() for host in hosts)
         #: --sticky-sessions: the cookie's name (None: off), and what follows its value.
         self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
         self._sticky_tail = b"; Path=/" + (
             b"; " + sticky_attributes.encode() if sticky_attributes else b""
         )
-        #: Requests the core answers itself, asked first for every request (None: none).
-        self.local = local
         self.stats = RequestStats()
         self.driver = driver
         #: The connections to each of the group's processes.
@@ -146,15 +149,15 @@ class App:
 
 
 class HealthCheck:
-    """``--health-check-path``: answered by the core, never by the app. 200 while the app
-    has a ready process, 503 while it has none (starting, or failing to start)."""
+    """``--health-check-path``: answered by the core, never by an app. 200 while every app
+    has a ready process, 503 while one has none (starting, or failing to start)."""
 
     _NO_STORE = b"Cache-Control: no-store\r\n"
 
-    def __init__(self, path: str, group: Group) -> None:
+    def __init__(self, path: str, groups: list[Group]) -> None:
         self.path = path.encode()
         self.with_query = self.path + b"?"
-        self.group = group
+        self.groups = groups
 
     def __call__(self, head: RequestHead, now: float) -> LocalResponse | None:
         target = head.target
@@ -164,7 +167,12 @@ class HealthCheck:
             return LocalResponse(
                 405, b"Method Not Allowed\n", headers=b"Allow: GET, HEAD\r\n" + self._NO_STORE
             )
-        ready = len(self.group.processes)
-        if ready:
-            return LocalResponse(200, b"OK: %d ready process(es)\n" % ready, headers=self._NO_STORE)
-        return LocalResponse(503, b"Unavailable: no ready process\n", headers=self._NO_STORE)
+        ready = 0
+        for group in self.groups:
+            if not group.processes:
+                name = b" for " + group.name.encode() if len(self.groups) > 1 else b""
+                return LocalResponse(
+                    503, b"Unavailable: no ready process%s\n" % name, headers=self._NO_STORE
+                )
+            ready += len(group.processes)
+        return LocalResponse(200, b"OK: %d ready process(es)\n" % ready, headers=self._NO_STORE)

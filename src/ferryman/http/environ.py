@@ -158,6 +158,10 @@ def build_environ(head: RequestHead, body_length: int) -> bytes:
                 _HOST_CACHE[host_key] = found
         server_name, server_port = found
     version = head.version
+    script_name = head.script_name
+    if script_name:  # a prefix app (site.Site matched the prefix against this path)
+        path = path[len(script_name) :]
+        fields[b"SCRIPT_NAME"] = script_name
     parts = [
         b"REQUEST_METHOD", head.method,
         b"REQUEST_URI", head.target,

@@ -36,12 +36,12 @@ from typing import Protocol
 
 from ..alerts import Alert
 from ..pool import Reason, Rejected, Session, Waiter
-from .app import App
 from .body import RequestBody
 from .environ import BadTarget
 from .listener import fd_limit_text
 from .request import RequestHead
 from .response import DATES, simple_response, status_allows_body
+from .site import Site
 from .spool import ResponseBuffer, SpoolBudget
 from .upstream import AppConnection
 
@@ -232,6 +232,7 @@ class Exchange:
         "head_only",
         "keep_alive",
         "session",
+        "site",
         "started_at",
         "state",
         "status",
@@ -241,9 +242,11 @@ class Exchange:
         "waiter",
     )
 
-    def __init__(self, conn: Client, app: App, bodies: SpoolBudget) -> None:
+    def __init__(self, conn: Client, site: Site, bodies: SpoolBudget) -> None:
         self.conn = conn
-        self.app = app
+        self.site = site
+        #: The app it goes to: the site's default until the head is routed (start).
+        self.app = site.default
         #: Set when the head is complete (the placeholder until then is never read).
         self.head = _NO_HEAD
         self.body = RequestBody(bodies)
@@ -299,8 +302,8 @@ class Exchange:
         """The request is complete and it is this exchange's turn on the connection."""
         self.state = QUEUED
         self.started_at = now
-        app = self.app
-        local = app.local
+        site = self.site
+        local = site.local
         if local is not None:
             answer = local(self.head, now)
             if answer is not None:  # the core's own (health check, admin API)
@@ -311,6 +314,13 @@ class Exchange:
                     headers=answer.headers,
                 )
                 return
+        app = site.only
+        if app is None:
+            app = site.route(self.head)
+            if app is None:
+                self._respond_simple(404, b"Not Found: no app is mounted here.\n")
+                return
+            self.app = app
         if now >= app.next_restart_check:
             app.check_restart(now)
         self._checkout(now)

@@ -31,7 +31,6 @@ import httptools
 
 from ..alerts import Alert
 from ..config import UNIX_PEERS, Config, ProxyNetworks
-from .app import App
 from .body import SPOOL_THRESHOLD
 from .chunked import ChunkedBody, ChunkError
 from .exchange import CLIENT_CLOSED, FORWARDING, Exchange
@@ -39,6 +38,7 @@ from .exchange import DONE as DONE_STATE
 from .listener import FD_ALERT_SUMMARY, Listener, open_for
 from .request import RequestHead, is_trusted
 from .response import simple_response
+from .site import Site
 from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
 
@@ -104,9 +104,10 @@ class _Refuse(Exception):
 class FrontServer:
     """The listening sockets and every client connection on them."""
 
-    def __init__(self, config: Config, app: App) -> None:
+    def __init__(self, config: Config, site: Site) -> None:
         self.config = config
-        self.app = app
+        #: The apps it serves, and which one a request goes to.
+        self.site = site
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.listeners: list[Listener] = []
@@ -225,7 +226,8 @@ class FrontServer:
             self._request_timer = None
         self.fd_alert.close()
         self.spool_alert.close()
-        self.app.queue_full_alert.close()
+        for app in self.site.apps:
+            app.queue_full_alert.close()
 
     def spool_full(self, remote_addr: bytes, size: int) -> None:
         self.spool_alert.fire(
@@ -279,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, server: FrontServer) -> None:
         self.server = server
-        self.app = server.app
+        self.site = server.site
         config = server.config
         self.max_header_size = config.max_header_size
         self.max_body_size = config.max_body_size
@@ -590,7 +592,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.current = Exchange(self, self.app, self.spool)
+        self.current = Exchange(self, self.site, self.spool)
         self.head_complete = False
         self._head_bytes = 0
         self._seen = 0

@@ -47,6 +47,7 @@ class RequestHead:
         "peer_addr",
         "peer_port",
         "scheme",
+        "script_name",
         "server_name",
         "server_port",
         "target",
@@ -88,6 +89,8 @@ class RequestHead:
         self.scheme = scheme
         #: The first X-Forwarded-Host from a trusted proxy (b"" otherwise).
         self.forwarded_host = b""
+        #: The URL prefix of the app it goes to (site.Site), b"" for an app at /.
+        self.script_name = b""
 
     def believe_proxy(self, networks: ProxyNetworks) -> None:
         """The peer is a trusted proxy: take the client, scheme and host it names."""

@@ -326,6 +326,8 @@ class HttpConnection(AppConnection):
         lines += (b"X-Forwarded-For: ", head.client_addr, b"\r\n")
         lines += (b"X-Forwarded-Proto: ", head.scheme, b"\r\n")
         lines += (b"X-Forwarded-Host: ", head.forwarded_host or host, b"\r\n")
+        if head.script_name:  # mounted at a prefix: the app gets the full path, and this
+            lines += (b"X-Forwarded-Prefix: ", head.script_name, b"\r\n")
         size = exchange.body_length
         if size or head.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             lines += (b"Content-Length: ", str(size).encode(), b"\r\n")

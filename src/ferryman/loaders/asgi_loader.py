@@ -105,7 +105,9 @@ def http_scope(block: bytes, state: dict[str, Any]) -> dict[str, Any]:
         headers.append((name.encode("latin-1"), value.encode("latin-1")))
     uri = environ.get("REQUEST_URI", "")
     raw_path = uri.partition("?")[0]
-    path_bytes = environ.get("PATH_INFO", "").encode("latin-1")
+    # ASGI's path is the whole path, root_path (the prefix the app is mounted at) included,
+    # as uvicorn gives it and Starlette and Django take it.
+    path_bytes = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
     try:
         port = int(environ.get("SERVER_PORT", "80"))
     except ValueError:

@@ -184,8 +184,19 @@ module FerrymanRack
       scheme = env.delete("ferryman.url_scheme") || "http"
       uri = env["REQUEST_URI"] || "/"
       # Rack apps expect PATH_INFO as sent (still percent-encoded), as Puma gives it.
-      env["PATH_INFO"] = uri.split("?", 2)[0]
-      env["SCRIPT_NAME"] = ""
+      path = uri.split("?", 2)[0]
+      script_name = env["SCRIPT_NAME"] || ""
+      unless script_name.empty?
+        # Mounted at a prefix: it goes to SCRIPT_NAME. A client that percent-encoded the
+        # prefix itself gets the decoded rest the core worked out.
+        if path.start_with?(script_name)
+          path = path[script_name.length..]
+        else
+          path = env["PATH_INFO"] || ""
+        end
+      end
+      env["PATH_INFO"] = path
+      env["SCRIPT_NAME"] = script_name
       env["QUERY_STRING"] ||= ""
       env["SERVER_SOFTWARE"] = "Ferryman"
       env["rack.version"] = Rack.const_defined?(:VERSION) ? Rack::VERSION : [1, 3]

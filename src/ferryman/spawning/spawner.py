@@ -255,7 +255,6 @@ class Spawner:
         self.config = config
         self.spec = spec
         self.instance = instance
-        self._count = 0
 
     def app_environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -267,7 +266,6 @@ class Spawner:
 
     async def spawn(self) -> tuple[Child, Ready]:
         """Start one process and return it once ready; raise SpawnError otherwise."""
-        self._count += 1
         if self.spec.kind.loader is None:
             child, ready = await self._spawn_command()
         else:
@@ -293,7 +291,7 @@ class Spawner:
         attempt = Attempt(self, self.app_environment(), interpreter, Journey.of(kind.steps))
         journey = attempt.journey
         journey.begin("prepare", time.time())
-        socket_path = attempt.socket_path = self.instance.app_socket(self._count)
+        socket_path = attempt.socket_path = self.instance.next_app_socket()
         hs_r, hs_w = os.pipe()
         handshake_transport: asyncio.ReadTransport | None = None
         try:

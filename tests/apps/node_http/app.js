@@ -12,8 +12,16 @@ function gateOpen(path) {
 
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, "http://x");
-  const path = url.pathname;
-  if (path === "/") {
+  // Mounted at a prefix (ferryman start --app /api=DIR): the full path comes, and the
+  // prefix in X-Forwarded-Prefix; routes are matched below it, as Express's app.use does.
+  const prefix = req.headers["x-forwarded-prefix"] || "";
+  const path = prefix && url.pathname.startsWith(prefix)
+    ? url.pathname.slice(prefix.length) || "/"
+    : url.pathname;
+  if (path === "/url") {
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end(JSON.stringify({ url: req.url, prefix: prefix, pid: process.pid }));
+  } else if (path === "/") {
     res.writeHead(200, { "Content-Type": "text/plain" });
     res.end("Hello from Node " + process.pid + "\n");
   } else if (path === "/pid") {

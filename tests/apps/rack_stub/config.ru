@@ -24,7 +24,7 @@ class Stub
       sleep((request.params["t"] || "1").to_f)
       [200, { "content-type" => "text/plain" }, [Process.pid.to_s]]
     when "/env"
-      keys = %w[REQUEST_METHOD PATH_INFO QUERY_STRING SERVER_NAME SERVER_PORT HTTP_HOST rack.url_scheme]
+      keys = %w[REQUEST_METHOD SCRIPT_NAME PATH_INFO QUERY_STRING SERVER_NAME SERVER_PORT HTTP_HOST rack.url_scheme]
       [200, { "content-type" => "text/plain" }, [keys.map { |k| "#{k}=#{env[k]}" }.join("\n")]]
     when "/raise"
       raise "the handler blew up"

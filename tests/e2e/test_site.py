@@ -1,0 +1,242 @@
+"""Several apps in one server: routing by host and prefix, SCRIPT_NAME / root_path /
+X-Forwarded-Prefix, one pool shared, per-app status and error pages."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .harness import APPS, GATE_APP, STUB, Gates, Request, Server, serving, wait_until
+
+NODE = APPS / "node_http"
+STARLETTE = APPS / "asgi_starlette"
+RACK = APPS / "rack_stub"
+
+
+def get(server: Server, path: str, host: str = "localhost") -> tuple[int, bytes]:
+    conn = server.connection()
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def status_json(server: Server) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "ferryman", "status", "--show=json"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_three_apps_by_prefix_and_host_each_see_their_own_paths() -> None:
+    """A WSGI app at /, a Node app at /api, an ASGI app at admin.example.com/panel."""
+    with serving(
+        STUB,
+        "--app", f"/api={NODE}",
+        "--app", f"admin.example.com/panel={STARLETTE}",
+        "--max-pool-size", "3",
+        wait_ready=3,
+    ) as server:  # fmt: skip
+        # WSGI at /: no SCRIPT_NAME, PATH_INFO whole.
+        status, body = get(server, "/environ/x?q=1")
+        assert status == 200
+        environ = json.loads(body)
+        assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", "/environ/x")
+        # /apix is not below /api: the app at / takes it (the stub's 404 page).
+        status, body = get(server, "/apix")
+        assert (status, body) == (404, b"not found\n")  # the stub's, not the core's
+        # Node at /api: the full path, and the prefix in X-Forwarded-Prefix.
+        for path in ("/api/url?a=b", "/api/url"):
+            status, body = get(server, path)
+            assert status == 200, body
+            seen = json.loads(body)
+            assert seen["url"] == path
+            assert seen["prefix"] == "/api"
+        status, body = get(server, "/api")
+        assert status == 200 and body.startswith(b"Hello from Node")
+        # ASGI at admin.example.com/panel: root_path, and a path that includes it.
+        for host in ("admin.example.com", "ADMIN.example.com:8080"):
+            status, body = get(server, "/panel/headers/x?z=1", host)
+            assert status == 200, body
+            seen = json.loads(body)
+            assert seen["root_path"] == "/panel"
+            assert seen["path"] == "/panel/headers/x"
+        # The host's other paths, and unknown hosts, go to the app at / of any host.
+        status, body = get(server, "/environ/y", "admin.example.com")
+        assert status == 200 and json.loads(body)["PATH_INFO"] == "/environ/y"
+        status, body = get(server, "/panel/headers/x", "other.example.com")
+        assert (status, body) == (404, b"not found\n")  # the stub's, not the core's
+        # Three groups in the status, each with where it is mounted.
+        state = status_json(server)
+        apps = {app["mount"]: app for app in state["apps"]}  # type: ignore[attr-defined]
+        assert set(apps) == {"/", "/api", "admin.example.com/panel"}
+        assert apps["/api"]["app_root"] == str(NODE)
+        assert apps["/api"]["app_type"] == "node"
+        text = subprocess.run(
+            [sys.executable, "-m", "ferryman", "status"],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert "Mounted at: /api" in text and "Mounted at: admin.example.com/panel" in text
+        log = server.log_text()
+        assert f"serving /api from {NODE}" in log
+
+
+def test_the_pool_is_shared_and_an_idle_app_yields_its_process(tmp_path: Path) -> None:
+    """max_pool_size 3 for three apps: a busy app gets a process of an idle one, and the
+    processes never number more than 3."""
+    gates = Gates(tmp_path)
+    with serving(
+        GATE_APP,
+        "--app", f"/b={STUB}",
+        "--app", f"/c={NODE}",
+        "--max-pool-size", "3",
+        wait_ready=3,
+    ) as server:  # fmt: skip
+        assert len(server.children()) == 3
+        mark = server.mark()
+        busy = [Request(server, f"/wait?gate={gates.path('g')}") for _ in range(2)]
+        # The second request needs a second process: the gate app takes an idle app's.
+        assert wait_until(
+            lambda: sum("output: waiting g" in line for line in server.lines[mark:]) >= 2,
+            timeout=20,
+        ), server.log_text()
+        server.wait_for_log(r"Stopping app \d+ of \w+: capacity for another app", start=mark)
+        apps = status_json(server)["apps"]
+        counts = {app["mount"]: len(app["processes"]) for app in apps}  # type: ignore[attr-defined]
+        assert counts["/"] >= 2, counts
+        assert sum(counts.values()) <= 3, counts
+        gates.open("g")
+        for request in busy:
+            request.join(30)
+            assert request.status == 200
+        # The apps that gave up their process start one again when asked (a process that
+        # is still exiting is not counted: the pool counts live and starting processes).
+        assert get(server, "/b/pid")[0] == 200
+        assert get(server, "/c/pid")[0] == 200
+        apps = status_json(server)["apps"]
+        live = sum(len(app["processes"]) + app["spawning"] for app in apps)  # type: ignore[attr-defined]
+        assert live <= 3
+
+
+def test_ferrymanfile_app_tables_with_their_own_settings(tmp_path: Path) -> None:
+    """[[app]] tables: root, prefix, hosts, and per-app settings (thread_count, envvar)."""
+    site = tmp_path / "site"
+    shutil.copytree(STUB, site)
+    (site / "Ferrymanfile.toml").write_text(
+        "min_instances = 1\n"
+        "[[app]]\n"
+        f'root = "{STUB}"\n'
+        'prefix = "/two"\n'
+        "thread_count = 3\n"
+        'envvar = { WHO = "two" }\n'
+        "[[app]]\n"
+        f'root = "{STUB}"\n'
+        'hosts = ["*.example.org"]\n'
+        'envvar = { WHO = "wild" }\n'
+    )
+    with serving(site, wait_ready=3) as server:
+        status, body = get(server, "/two/environ")
+        assert status == 200
+        environ = json.loads(body)
+        assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/two", "/environ")
+        assert environ["wsgi.multithread"] is True  # thread_count 3
+        assert get(server, "/two/osenv?names=WHO")[1].find(b"two") >= 0
+        assert get(server, "/osenv?names=WHO", "a.example.org")[1].find(b"wild") >= 0
+        assert get(server, "/osenv?names=WHO", "example.org")[1].find(b"wild") < 0
+        environ = json.loads(get(server, "/environ")[1])
+        assert environ["wsgi.multithread"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--app", "api=./x"], ["app", "[HOST]/PREFIX=DIR"]),
+        (["--app", "/api"], ["app", "[HOST]/PREFIX=DIR"]),
+        (["--app", "/a/../b=."], ["app", "'/a/../b=.'"]),
+        (["--app", "/api=./no-such-dir"], ["app", "does not exist"]),
+        (["--app", "/api=.", "--app", "/api=."], ["app", "/api is served by"]),
+        (["--app", "bad_host!/=."], ["app", "bad_host!/=."]),
+    ],
+)
+def test_invalid_app_mounts_are_refused_naming_the_setting(
+    args: list[str], words: list[str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", "start", str(STUB), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    for word in words:
+        assert word in line, line
+
+
+def test_an_app_table_with_a_server_setting_is_refused(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(STUB, site)
+    (site / "Ferrymanfile.toml").write_text(
+        f'[[app]]\nroot = "{STUB}"\nprefix = "/x"\nmax_pool_size = 9\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", "start", str(site), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "max_pool_size" in result.stderr and "whole server" in result.stderr
+
+
+def test_an_app_that_fails_to_start_leaves_the_others_serving() -> None:
+    """A broken app at /broken: its requests get its error page, / keeps serving."""
+    with serving(
+        STUB, "--app", f"/broken={APPS / 'wsgi_broken'}", "--spawn-backoff", "30", wait_ready=1
+    ) as server:
+        server.wait_for_log("Could not start a process", timeout=20)
+        status, body = get(server, "/broken/x")
+        assert status == 500
+        assert b"wsgi_broken" in body
+        assert get(server, "/")[0] == 200
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="needs ruby")
+def test_a_rack_app_at_a_prefix_gets_script_name() -> None:
+    with serving(STUB, "--app", f"/rb={RACK}", wait_ready=2) as server:
+        status, body = get(server, "/rb/env?x=1")
+        assert status == 200, body
+        env = dict(line.split("=", 1) for line in body.decode().splitlines())
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/rb", "/env")
+
+
+def test_one_app_still_needs_no_routing_and_health_covers_every_app() -> None:
+    with serving(
+        STUB, "--app", f"/api={NODE}", "--health-check-path", "/healthz", wait_ready=2
+    ) as server:
+        conn = server.connection()
+        conn.request("GET", "/healthz")
+        response: http.client.HTTPResponse = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"OK: 2 ready process(es)\n")
+        conn.close()
