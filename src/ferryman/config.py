@@ -1103,7 +1103,13 @@ def resolve(
     warnings = [f"ignoring unknown environment variable {var}" for var in sorted(unknown)]
     config = Config(app_dir=app_dir.resolve(), origins=origins, **values)
     _check_together(config)
-    site_apps(config)  # every mounted app's directory and settings, checked now
+    for site_app in site_apps(config):  # every mounted app's directory and settings, checked now
+        own_file = site_app.config.app_dir / CONFIG_FILE
+        if site_app.config is not config and own_file.is_file():
+            warnings.append(
+                f"ignoring {own_file}: an app mounted with --app or [[app]] takes its settings "
+                f"from the [[app]] table in {config_file}"
+            )
     return config, warnings
 
 

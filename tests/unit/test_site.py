@@ -215,3 +215,11 @@ def test_bad_app_tables(tmp_path: Path, table: str, words: str) -> None:
     with pytest.raises(ConfigError) as caught:
         resolve(tmp_path, {}, {})
     assert words in str(caught.value)
+
+
+def test_a_mounted_apps_own_ferrymanfile_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "Ferrymanfile.toml").write_text("thread_count = 7\n")
+    config, warnings = resolve(tmp_path, {"app": ["/api=api"]}, {})
+    assert [a.config.thread_count for a in site_apps(config)] == [1, 1]
+    assert len(warnings) == 1 and "ignoring" in warnings[0] and "[[app]]" in warnings[0]
