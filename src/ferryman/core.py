@@ -26,6 +26,7 @@ from .errors import ConfigError, SpawnError
 from .http.app import App, HealthCheck
 from .http.front import FrontServer
 from .http.listener import listen_target
+from .http.static import StaticFiles
 from .http.upstream import Upstreams
 from .instance import InstanceDir
 from .log import AccessLog, LogSink
@@ -147,6 +148,7 @@ class Core:
             local=health,
             sticky_cookie=config.sticky_sessions_cookie_name if config.sticky_sessions else None,
             sticky_attributes=config.sticky_sessions_cookie_attributes,
+            static=StaticFiles.for_app(self.spec.root, config.static_dir),
         )
         front = FrontServer(config, app)
         link = self.link

@@ -17,6 +17,7 @@ from ..alerts import Alert
 from ..log import AccessLog
 from ..pool import Effect, Group, Process, Rejected
 from .request import RequestHead
+from .static import StaticFiles
 from .stats import RequestStats
 from .upstream import Upstreams
 
@@ -84,8 +85,11 @@ class App:
         local: LocalRoutes | None = None,
         sticky_cookie: str | None = None,
         sticky_attributes: str = "",
+        static: StaticFiles | None = None,
     ) -> None:
         self.group = group
+        #: Static directories the core serves itself (public/, --static-dir), if any.
+        self.static = static
         #: --sticky-sessions: the cookie's name (None: off), and what follows its value.
         self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
         self._sticky_tail = b"; Path=/" + (
