@@ -376,12 +376,11 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | bool | None:
     if not first.isdigit() or (last and not last.isdigit()):
         return None
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
-        return None
+    if last and int(last) < start:
+        return None  # invalid: ignored (RFC 9110 14.1.1)
     if start >= size:
         return False
-    return (start, min(end, size - 1))
+    return (start, min(int(last), size - 1) if last else size - 1)
 
 
 def _file_reply(
