@@ -130,6 +130,7 @@ def main() -> int:
     size = args.size_mb * 1000 * 1000
     with tempfile.TemporaryDirectory(prefix="fm-bench-static-") as tmp:
         base = Path(tmp)
+        base.chmod(0o755)  # nginx's workers run as another user when started as root
         app = base / "app"
         (app / "staticfiles").mkdir(parents=True)
         shutil.copy(STUB, app / "passenger_wsgi.py")
