@@ -397,3 +397,29 @@ def test_slow_and_vanishing_clients_leave_no_fd_behind(tmp_path: Path) -> None:
                 statuses += [wire.read_response().status for _ in range(2)]
                 assert statuses == [206, 200, 200, 404, 200]
         assert wait_until(lambda: server.fd_count() == fds, 10), (fds, server.fd_count())
+
+
+def test_a_big_file_read_late_then_pipelined_requests(server: Server, tree: Path) -> None:
+    """The client reads nothing for a while (the core's writes pause mid-file), then all:
+    the file arrives whole, and the requests pipelined behind it (app, static) follow."""
+    big = tree / "staticfiles" / "late.bin"
+    content = os.urandom(1_000_000) * 20
+    big.write_bytes(content)
+    try:
+        with Wire(server.port, timeout=30) as wire:
+            wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            wire.send(
+                req("GET", "/static/late.bin")
+                + req("GET", "/")
+                + req("GET", "/static/late.bin", "Range: bytes=-5")
+                + req("GET", "/static/data.bin")
+            )
+            time.sleep(1.0)
+            first = wire.read_response()
+            assert first.status == 200
+            assert hashlib.sha256(first.body).digest() == hashlib.sha256(content).digest()
+            assert wire.read_response().body == b"Hello from Ferryman's stub app\n"
+            assert wire.read_response().body == content[-5:]
+            assert wire.read_response().body == DATA
+    finally:
+        big.unlink()
