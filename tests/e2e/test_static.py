@@ -423,3 +423,29 @@ def test_a_big_file_read_late_then_pipelined_requests(server: Server, tree: Path
             assert wire.read_response().body == DATA
     finally:
         big.unlink()
+
+
+def test_a_static_dir_made_or_switched_after_the_start_is_served(tmp_path: Path) -> None:
+    """collectstatic may run after the server started, and a deploy may switch a symlink
+    to a new release: the missing directory is logged, its URL answers 404, then the
+    files of whatever the directory is at each request are served."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(STUB / "passenger_wsgi.py", app / "passenger_wsgi.py")
+    for release in ("r1", "r2"):
+        (app / release / "assets").mkdir(parents=True)
+        (app / release / "assets" / "app.js").write_bytes(b"console.log('%s')\n" % release.encode())
+    with serving(app, "--static-dir", "/assets/=current/assets") as server:
+        assert "--static-dir /assets/=current/assets: " in server.log_text()
+        assert _get(server, "/assets/app.js").body == b"Not Found\n"
+        (app / "current").symlink_to("r1")
+        resp = _get(server, "/assets/app.js")
+        assert (resp.status, resp.body) == (200, b"console.log('r1')\n")
+        assert resp.header("Content-Type") in (
+            "text/javascript; charset=utf-8",
+            "application/javascript; charset=utf-8",
+        )
+        (app / "next").symlink_to("r2")
+        (app / "next").rename(app / "current")  # atomic, as deploy tools do
+        assert _get(server, "/assets/app.js").body == b"console.log('r2')\n"
+        assert _get(server, "/").body == b"Hello from Ferryman's stub app\n"  # no public/

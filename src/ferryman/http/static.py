@@ -14,8 +14,9 @@ plain name: no empty, ``.`` or ``..`` segment, no hidden names (``.git``,
 ``.env``; ``.well-known`` is allowed), no ``/``, ``\\``, NUL or control character
 coming from an escape, valid UTF-8 only (so the overlong ``%c0%ae`` is refused).
 The file found is then resolved with ``realpath`` and must lie inside the
-mount's own resolved directory: a symlink pointing outside (file or directory)
-is not followed out. Only regular files are served: the file is opened with
+mount's directory, itself resolved at that moment (a deploy may switch a
+symlink to a new release): a symlink pointing outside (file or directory) is
+not followed out. Only regular files are served: the file is opened with
 O_NONBLOCK (a FIFO must not hang the loop) and checked with fstat.
 
 Blocking calls on the loop. Opening and stat-ing happen on the event loop: they
@@ -70,7 +71,8 @@ NUDGE_CHUNK: Final = 64 * 1024
 COPY_CHUNK: Final = 256 * 1024
 #: Bytes one turn of the loop sends to one client before letting the others run.
 TURN_BUDGET: Final = 8 * 1024 * 1024
-#: Content types by file extension, worked out once each (a bounded number of entries).
+#: Content types by file extension, worked out once each: a bounded number of entries,
+#: each key at most a file name long (only files that exist get here).
 _TYPES: dict[bytes, bytes] = {}
 _TYPES_LIMIT: Final = 256
 _ENCODED_TYPES: Final = {
@@ -195,16 +197,16 @@ def _simple(status: int, body: bytes, extra: bytes = b"") -> StaticReply:
 class StaticMount:
     """A URL prefix served from a directory."""
 
-    __slots__ = ("authoritative", "directory", "inside", "prefix", "root")
+    __slots__ = ("authoritative", "directory", "prefix", "root")
 
     def __init__(self, url_prefix: str, directory: Path | str, *, authoritative: bool) -> None:
         #: "" for "/"; otherwise "/static" (no trailing slash).
         self.prefix = url_prefix.rstrip("/").encode()
         self.directory = Path(directory)
-        #: The directory with every symlink resolved: files must resolve to inside it.
-        self.root = os.fsencode(os.path.realpath(directory))
-        #: What every served file's resolved path starts with.
-        self.inside = self.root.rstrip(b"/") + b"/"
+        #: The directory's absolute path, symlinks not resolved: they are resolved at each
+        #: request, so that a deploy that switches a symlink (a "current" release) serves
+        #: the new release's files, and a directory made after the start is found.
+        self.root = os.fsencode(os.path.abspath(directory))
         #: Under the prefix the core answers alone (404, 405); else misses go to the app.
         self.authoritative = authoritative
 
@@ -233,7 +235,8 @@ class StaticMount:
                 os.close(fd)
                 return None
             real = os.path.realpath(path)
-            if not real.startswith(self.inside):  # a symlink out of the directory
+            inside = os.path.realpath(root).rstrip(b"/") + b"/"
+            if not real.startswith(inside):  # a symlink out of the directory
                 os.close(fd)
                 return None
         except BaseException:
@@ -491,14 +494,19 @@ class FileSender:
         self._sock_fd = -1
         #: The transport's (low, high) limits to restore (None: not changed).
         self._limits: tuple[int, int] | None = None
-        if transport.get_extra_info("sslcontext") is None:
-            sock = transport.get_extra_info("socket")
-            fileno = sock.fileno() if sock is not None else -1
-            if fileno >= 0:
-                self._sock_fd = fileno
-                low, high = transport.get_write_buffer_limits()
-                self._limits = (low, high)
-                transport.set_write_buffer_limits(high=0, low=0)
+        try:
+            # A TLS transport has a socket too, but its bytes must go through the transport.
+            if transport.get_extra_info("sslcontext") is None:
+                sock = transport.get_extra_info("socket")
+                fileno = sock.fileno() if sock is not None else -1
+                if fileno >= 0:
+                    low, high = transport.get_write_buffer_limits()
+                    transport.set_write_buffer_limits(high=0, low=0)
+                    self._limits = (low, high)
+                    self._sock_fd = fileno
+        except BaseException:
+            file.close()  # not handed over: still the caller's to give back, so done here
+            raise
 
     def pump(self) -> None:
         """Send what the client can take now (called at start and on resume_writing)."""
