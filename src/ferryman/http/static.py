@@ -87,6 +87,7 @@ _TEXT_TYPES: Final = frozenset(
      b"application/manifest+json"]
 )  # fmt: skip
 _NOT_FOUND: Final = b"Not Found\n"
+_OUT_OF_FDS: Final = frozenset([errno.EMFILE, errno.ENFILE])
 
 
 def content_type(name: bytes) -> bytes:
@@ -227,7 +228,9 @@ class StaticMount:
         path = root + b"/" + relative
         try:
             fd = os.open(path, _OPEN_FLAGS)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in _OUT_OF_FDS:
+                raise  # not the file's fault: the caller answers 503
             return None  # missing, a dangling link, no permission, a loop: not served
         try:
             info = os.fstat(fd)
@@ -288,7 +291,10 @@ class StaticFiles:
             if not authoritative and method not in _GET_HEAD:
                 continue  # public/ serves GET and HEAD; everything else is the app's
             relative = safe_relative(rest)
-            found = mount.open(relative) if relative is not None else None
+            try:
+                found = mount.open(relative) if relative is not None else None
+            except OSError:  # out of file descriptors (the listener's alert tells of it)
+                return _simple(503, b"Service Unavailable: no file descriptor left.\n")
             if found is None or relative is None:
                 if authoritative:
                     return _simple(404, _NOT_FOUND)
@@ -399,7 +405,10 @@ def _file_reply(
     for token, ending in _VARIANTS:
         variant_path = mount.root + b"/" + relative + ending
         if token in accepted and not encoding:
-            variant = mount.open(relative + ending)
+            try:
+                variant = mount.open(relative + ending)
+            except OSError:  # out of file descriptors: the file already open will do
+                variant = None
             if variant is not None:
                 file.close()
                 file, info = variant
