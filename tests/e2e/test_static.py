@@ -449,3 +449,19 @@ def test_a_static_dir_made_or_switched_after_the_start_is_served(tmp_path: Path)
         (app / "next").rename(app / "current")  # atomic, as deploy tools do
         assert _get(server, "/assets/app.js").body == b"console.log('r2')\n"
         assert _get(server, "/").body == b"Hello from Ferryman's stub app\n"  # no public/
+
+
+def test_static_files_need_no_app_process(tmp_path: Path) -> None:
+    """The core serves them alone: they come even while the app cannot start."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(STUB.parent / "wsgi_syntax_error" / "passenger_wsgi.py", app)
+    (app / "public").mkdir()
+    (app / "public" / "robots.txt").write_bytes(b"User-agent: *\n")
+    (app / "static").mkdir()
+    (app / "static" / "app.css").write_bytes(CSS)
+    with serving(app, "--static-dir", "/static=static", wait_ready=0) as server:
+        assert _get(server, "/robots.txt").body == b"User-agent: *\n"
+        assert _get(server, "/static/app.css").body == CSS
+        assert _get(server, "/").status >= 500  # the app's own page: its start fails
+        assert _get(server, "/static/app.css").body == CSS  # and still, after the failure
