@@ -308,6 +308,39 @@ ENVVARS = Kind(
 )
 
 
+def _static_dirs_parse(raw: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(raw, Mapping):
+        pairs = [(str(url), value) for url, value in raw.items()]
+    elif isinstance(raw, Sequence) and not isinstance(raw, str):
+        pairs = []
+        for entry in raw:
+            if not isinstance(entry, str) or "=" not in entry:
+                raise ValueError
+            url, _, directory = entry.partition("=")
+            pairs.append((url, directory))
+    else:
+        raise ValueError
+    items = []
+    for raw_url, directory in pairs:
+        url = raw_url.strip()
+        if not isinstance(directory, str) or not directory.strip():
+            raise ValueError
+        if not re.fullmatch(r"/[!-~]*", url) or "?" in url or "#" in url or "%" in url:
+            raise ValueError
+        items.append((url, directory.strip()))
+    return tuple(items)
+
+
+STATIC_DIRS = Kind(
+    "URL=DIR with URL an HTTP path prefix such as /static and DIR a directory (relative to "
+    'the app\'s directory); in Ferrymanfile.toml: a table [static_dir] with "/static" = '
+    '"staticfiles"',
+    _static_dirs_parse,
+    "URL=DIR",
+    repeatable=True,
+)
+
+
 #: In trusted_proxies: peers on a Unix socket (--socket) are trusted.
 UNIX_PEERS = "unix"
 
@@ -351,11 +384,12 @@ PER_APP = frozenset(
         "max_request_queue_size", "pool_idle_time", "rolling_restarts",
         "rolling_restart_batch", "max_request_queue_time", "max_requests",
         "max_requests_jitter", "resist_deployment_errors", "sticky_sessions",
-        "sticky_sessions_cookie_name", "sticky_sessions_cookie_attributes",
+        "sticky_sessions_cookie_name", "sticky_sessions_cookie_attributes", "static_dir",
     }
 )  # fmt: skip
-#: Per-app settings that name the app itself: a mounted app does not inherit them.
-APP_IDENTITY = frozenset({"app_type", "startup_file", "rackup", "app_start_command"})
+#: Per-app settings that name the app itself or its files: a mounted app does not
+#: inherit them.
+APP_IDENTITY = frozenset({"app_type", "startup_file", "rackup", "app_start_command", "static_dir"})
 _HOST_NAME = re.compile(
     r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
@@ -591,6 +625,15 @@ class Config:
         (),
         ENVVARS,
         "Set an environment variable for the app; repeat for several.",
+        "Application",
+    )
+    static_dir: tuple[tuple[str, str], ...] = setting(
+        (),
+        STATIC_DIRS,
+        "Serve the files of DIR under the URL prefix in the core, without the app (e.g. "
+        "/static=staticfiles for Django's STATIC_ROOT); repeat for several. Under the prefix "
+        "the core answers alone: 404 for a missing file. The app's public/ directory is "
+        "served too, at /, but a file missing there goes to the app.",
         "Application",
     )
     thread_count: int = setting(

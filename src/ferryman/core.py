@@ -27,6 +27,7 @@ from .http.app import App, HealthCheck
 from .http.front import FrontServer
 from .http.listener import listen_target
 from .http.site import Site
+from .http.static import StaticFiles
 from .http.upstream import Upstreams
 from .instance import InstanceDir
 from .log import AccessLog, LogSink
@@ -158,6 +159,7 @@ class Core:
                 sticky_attributes=app_config.sticky_sessions_cookie_attributes,
                 prefix=site_app.prefix,
                 hosts=site_app.hosts,
+                static=StaticFiles.for_app(spec.root, app_config.static_dir, site_app.prefix),
             )
             apps.append(app)
             views.append(

@@ -240,3 +240,33 @@ def test_one_app_still_needs_no_routing_and_health_covers_every_app() -> None:
         response: http.client.HTTPResponse = conn.getresponse()
         assert (response.status, response.read()) == (200, b"OK: 2 ready process(es)\n")
         conn.close()
+
+
+def test_static_files_of_an_app_at_a_prefix_are_below_its_prefix(tmp_path: Path) -> None:
+    """public/ and static_dir of the app at /api are served at /api/..., not at /."""
+    api = tmp_path / "api"
+    shutil.copytree(STUB, api)
+    (api / "public").mkdir()
+    (api / "public" / "app.css").write_text("body{}\n")
+    (api / "collected").mkdir()
+    (api / "collected" / "x.js").write_text("let x;\n")
+    site = tmp_path / "web"
+    shutil.copytree(STUB, site)
+    (site / "Ferrymanfile.toml").write_text(
+        f'[[app]]\nroot = "{api}"\nprefix = "/api"\nstatic_dir = {{ "/static" = "collected" }}\n'
+    )
+    with serving(site, wait_ready=2) as server:
+        conn = server.connection()
+        conn.request("GET", "/api/app.css")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"body{}\n")
+        assert response.headers["Content-Type"] == "text/css; charset=utf-8"
+        conn.close()
+        assert get(server, "/api/static/x.js") == (200, b"let x;\n")
+        assert get(server, "/api/static/missing.js")[0] == 404  # the core's: authoritative
+        # At / they are the app's at / (the stub's own 404 page).
+        assert get(server, "/app.css") == (404, b"not found\n")
+        assert get(server, "/static/x.js") == (404, b"not found\n")
+        # A miss in public/ goes to the app at /api, with its prefix split off.
+        status, body = get(server, "/api/environ")
+        assert status == 200 and json.loads(body)["SCRIPT_NAME"] == "/api"

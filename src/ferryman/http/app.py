@@ -17,6 +17,7 @@ from ..alerts import Alert
 from ..log import AccessLog
 from ..pool import Effect, Group, Process, Rejected
 from .request import RequestHead
+from .static import StaticFiles
 from .stats import RequestStats
 from .upstream import Upstreams
 
@@ -85,12 +86,15 @@ class App:
         sticky_attributes: str = "",
         prefix: str = "/",
         hosts: tuple[str, ...] = (),
+        static: StaticFiles | None = None,
     ) -> None:
         self.group = group
         #: Where it is mounted (see site.Site): the URL prefix, and the hosts it serves
         #: (none: any); "*.example.com" names every subdomain.
         self.prefix = prefix.encode()
         self.hosts = tuple(host.encode() for host in hosts)
+        #: Static directories the core serves itself (public/, --static-dir), if any.
+        self.static = static
         #: --sticky-sessions: the cookie's name (None: off), and what follows its value.
         self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
         self._sticky_tail = b"; Path=/" + (

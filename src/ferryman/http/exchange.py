@@ -43,6 +43,7 @@ from .request import RequestHead
 from .response import DATES, simple_response, status_allows_body
 from .site import Site
 from .spool import ResponseBuffer, SpoolBudget
+from .static import FileSender, StaticReply
 from .upstream import AppConnection
 
 
@@ -54,6 +55,8 @@ class Client(Protocol):
     spool: SpoolBudget
     max_response_buffer: int
     fd_alert: Alert
+    #: The client's transport (None before it is made): static files go to it directly.
+    transport: asyncio.Transport | None
 
     def write(self, data: bytes) -> None: ...
 
@@ -213,6 +216,7 @@ class Exchange:
         "_drain_head",
         "_drained",
         "_early_body",
+        "_file",
         "_head_sent",
         "_held",
         "_no_body",
@@ -295,6 +299,8 @@ class Exchange:
         self._streaming = False
         #: In DRAINING: close the connection once the buffer is sent (a cut response).
         self._abort_after = False
+        #: A static file being sent (owned until _end).
+        self._file: FileSender | None = None
 
     # -- getting a session ------------------------------------------------------------------
 
@@ -321,6 +327,12 @@ class Exchange:
                 self._respond_simple(404, b"Not Found: no app is mounted here.\n")
                 return
             self.app = app
+        static = app.static
+        if static is not None:
+            reply = static.answer(self.head)
+            if reply is not None:  # a file from a static directory, or its 404
+                self._respond_static(reply)
+                return
         if now >= app.next_restart_check:
             app.check_restart(now)
         self._checkout(now)
@@ -716,6 +728,10 @@ class Exchange:
 
     def client_resumed(self) -> None:
         """The client's transport has room again (called by the connection)."""
+        sender = self._file
+        if sender is not None:
+            sender.pump()
+            return
         if self._streaming:
             if self.upstream is not None:
                 self.upstream.resume_reading()
@@ -810,6 +826,43 @@ class Exchange:
         self.conn.write(data)
         self._finish(upstream_ok=upstream_ok)
 
+    def _respond_static(self, reply: StaticReply) -> None:
+        """Answer from a static directory (static.py): a head, then its small body or its
+        file, which a FileSender writes while the client takes it."""
+        # A streamed body still on its way: the connection cannot carry another request.
+        close = self.close_after or not self.keep_alive or self._body_streaming()
+        self.close_after = close
+        self.status = reply.status
+        if close:
+            ending = b"Connection: close\r\n\r\n"
+        elif self.head.version == b"1.0":
+            ending = b"Connection: keep-alive\r\n\r\n"
+        else:
+            ending = b"\r\n"
+        file = reply.file
+        transport = self.conn.transport
+        if file is None or self.head_only or transport is None:
+            if file is not None:
+                file.close()
+            body = b"" if self.head_only else reply.body
+            self.bytes_sent += len(body)
+            self.conn.write(reply.head + ending + body)
+            self._finish(upstream_ok=False)
+            return
+        # The app side has nothing to give back: only the request body (a GET may have one).
+        self.state = DRAINING
+        self.body.close()
+        sender = FileSender(file, transport, self._static_sent)
+        self._file = sender
+        self.conn.write(reply.head + ending)
+        sender.pump()
+
+    def _static_sent(self, complete: bool) -> None:
+        """The FileSender handed over the file's last byte (or failed: the connection is
+        cut, the response being incomplete)."""
+        if self.state != DONE:
+            self._end(not complete)
+
     def cancel(self) -> None:
         """The client went away: give everything back, answer nothing.
 
@@ -822,7 +875,7 @@ class Exchange:
         if self._client_gone:
             return  # told already
         self._client_gone = True
-        if self._tunnel or self._body_streaming():
+        if (self._tunnel or self._body_streaming()) and self.state < DRAINING:
             # Either side closing ends a tunnel; a body cut short would keep the app
             # waiting for the rest: its connection closes, which tells it.
             self._finish(upstream_ok=False)
@@ -891,6 +944,10 @@ class Exchange:
     def _end(self, abort: bool, was_request: bool = True) -> None:
         """The client side is over: record the request, move the connection on."""
         self.state = DONE
+        sender = self._file
+        if sender is not None:
+            self._file = None
+            self.bytes_sent += sender.close()
         if self._buffer is not None:
             self._buffer.close()
             self._buffer = None
