@@ -41,6 +41,7 @@ from .request import RequestHead, is_trusted
 from .response import simple_response
 from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
+from .tls import Certificates, speaks_tls
 
 log = logging.getLogger("ferryman")
 
@@ -112,6 +113,8 @@ class FrontServer:
         self.listeners: list[Listener] = []
         #: Accepted sockets being turned into connections (tasks kept until done).
         self._accepting: set[asyncio.Task[object]] = set()
+        #: Those of them still in their TLS handshake (no request yet: cancelled on stop).
+        self._handshakes: set[asyncio.Task[object]] = set()
         self.trusted_proxies: ProxyNetworks = config.trusted_proxies
         self.server_name = b"localhost"
         self.server_port = b"80"
@@ -131,6 +134,8 @@ class FrontServer:
         self._request_timer: asyncio.TimerHandle | None = None
         #: The Unix socket file is removed by whoever bound it (listen(), or the watchdog).
         self._owns_socket_file = False
+        #: The TLS context of the TLS listeners (--ssl), reloaded on SIGHUP.
+        self.certificates: Certificates | None = None
 
     def listen(self, socks: list[socket.socket] | None = None) -> list[str]:
         """Serve on ``socks`` (the watchdog's, inherited), or bind the ones the config asks
@@ -141,18 +146,33 @@ class FrontServer:
             socks = open_for(config)
             self._owns_socket_file = bool(config.socket)
         urls = []
-        for sock in socks:
+        tls = [speaks_tls(config, sock) for sock in socks]
+        # For requests without a Host: the plain port's address when there is one.
+        plain_tcp = any(
+            not secure and other.family != socket.AF_UNIX
+            for other, secure in zip(socks, tls, strict=True)
+        )
+        for sock, secure in zip(socks, tls, strict=True):
             if sock.family == socket.AF_UNIX:
                 urls.append(f"unix:{sock.getsockname()}")
                 continue
             host, port = sock.getsockname()[:2]
-            self.server_name = host.encode()
-            self.server_port = str(port).encode()
+            if not secure or not plain_tcp:
+                self.server_name = host.encode()
+                self.server_port = str(port).encode()
             shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-            urls.append(f"http://{shown}:{port}")
+            urls.append(f"{'https' if secure else 'http'}://{shown}:{port}")
+        try:
+            if any(tls):
+                self.certificates = Certificates(config)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
         for i, sock in enumerate(socks):
             try:
-                self.listeners.append(Listener(sock, self._accepted, self.fd_alert))
+                accepted = self._accepted_tls if tls[i] else self._accepted
+                self.listeners.append(Listener(sock, accepted, self.fd_alert))
             except BaseException:
                 for rest in socks[i:]:
                     rest.close()
@@ -166,8 +186,33 @@ class FrontServer:
         self._accepting.add(task)
         task.add_done_callback(lambda done: self._connection_ready(done, sock))
 
+    def _accepted_tls(self, sock: socket.socket) -> None:
+        """A connection to a TLS port: the handshake first (within header_timeout), then
+        the same HTTP as on a plain port; a failed handshake (a plain HTTP request, an old
+        TLS version, a client gone) closes the socket."""
+        certificates = self.certificates
+        assert certificates is not None
+        task: asyncio.Task[object] = self.loop.create_task(
+            self.loop.connect_accepted_socket(
+                lambda: ClientConnection(self, b"https"),
+                sock,
+                ssl=certificates.context,
+                ssl_handshake_timeout=self.config.header_timeout,
+            )
+        )
+        self._accepting.add(task)
+        self._handshakes.add(task)
+        task.add_done_callback(lambda done: self._connection_ready(done, sock))
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: new TLS connections get the certificate and key the files hold now."""
+        certificates = self.certificates
+        if certificates is not None:
+            certificates.reload()
+
     def _connection_ready(self, task: asyncio.Task[object], sock: socket.socket) -> None:
         self._accepting.discard(task)
+        self._handshakes.discard(task)
         if task.cancelled() or task.exception() is not None:
             sock.close()  # the transport was never made: the socket is still ours
 
@@ -175,6 +220,8 @@ class FrontServer:
         self.closing = True
         for listener in self.listeners:
             listener.close()
+        for task in list(self._handshakes):
+            task.cancel()  # the transport closes the socket (see _connection_ready)
         for conn in list(self.connections):
             conn.shutdown()
 
@@ -277,8 +324,10 @@ def new_parser(protocol: object) -> httptools.HttpRequestParser:
 class ClientConnection(asyncio.Protocol):
     """One client's connection: parser glue, limits, timeouts, pipelining."""
 
-    def __init__(self, server: FrontServer) -> None:
+    def __init__(self, server: FrontServer, scheme: bytes = b"http") -> None:
         self.server = server
+        #: b"https" on a TLS connection: what the app is told unless a trusted proxy says.
+        self.scheme = scheme
         self.app = server.app
         config = server.config
         self.max_header_size = config.max_header_size
@@ -697,6 +746,7 @@ class ClientConnection(asyncio.Protocol):
             self.trusted,
             server.server_name,
             server.server_port,
+            self.scheme,
         )
         if self.trusted:
             head.believe_proxy(server.trusted_proxies)
