@@ -150,8 +150,9 @@ def test_an_http_app_gets_x_forwarded_proto_https(tmp_path: Path) -> None:
 
 
 def test_plain_http_and_old_tls_are_refused_and_the_server_serves_on(tmp_path: Path) -> None:
-    """Plain HTTP to the TLS port: the connection is closed at once (no crash, nothing
-    logged as an error); a TLS 1.1 client is refused; both leave the server serving."""
+    """Plain HTTP to the TLS port: a plain-text 400 (as nginx says it) and the close (no
+    crash, nothing logged as an error); a TLS 1.1 client is refused; both leave the
+    server serving."""
     cert, key = make_pair(tmp_path, "a")
     with serving(STUB, *tls_args(cert, key)) as server:
         for _ in range(3):
@@ -160,7 +161,10 @@ def test_plain_http_and_old_tls_are_refused_and_the_server_serves_on(tmp_path: P
                 started = time.monotonic()
                 answer = read_until_closed(sock)
             assert time.monotonic() - started < 5
-            assert b"Hello" not in answer
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+            assert b"Connection: close" in head
+            assert body == b"Bad Request: a plain HTTP request to a port that speaks HTTPS.\n"
 
         old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         old.check_hostname = False

@@ -41,7 +41,7 @@ from .request import RequestHead, is_trusted
 from .response import simple_response
 from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
-from .tls import Certificates, speaks_tls
+from .tls import Certificates, answer_plain_http, first_byte, is_plain_http, speaks_tls
 
 log = logging.getLogger("ferryman")
 
@@ -187,22 +187,32 @@ class FrontServer:
         task.add_done_callback(lambda done: self._connection_ready(done, sock))
 
     def _accepted_tls(self, sock: socket.socket) -> None:
-        """A connection to a TLS port: the handshake first (within header_timeout), then
-        the same HTTP as on a plain port; a failed handshake (a plain HTTP request, an old
-        TLS version, a client gone) closes the socket."""
-        certificates = self.certificates
-        assert certificates is not None
-        task: asyncio.Task[object] = self.loop.create_task(
-            self.loop.connect_accepted_socket(
-                lambda: ClientConnection(self, b"https"),
-                sock,
-                ssl=certificates.context,
-                ssl_handshake_timeout=self.config.header_timeout,
-            )
-        )
+        task: asyncio.Task[object] = self.loop.create_task(self._tls_connection(sock))
         self._accepting.add(task)
         self._handshakes.add(task)
         task.add_done_callback(lambda done: self._connection_ready(done, sock))
+
+    async def _tls_connection(self, sock: socket.socket) -> object:
+        """A connection to a TLS port: the handshake (all within header_timeout), then the
+        same HTTP as on a plain port. A plain HTTP request gets a plain 400; a failed
+        handshake (an old TLS version, a client gone) closes the socket (as the caller
+        does on every exception)."""
+        certificates = self.certificates
+        assert certificates is not None
+        loop = self.loop
+        started = loop.time()
+        first = await first_byte(loop, sock, self.config.header_timeout)
+        if first < 0 or is_plain_http(first):
+            if first >= 0:
+                answer_plain_http(sock)
+            sock.close()
+            return None
+        return await loop.connect_accepted_socket(
+            lambda: ClientConnection(self, b"https"),
+            sock,
+            ssl=certificates.context,
+            ssl_handshake_timeout=max(0.1, self.config.header_timeout - (loop.time() - started)),
+        )
 
     def reload_certificates(self) -> None:
         """SIGHUP: new TLS connections get the certificate and key the files hold now."""

@@ -14,6 +14,8 @@ when the key does not fit. Connections already open keep the context they were m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -26,6 +28,17 @@ log = logging.getLogger("ferryman")
 
 #: The one protocol a TLS client may negotiate with ALPN (no HTTP/2 here).
 ALPN_PROTOCOLS: Final = ["http/1.1"]
+
+_PLAIN_HTTP_BODY: Final = b"Bad Request: a plain HTTP request to a port that speaks HTTPS.\n"
+#: What a plain HTTP request to a TLS port is answered, in plain text, before the close
+#: (as nginx does): the person who typed http:// learns why, instead of an empty reply.
+PLAIN_HTTP_ANSWER: Final = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: " + str(len(_PLAIN_HTTP_BODY)).encode() + b"\r\n"
+    b"Connection: close\r\n\r\n" + _PLAIN_HTTP_BODY
+)
+#: The first byte of a TLS connection: a handshake record.
+_HANDSHAKE_RECORD: Final = 0x16
 
 
 class TlsFileError(Exception):
@@ -137,3 +150,43 @@ class Certificates:
             config.ssl_certificate_key,
         )
         return True
+
+
+# -- the first byte of a connection ---------------------------------------------------------
+
+
+def _readable(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def first_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> int:
+    """The first byte the client sends on ``sock``, left in place for the handshake (-1:
+    it closed without a byte). Raises TimeoutError after ``timeout`` seconds of silence,
+    OSError if the connection broke; the caller closes ``sock`` then."""
+    fd = sock.fileno()
+    waiter: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _readable, waiter)
+    try:
+        await asyncio.wait_for(waiter, timeout)
+    finally:
+        loop.remove_reader(fd)
+    data = sock.recv(1, socket.MSG_PEEK)
+    return data[0] if data else -1
+
+
+def is_plain_http(first: int) -> bool:
+    """Whether a connection that starts with ``first`` is plain HTTP (a method's first
+    letter) rather than TLS (a handshake record; anything else goes to the handshake,
+    which refuses it)."""
+    return first != _HANDSHAKE_RECORD and 0x41 <= first <= 0x5A  # A-Z
+
+
+def answer_plain_http(sock: socket.socket) -> None:
+    """Say 400 in plain text to a plain HTTP request on a TLS port (best effort; the
+    caller closes the socket)."""
+    with contextlib.suppress(OSError):
+        # What it sent is read first: a close with unread input would send a reset, which
+        # can destroy the answer before the client reads it.
+        sock.recv(65536)
+        sock.send(PLAIN_HTTP_ANSWER)
