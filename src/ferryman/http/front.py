@@ -224,7 +224,9 @@ class FrontServer:
         self._accepting.discard(task)
         self._handshakes.discard(task)
         if task.cancelled() or task.exception() is not None:
-            sock.close()  # the transport was never made: the socket is still ours
+            # No transport was made (the socket is still ours), or a TLS one that failed
+            # its handshake closed it already (it detaches the socket: this is a no-op).
+            sock.close()
 
     def stop_accepting(self) -> None:
         self.closing = True

@@ -89,8 +89,11 @@ def server_context(certificate: str, key: str) -> ssl.SSLContext:
 
 def _load_error(certificate: str, key: str, exc: ssl.SSLError) -> TlsFileError:
     """Which file ``load_cert_chain`` failed on, as far as OpenSSL's reason tells."""
-    reason = (exc.reason or "").upper()
-    if "KEY_VALUES_MISMATCH" in reason or "MISMATCH" in reason:
+    # (Through getattr: the stubs say str, but it is None for some errors, and compiled
+    # code would check the stubs' word.)
+    found = getattr(exc, "reason", None)
+    reason = found.upper() if isinstance(found, str) else ""
+    if "MISMATCH" in reason:
         return TlsFileError(
             "ssl_certificate_key", key, f"the key does not belong to the certificate {certificate}"
         )
