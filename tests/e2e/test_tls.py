@@ -374,3 +374,23 @@ def test_tls_connections_leave_no_trace(tmp_path: Path) -> None:
         assert https_request(server.port, "/", context)[0] == 200
         assert server.proc.poll() is None
         assert "Traceback" not in server.log_text()
+
+
+def test_a_taken_ssl_port_is_reported(tmp_path: Path) -> None:
+    """The ssl_port in use: exit code 1 and a line that says it was the ssl_port."""
+    cert, key = make_pair(tmp_path, "a")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [*tls_args(cert, key), "--ssl-port", str(port)]
+        result = subprocess.run(
+            [sys.executable, "-m", "ferryman", "start", str(STUB), "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"Address already in use (on the ssl_port, {port})" in result.stderr
+    assert "Traceback" not in result.stderr
