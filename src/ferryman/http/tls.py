@@ -61,10 +61,14 @@ def server_context(certificate: str, key: str) -> ssl.SSLContext:
     """A server context with modern defaults (TLS 1.2 or newer, no compression, no
     renegotiation, ALPN http/1.1) and the certificate chain in ``certificate`` with the
     private key in ``key``. Raises ``TlsFileError`` naming the setting at fault."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # A server context as create_default_context(Purpose.CLIENT_AUTH) makes it, without
+    # what a server that asks for no client certificate does not need: the system's CA
+    # store (memory, at each reload) and SSLKEYLOGFILE (session keys written to a file).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # create_default_context already sets OP_NO_COMPRESSION; renegotiation started by a
-    # client costs the server a handshake for nothing: refused.
+    context.verify_mode = ssl.CERT_NONE
+    # Compression opens CRIME; renegotiation started by a client costs the server a
+    # handshake for nothing.
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     for setting, path in (("ssl_certificate", certificate), ("ssl_certificate_key", key)):
@@ -99,7 +103,7 @@ def _load_error(certificate: str, key: str, exc: ssl.SSLError) -> TlsFileError:
         )
     # The certificate is read first: a PEM problem in it is reported before the key is read.
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(certificate)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(certificate)
     except (ssl.SSLError, OSError, ValueError):
         return TlsFileError(
             "ssl_certificate", certificate, "it is not a PEM certificate (chain) OpenSSL can load"
