@@ -394,3 +394,27 @@ def test_a_taken_ssl_port_is_reported(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"Address already in use (on the ssl_port, {port})" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unix_socket_with_an_ssl_port(tmp_path: Path) -> None:
+    """--socket with --ssl-port: plain HTTP on the Unix socket (for the proxy in front),
+    HTTPS on the TCP port; both are removed or closed at the stop."""
+    cert, key = make_pair(tmp_path, "a")
+    path = tmp_path / "front.sock"
+    ssl_port = free_port()
+    args = ["--socket", str(path), *tls_args(cert, key), "--ssl-port", str(ssl_port)]
+    with serving(STUB, *args) as server:
+        assert server.unix_socket == str(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(b"GET /environ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = read_until_closed(sock)
+        assert b'"wsgi.url_scheme": "http"' in answer
+        status, _, body = https_request(ssl_port, "/environ", verifying(cert))
+        assert status == 200
+        assert json.loads(body)["wsgi.url_scheme"] == "https"
+        assert server.stop() == 0
+    assert not path.exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", ssl_port), timeout=5).close()
