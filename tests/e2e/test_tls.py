@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from ..tls_files import make_pair
 from .harness import APPS, STUB, serving, wait_until
@@ -418,3 +420,22 @@ def test_unix_socket_with_an_ssl_port(tmp_path: Path) -> None:
     assert not path.exists()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", ssl_port), timeout=5).close()
+
+
+def test_websocket_over_tls(tmp_path: Path) -> None:
+    """wss://: the upgrade and the tunnel work through TLS as through plain TCP (a
+    megabyte each way, and the server's close code)."""
+    cert, key = make_pair(tmp_path, "a")
+    with serving(APPS / "asgi_fastapi", *tls_args(cert, key)) as server:
+        (pid,) = server.app_pids
+        url = f"wss://127.0.0.1:{server.port}/ws/echo"
+        with connect(url, ssl=verifying(cert), max_size=2**21) as ws:
+            assert ws.recv() == str(pid)
+            big = os.urandom(1024 * 1024)
+            ws.send(big)
+            assert ws.recv() == big
+            ws.send("close:4001")
+            with pytest.raises(ConnectionClosed):
+                ws.recv()
+            assert ws.close_code == 4001
+        server.wait_for_log(r'"GET /ws/echo HTTP/1.1" 101 ')
