@@ -5,7 +5,9 @@ Which sockets speak TLS is decided here too (``speaks_tls``): with --ssl alone, 
 TCP socket of the server; with --ssl-port, only the sockets on that port (the main port
 stays plain HTTP). The handshake itself is the event loop's (the stdlib ``ssl`` module
 over the loop's transport): the front hands each accepted socket of a TLS listener to
-``connect_accepted_socket`` with ``Certificates.context``.
+``connect_accepted_socket`` with ``Certificates.context``, once the first byte the
+client sent (peeked at, not taken) is not the start of a plain HTTP request: that one
+gets a plain-text 400 instead of a failed handshake's silent close.
 
 A reload builds a whole new context and swaps it in only once the new pair loaded:
 loading into the live context could leave it with the new certificate and the old key
