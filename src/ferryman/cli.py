@@ -36,6 +36,7 @@ from .core import Core, admin_password
 from .daemon import Daemon, PidFile, ferryman_pid, read_pid_file
 from .daemon import stop as stop_server
 from .errors import ConfigError
+from .http import tls
 from .http.listener import listen_target, open_for
 from .instance import running_instances
 from .log import LogSink, setup_logging
@@ -274,6 +275,7 @@ def start(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ]
         ErrorReports(config.error_report_dir, config.error_report_limit).check()
         password = admin_password(config)
+        tls.check(config)
         if config.pid_file and link is None:
             pid_file = PidFile(Path(config.pid_file))
             pid_file.check()

@@ -563,6 +563,40 @@ class Config:
         default_text="the user Ferryman runs as",
     )
 
+    # TLS
+    ssl: bool = setting(
+        False,
+        BOOL,
+        "Serve HTTPS: TLS 1.2 or newer (ALPN http/1.1) with ssl_certificate and "
+        "ssl_certificate_key, on the main port, or with ssl_port on that port only while "
+        "the main port stays plain HTTP. Apps see wsgi.url_scheme https (X-Forwarded-Proto: "
+        "https). SIGHUP reloads the certificate and key (a pair that does not load is "
+        "logged and the old one stays). Not on a Unix socket (--socket): there, use "
+        "ssl_port.",
+        "TLS",
+    )
+    ssl_certificate: str | None = setting(
+        None,
+        _text_kind("a path to a PEM certificate file", "PATH"),
+        "The server's certificate, in PEM, followed by its intermediate certificates "
+        "(certbot's fullchain.pem).",
+        "TLS",
+    )
+    ssl_certificate_key: str | None = setting(
+        None,
+        _text_kind("a path to a PEM private key file", "PATH"),
+        "The certificate's private key, in PEM and without a passphrase (certbot's privkey.pem).",
+        "TLS",
+    )
+    ssl_port: int | None = setting(
+        None,
+        _int_kind(1, 65535),
+        "With ssl: serve HTTPS on this port (on the same address) and keep plain HTTP on "
+        "the main port; with --socket, HTTPS on this TCP port besides the Unix socket.",
+        "TLS",
+        default_text="HTTPS on the main port",
+    )
+
     # Application
     environment: str = setting(
         "development",
@@ -1167,6 +1201,38 @@ def _check_together(config: Config) -> None:
         raise ConfigError(
             f"invalid value {config.max_instances} for max_instances: must be 0 or at least "
             f"min_instances ({config.min_instances})"
+        )
+    _check_tls(config)
+
+
+def _check_tls(config: Config) -> None:
+    """--ssl needs a certificate and a key; --ssl-port needs --ssl and a port of its own;
+    a Unix socket speaks TLS only through --ssl-port. (Whether the files load is checked
+    when the server starts: http.tls.check.)"""
+    if config.ssl:
+        for name in ("ssl_certificate", "ssl_certificate_key"):
+            if getattr(config, name) is None:
+                raise ConfigError(
+                    f"invalid value true for ssl (from {config.origin('ssl')}): it needs "
+                    f"{name} ({flag_of(name)} PATH, a PEM file)"
+                )
+        if config.socket and config.ssl_port is None:
+            raise ConfigError(
+                f"invalid value true for ssl (from {config.origin('ssl')}): TLS on the Unix "
+                f"socket {config.socket} is not served (the proxy in front terminates TLS); "
+                "give ssl_port to serve HTTPS on a TCP port as well"
+            )
+    if config.ssl_port is None:
+        return
+    if not config.ssl:
+        raise ConfigError(
+            f"invalid value {config.ssl_port} for ssl_port (from {config.origin('ssl_port')}): "
+            "it needs ssl (--ssl, with ssl_certificate and ssl_certificate_key)"
+        )
+    if config.ssl_port == config.port and not config.socket:
+        raise ConfigError(
+            f"invalid value {config.ssl_port} for ssl_port (from {config.origin('ssl_port')}): "
+            f"must differ from port ({config.port}), which serves plain HTTP"
         )
 
 

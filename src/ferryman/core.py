@@ -340,6 +340,8 @@ class Core:
             access_log=False,
             health_check_path=None,
             max_body_size=64 * 1024,
+            ssl=False,  # --ssl is the app's port; the admin API stays as it is
+            ssl_port=None,
         )
         configs = [dataclasses.replace(base, socket=str(instance.admin_socket), socket_mode=0o600)]
         if self.config.admin_address:
@@ -356,8 +358,11 @@ class Core:
             log.info("Received %s: logging to stderr, nothing to reopen", sig.name)
 
     def _on_hup(self, groups: list[Group], supervisor: Supervisor) -> None:
-        """SIGHUP: reopen the log and restart every app's processes (as tmp/restart.txt)."""
+        """SIGHUP: reopen the log, reload the TLS certificate and restart every app's
+        processes (as tmp/restart.txt)."""
         self._reopen_log(signal.SIGHUP)
+        if self._front is not None:
+            self._front.reload_certificates()  # --ssl: e.g. renewed by certbot
         for group in groups:
             log.info("Received SIGHUP: restarting the processes of %s", group.name)
             supervisor.apply(group.restart(supervisor.now()))

@@ -41,6 +41,7 @@ from .response import simple_response
 from .site import Site
 from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
+from .tls import Certificates, answer_plain_http, first_byte, is_plain_http, speaks_tls
 
 log = logging.getLogger("ferryman")
 
@@ -113,6 +114,8 @@ class FrontServer:
         self.listeners: list[Listener] = []
         #: Accepted sockets being turned into connections (tasks kept until done).
         self._accepting: set[asyncio.Task[object]] = set()
+        #: Those of them still in their TLS handshake (no request yet: cancelled on stop).
+        self._handshakes: set[asyncio.Task[object]] = set()
         self.trusted_proxies: ProxyNetworks = config.trusted_proxies
         self.server_name = b"localhost"
         self.server_port = b"80"
@@ -132,6 +135,8 @@ class FrontServer:
         self._request_timer: asyncio.TimerHandle | None = None
         #: The Unix socket file is removed by whoever bound it (listen(), or the watchdog).
         self._owns_socket_file = False
+        #: The TLS context of the TLS listeners (--ssl), reloaded on SIGHUP.
+        self.certificates: Certificates | None = None
 
     def listen(self, socks: list[socket.socket] | None = None) -> list[str]:
         """Serve on ``socks`` (the watchdog's, inherited), or bind the ones the config asks
@@ -142,18 +147,33 @@ class FrontServer:
             socks = open_for(config)
             self._owns_socket_file = bool(config.socket)
         urls = []
-        for sock in socks:
+        tls = [speaks_tls(config, sock) for sock in socks]
+        # For requests without a Host: the plain port's address when there is one.
+        plain_tcp = any(
+            not secure and other.family != socket.AF_UNIX
+            for other, secure in zip(socks, tls, strict=True)
+        )
+        for sock, secure in zip(socks, tls, strict=True):
             if sock.family == socket.AF_UNIX:
                 urls.append(f"unix:{sock.getsockname()}")
                 continue
             host, port = sock.getsockname()[:2]
-            self.server_name = host.encode()
-            self.server_port = str(port).encode()
+            if not secure or not plain_tcp:
+                self.server_name = host.encode()
+                self.server_port = str(port).encode()
             shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-            urls.append(f"http://{shown}:{port}")
+            urls.append(f"{'https' if secure else 'http'}://{shown}:{port}")
+        try:
+            if any(tls):
+                self.certificates = Certificates(config)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
         for i, sock in enumerate(socks):
             try:
-                self.listeners.append(Listener(sock, self._accepted, self.fd_alert))
+                accepted = self._accepted_tls if tls[i] else self._accepted
+                self.listeners.append(Listener(sock, accepted, self.fd_alert))
             except BaseException:
                 for rest in socks[i:]:
                     rest.close()
@@ -167,15 +187,54 @@ class FrontServer:
         self._accepting.add(task)
         task.add_done_callback(lambda done: self._connection_ready(done, sock))
 
+    def _accepted_tls(self, sock: socket.socket) -> None:
+        task: asyncio.Task[object] = self.loop.create_task(self._tls_connection(sock))
+        self._accepting.add(task)
+        self._handshakes.add(task)
+        task.add_done_callback(lambda done: self._connection_ready(done, sock))
+
+    async def _tls_connection(self, sock: socket.socket) -> object:
+        """A connection to a TLS port: the handshake (all within header_timeout), then the
+        same HTTP as on a plain port. A plain HTTP request gets a plain 400; a failed
+        handshake (an old TLS version, a client gone) closes the socket (as the caller
+        does on every exception)."""
+        certificates = self.certificates
+        assert certificates is not None
+        loop = self.loop
+        started = loop.time()
+        first = await first_byte(loop, sock, self.config.header_timeout)
+        if first < 0 or is_plain_http(first):
+            if first >= 0:
+                answer_plain_http(sock)
+            sock.close()
+            return None
+        return await loop.connect_accepted_socket(
+            lambda: ClientConnection(self, b"https"),
+            sock,
+            ssl=certificates.context,
+            ssl_handshake_timeout=max(0.1, self.config.header_timeout - (loop.time() - started)),
+        )
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: new TLS connections get the certificate and key the files hold now."""
+        certificates = self.certificates
+        if certificates is not None:
+            certificates.reload()
+
     def _connection_ready(self, task: asyncio.Task[object], sock: socket.socket) -> None:
         self._accepting.discard(task)
+        self._handshakes.discard(task)
         if task.cancelled() or task.exception() is not None:
-            sock.close()  # the transport was never made: the socket is still ours
+            # No transport was made (the socket is still ours), or a TLS one that failed
+            # its handshake closed it already (it detaches the socket: this is a no-op).
+            sock.close()
 
     def stop_accepting(self) -> None:
         self.closing = True
         for listener in self.listeners:
             listener.close()
+        for task in list(self._handshakes):
+            task.cancel()  # the transport closes the socket (see _connection_ready)
         for conn in list(self.connections):
             conn.shutdown()
 
@@ -279,9 +338,11 @@ def new_parser(protocol: object) -> httptools.HttpRequestParser:
 class ClientConnection(asyncio.Protocol):
     """One client's connection: parser glue, limits, timeouts, pipelining."""
 
-    def __init__(self, server: FrontServer) -> None:
+    def __init__(self, server: FrontServer, scheme: bytes = b"http") -> None:
         self.server = server
         self.site = server.site
+        #: b"https" on a TLS connection: what the app is told unless a trusted proxy says.
+        self.scheme = scheme
         config = server.config
         self.max_header_size = config.max_header_size
         self.max_body_size = config.max_body_size
@@ -699,6 +760,7 @@ class ClientConnection(asyncio.Protocol):
             self.trusted,
             server.server_name,
             server.server_port,
+            self.scheme,
         )
         if self.trusted:
             head.believe_proxy(server.trusted_proxies)

@@ -203,12 +203,39 @@ def _in_use(path: str) -> bool:
 
 
 def open_for(config: Config) -> list[socket.socket]:
-    """The listening sockets ``config`` asks for (``socket``, or ``address`` and ``port``).
+    """The listening sockets ``config`` asks for (``socket``, or ``address`` and ``port``;
+    then those of ``ssl_port``, which ``http.tls.speaks_tls`` tells apart).
 
     A value that cannot work (no such host, not an address of this machine, a
     socket_owner we may not give the socket to) raises ConfigError naming the setting;
     any other failure (the port is taken) raises OSError.
     """
+    # The HTTPS port (--ssl-port) first: a main port 0 then cannot land on it.
+    tls = _open_ssl_port(config)
+    try:
+        return [*_open_main(config), *tls]
+    except BaseException:
+        for sock in tls:
+            sock.close()
+        raise
+
+
+def _open_ssl_port(config: Config) -> list[socket.socket]:
+    """The sockets of --ssl-port, on ``address`` (none without it); an OSError says which
+    port it was about."""
+    if not config.ssl or config.ssl_port is None:
+        return []
+    try:
+        return _open_address(config, config.ssl_port)
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"{exc.strerror or exc} (on the ssl_port, {config.ssl_port})"
+        ) from None
+
+
+def _open_main(config: Config) -> list[socket.socket]:
     if config.socket:
         owner = owner_ids(config.socket_owner) if config.socket_owner else None
         try:
@@ -222,8 +249,12 @@ def open_for(config: Config) -> list[socket.socket]:
                     "works)"
                 ) from None
             raise
+    return _open_address(config, config.port)
+
+
+def _open_address(config: Config, port: int) -> list[socket.socket]:
     try:
-        return open_tcp(config.address, config.port)
+        return open_tcp(config.address, port)
     except OSError as exc:
         if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
             # The value itself is wrong (no such host, not an address of this machine):
