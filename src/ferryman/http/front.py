@@ -25,6 +25,7 @@ import os
 import re
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -37,6 +38,7 @@ from .chunked import ChunkedBody, ChunkError
 from .exchange import CLIENT_CLOSED, FORWARDING, Exchange
 from .exchange import DONE as DONE_STATE
 from .listener import FD_ALERT_SUMMARY, Listener, open_for
+from .proxy_protocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from .request import RequestHead, is_trusted
 from .response import simple_response
 from .spool import SpoolBudget, SpoolFull
@@ -131,6 +133,13 @@ class FrontServer:
         self._request_timer: asyncio.TimerHandle | None = None
         #: The Unix socket file is removed by whoever bound it (listen(), or the watchdog).
         self._owns_socket_file = False
+        #: --proxy-protocol: every connection starts with a PROXY header (ProxyPreamble),
+        #: read before the connection becomes a ClientConnection.
+        self.proxy_protocol = config.proxy_protocol
+        self.preambles: set[ProxyPreamble] = set()
+        self.proxy_alert = Alert(
+            "Refused %d more connection(s) for their PROXY protocol header (--proxy-protocol)"
+        )
 
     def listen(self, socks: list[socket.socket] | None = None) -> list[str]:
         """Serve on ``socks`` (the watchdog's, inherited), or bind the ones the config asks
@@ -160,8 +169,13 @@ class FrontServer:
         return urls
 
     def _accepted(self, sock: socket.socket) -> None:
+        factory: Callable[[], asyncio.Protocol]
+        if self.proxy_protocol:
+            factory = lambda: ProxyPreamble(self)  # noqa: E731
+        else:
+            factory = lambda: ClientConnection(self)  # noqa: E731
         task: asyncio.Task[object] = self.loop.create_task(
-            self.loop.connect_accepted_socket(lambda: ClientConnection(self), sock)
+            self.loop.connect_accepted_socket(factory, sock)
         )
         self._accepting.add(task)
         task.add_done_callback(lambda done: self._connection_ready(done, sock))
@@ -175,6 +189,8 @@ class FrontServer:
         self.closing = True
         for listener in self.listeners:
             listener.close()
+        for preamble in list(self.preambles):
+            preamble.close()  # no request yet: nothing to finish
         for conn in list(self.connections):
             conn.shutdown()
 
@@ -225,6 +241,7 @@ class FrontServer:
             self._request_timer = None
         self.fd_alert.close()
         self.spool_alert.close()
+        self.proxy_alert.close()
         self.app.queue_full_alert.close()
 
     def spool_full(self, remote_addr: bytes, size: int) -> None:
@@ -239,6 +256,8 @@ class FrontServer:
         )
 
     def abort_all(self) -> None:
+        for preamble in list(self.preambles):
+            preamble.close()
         for conn in list(self.connections):
             conn.abort()
 
@@ -246,6 +265,116 @@ class FrontServer:
         self.connections.discard(conn)
         if not self.connections and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+
+class ProxyPreamble(asyncio.Protocol):
+    """A connection's start under --proxy-protocol: its PROXY header (proxy_protocol.py).
+
+    Only a trusted peer (--trusted-proxies: the load balancer) may send one; any other
+    peer's connection is closed at once, unread. Once the header is whole, the
+    connection is handed to a ClientConnection, as if just made, with the client the
+    header names as its peer; the bytes after the header (the request, when both came
+    in one packet) go to it. A peer that sends something else, or not all of a header
+    within header_timeout, is closed with nothing served: when the option is on, the
+    header is required, as nginx and HAProxy require it.
+
+    Who is trusted afterwards: the relayed client, only if its own address is in
+    --trusted-proxies. The balancer being trusted does not make the client behind it
+    so: in TCP mode the balancer passes the client's bytes as they are, so an
+    X-Forwarded-For in them is the client's own claim, and is dropped like any
+    untrusted peer's. A header that names no client (v1 UNKNOWN, v2 over a Unix
+    socket or an unspecified family) leaves the balancer's address, untrusted for the
+    same reason; only v2 LOCAL (the balancer's own connection, e.g. a health check)
+    keeps the balancer as the trusted peer.
+    """
+
+    def __init__(self, server: FrontServer) -> None:
+        self.server = server
+        self.reader = ProxyHeaderReader()
+        self.transport: asyncio.Transport | None = None
+        #: The peer's address, for the log ("unix" on a Unix socket).
+        self.peer = ""
+        self.received = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        server = self.server
+        networks = server.trusted_proxies
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = peer[0]
+            trusted = is_trusted(peer[0], networks)
+        else:
+            self.peer = "unix"
+            trusted = UNIX_PEERS in networks
+        if not trusted:
+            self._refuse("it is not in trusted_proxies, so it may not send a PROXY header")
+            return
+        if server.closing:
+            transport.close()  # accepted just before the server stopped accepting
+            return
+        server.preambles.add(self)
+        self._timer = server.loop.call_later(server.config.header_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        try:
+            header = self.reader.feed(data)
+        except ProxyHeaderError as exc:
+            self._refuse(str(exc))
+            return
+        if header is not None:
+            self._hand_over(header)
+
+    def _hand_over(self, header: ProxyHeader) -> None:
+        self._forget()
+        transport = self.transport
+        assert transport is not None
+        server = self.server
+        conn = ClientConnection(server)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)  # the peer's address and trust, then the client's:
+        source = header.source
+        if source is not None:
+            address, port = source
+            conn.remote_addr = address.encode()
+            conn.remote_port = str(port).encode()
+            conn.trusted = is_trusted(address, server.trusted_proxies)
+        elif not header.local:
+            conn.trusted = False
+        rest = self.reader.rest
+        if rest and not conn.closing:
+            conn.data_received(rest)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.received:
+            self._refuse("no complete PROXY header within header_timeout")
+        else:
+            self.close()  # opened and never used: closed as any idle connection, quietly
+
+    def _refuse(self, why: str) -> None:
+        server = self.server
+        server.proxy_alert.fire(
+            server.loop.time(), "Refused a connection from %s: %s", self.peer, why
+        )
+        self.close()
+
+    def close(self) -> None:
+        self._forget()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.preambles.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
 
 
 #: Bytes a client may send after a WebSocket upgrade request before the app accepts it.
