@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,7 +28,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CLIENT_ADDR = "127.0.0.2"
 
-pytestmark = pytest.mark.skipif(
+needs_haproxy = pytest.mark.skipif(
     not os.path.exists(HAPROXY) and not os.environ.get("CI"),
     reason="haproxy is not installed (.ci/run installs it: apt-get install haproxy)",
 )
@@ -129,6 +130,7 @@ LIES = (
 )
 
 
+@needs_haproxy
 @pytest.mark.parametrize("send_proxy", ["send-proxy-v2", "send-proxy"])
 def test_haproxy_tcp_mode_with_the_proxy_protocol(tmp_path: Path, send_proxy: str) -> None:
     """Two instances behind HAProxy in TCP mode: the client's address and port arrive
@@ -160,6 +162,7 @@ def test_haproxy_tcp_mode_with_the_proxy_protocol(tmp_path: Path, send_proxy: st
             assert env["REMOTE_ADDR"] == CLIENT_ADDR
 
 
+@needs_haproxy
 def test_haproxy_http_mode_with_forwardfor(tmp_path: Path) -> None:
     """HAProxy in HTTP mode names the client in X-Forwarded-For, and sets the headers it
     owns: what the client claimed itself is not believed."""
@@ -179,3 +182,15 @@ def test_haproxy_http_mode_with_forwardfor(tmp_path: Path) -> None:
             assert "HTTP_X_REAL_IP" not in env
         for server in servers:
             server.wait_for_log(r'^127\.0\.0\.2 - - .*"GET /environ HTTP/1\.1" 200')
+
+
+def test_the_docs_show_the_tested_configurations() -> None:
+    """Every line of the HAProxy snippets in docs/load-balancers.md is in the example file
+    the tests run (the snippets may leave lines out, not change them)."""
+    text = (EXAMPLES.parent / "load-balancers.md").read_text()
+    snippets = re.findall(r"```haproxy\n(.*?)```", text, re.DOTALL)
+    assert len(snippets) == 2
+    for snippet, example in zip(snippets, ["haproxy-http.cfg", "haproxy-tcp.cfg"], strict=True):
+        lines = {line.strip() for line in (EXAMPLES / example).read_text().splitlines()}
+        for line in snippet.splitlines():
+            assert line.strip() in lines, (example, line)
