@@ -153,7 +153,7 @@ def test_haproxy_tcp_mode_with_the_proxy_protocol(tmp_path: Path, send_proxy: st
                 assert name not in env, env
         for server in servers:  # leastconn spread the connections over both
             server.wait_for_log(r'^127\.0\.0\.2 - - .*"GET /environ HTTP/1\.1" 200')
-            assert "Refused a connection" not in server.log_text()
+            assert "Refused a connection" not in server.log_text(), server.log_text()
 
         assert servers[0].stop() == 0
         wait_for_states(stats, {"app1": ("DOWN", "L4CON"), "app2": ("UP", "L7OK")})

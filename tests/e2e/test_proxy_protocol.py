@@ -253,3 +253,14 @@ def test_refused_connections_leave_no_descriptor() -> None:
             before,
             server.resources(),
         )
+
+
+def test_a_stop_closes_connections_still_in_their_header() -> None:
+    """A connection still sending its header holds no request: a stop closes it at once."""
+    with serving(STUB, *TRUSTING, "--header-timeout", "30") as server, Wire(server.port) as wire:
+        wire.send(v2("203.0.113.7", 1)[:20])
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 10
+        assert wire.closed_within(5)
