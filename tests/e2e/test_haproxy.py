@@ -82,10 +82,14 @@ def _accepts(port: int) -> bool:
 
 
 def server_states(stats: Path) -> dict[str, tuple[str, str]]:
-    """{server name: (status, check status)} of the backend, from HAProxy's stats socket."""
+    """{server name: (status, check status)} of the backend, from HAProxy's stats socket
+    (empty while the socket is not there yet: HAProxy may accept before it makes it)."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
-        sock.connect(str(stats))
+        try:
+            sock.connect(str(stats))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return {}
         sock.sendall(b"show stat\n")
         data = b""
         while chunk := sock.recv(65536):

@@ -264,3 +264,17 @@ def test_a_stop_closes_connections_still_in_their_header() -> None:
         assert server.stop() == 0
         assert time.monotonic() - started < 10
         assert wire.closed_within(5)
+
+
+def test_peers_that_leave_at_once_are_closed_quietly() -> None:
+    """A TCP peer that resets before its connection is set up has no address any more:
+    it is closed quietly, not taken for a Unix-socket peer (and refused as untrusted)."""
+    with serving(STUB, *TRUSTING) as server:
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, at once
+        with Wire(server.port) as wire:
+            wire.send(v1("203.0.113.7", 1) + ENVIRON)
+            assert environ_of(wire)["REMOTE_ADDR"] == "203.0.113.7"
+        assert "Refused a connection" not in server.log_text(), server.log_text()

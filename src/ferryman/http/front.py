@@ -305,6 +305,10 @@ class ProxyPreamble(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.peer = peer[0]
             trusted = is_trusted(peer[0], networks)
+        elif peer is None:
+            # A TCP peer that left already (getpeername: ENOTCONN); a Unix peer's is a str.
+            transport.close()
+            return
         else:
             self.peer = "unix"
             trusted = UNIX_PEERS in networks
