@@ -904,6 +904,17 @@ class Config:
         "nginx on the same machine).",
         "HTTP",
     )
+    proxy_protocol: bool = setting(
+        False,
+        BOOL,
+        "Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's "
+        "send-proxy / send-proxy-v2 and cloud TCP load balancers send it) naming the "
+        "client: it becomes the client's address (REMOTE_ADDR, X-Forwarded-For to the app, "
+        "the access log). Needs trusted_proxies: only those peers may send the header; "
+        "connections from any other peer are closed at once, and so are connections "
+        "without a valid header. See docs/load-balancers.md.",
+        "HTTP",
+    )
 
     # Process
     daemonize: bool = setting(
@@ -1203,6 +1214,12 @@ def _check_together(config: Config) -> None:
             f"min_instances ({config.min_instances})"
         )
     _check_tls(config)
+    if config.proxy_protocol and not config.trusted_proxies:
+        raise ConfigError(
+            "invalid value true for proxy_protocol: it needs trusted_proxies (the load "
+            "balancers' addresses, or 'unix'), the peers that may send a PROXY header; "
+            "without any, every connection would be refused"
+        )
 
 
 def _check_tls(config: Config) -> None:

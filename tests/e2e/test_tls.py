@@ -3,6 +3,7 @@ SIGHUP, --ssl-port beside plain HTTP, and what bad or idle clients leave behind.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -459,3 +460,101 @@ def test_static_files_over_tls_are_encrypted_whole_and_ranged(tmp_path: Path) ->
         )
         assert (status, body) == (206, data[100:200])
         assert headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+
+
+def _proxy_v1(src: str, sport: int) -> bytes:
+    return f"PROXY TCP4 {src} 127.0.0.1 {sport} 443\r\n".encode()
+
+
+def _proxy_v2(src: str, sport: int) -> bytes:
+    block = socket.inet_aton(src) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", sport, 443)
+    signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    return signature + b"\x21\x11" + struct.pack("!H", len(block)) + block
+
+
+def _environ_through_tls(port: int, header: bytes, cafile: Path, *, one_packet: bool) -> dict:
+    """GET /environ over TLS after ``header``; with ``one_packet`` the header and the
+    TLS ClientHello go in one send, as a balancer's first segment may carry both."""
+    context = verifying(cafile)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        if not one_packet:
+            raw.sendall(header)
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        else:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.do_handshake()
+            raw.sendall(header + outgoing.read())
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    data = raw.recv(65536)
+                    assert data, "closed during the handshake"
+                    incoming.write(data)
+            raw.sendall(outgoing.read())
+            tls.write(b"GET /environ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw.sendall(outgoing.read())
+            answer = b""
+            while True:
+                try:
+                    piece = tls.read(65536)
+                except ssl.SSLWantReadError:
+                    data = raw.recv(65536)
+                    if not data:
+                        break
+                    incoming.write(data)
+                    continue
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    break
+                if not piece:
+                    break
+                answer += piece
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            result: dict = json.loads(body)
+            return result
+        with sock:
+            sock.sendall(b"GET /environ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    result = json.loads(body)
+    return result
+
+
+def test_proxy_protocol_header_before_the_tls_handshake(tmp_path: Path) -> None:
+    """A TCP balancer's PROXY header (v1, v2) comes before the ClientHello: read exactly,
+    then TLS; the app sees the client it names, over https. From an untrusted peer, or
+    without a header, the connection is closed."""
+    cert, key = make_pair(tmp_path, "site")
+    proxy = ("--proxy-protocol", "--trusted-proxies", "127.0.0.1")
+    with serving(STUB, *tls_args(cert, key), *proxy) as server:
+        for number, header in enumerate((_proxy_v1, _proxy_v2)):
+            for one_packet in (False, True):
+                port = 40000 + number * 10 + one_packet
+                environ = _environ_through_tls(
+                    server.port, header("203.0.113.9", port), cert, one_packet=one_packet
+                )
+                assert environ["REMOTE_ADDR"] == "203.0.113.9"
+                assert environ["REMOTE_PORT"] == str(port)
+                assert environ["wsgi.url_scheme"] == "https"
+        # No header: the ClientHello is not a PROXY header.
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+            pytest.raises((ssl.SSLError, OSError)),
+        ):
+            verifying(cert).wrap_socket(raw, server_hostname="127.0.0.1")
+        server.wait_for_log(r"Refused a connection from 127\.0\.0\.1: the connection does not")
+    with serving(
+        STUB, *tls_args(cert, key), "--proxy-protocol", "--trusted-proxies", "10.0.0.0/8"
+    ) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(_proxy_v1("203.0.113.9", 1))
+            assert raw.recv(100) == b""
+        server.wait_for_log(r"Refused a connection from 127\.0\.0\.1: it is not in trusted_proxies")

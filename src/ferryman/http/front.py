@@ -25,7 +25,8 @@ import os
 import re
 import socket
 from collections import deque
-from typing import cast
+from collections.abc import Callable
+from typing import Final, cast
 
 import httptools
 
@@ -36,6 +37,13 @@ from .chunked import ChunkedBody, ChunkError
 from .exchange import CLIENT_CLOSED, FORWARDING, Exchange
 from .exchange import DONE as DONE_STATE
 from .listener import FD_ALERT_SUMMARY, Listener, open_for
+from .proxy_protocol import (
+    MAX_V2_LENGTH,
+    ProxyHeader,
+    ProxyHeaderError,
+    ProxyHeaderReader,
+)
+from .proxy_protocol import parse as parse_proxy_header
 from .request import RequestHead, is_trusted
 from .response import simple_response
 from .site import Site
@@ -137,6 +145,13 @@ class FrontServer:
         self._owns_socket_file = False
         #: The TLS context of the TLS listeners (--ssl), reloaded on SIGHUP.
         self.certificates: Certificates | None = None
+        #: --proxy-protocol: every connection starts with a PROXY header (ProxyPreamble),
+        #: read before the connection becomes a ClientConnection.
+        self.proxy_protocol = config.proxy_protocol
+        self.preambles: set[ProxyPreamble] = set()
+        self.proxy_alert = Alert(
+            "Refused %d more connection(s) for their PROXY protocol header (--proxy-protocol)"
+        )
 
     def listen(self, socks: list[socket.socket] | None = None) -> list[str]:
         """Serve on ``socks`` (the watchdog's, inherited), or bind the ones the config asks
@@ -181,8 +196,13 @@ class FrontServer:
         return urls
 
     def _accepted(self, sock: socket.socket) -> None:
+        factory: Callable[[], asyncio.Protocol]
+        if self.proxy_protocol:
+            factory = lambda: ProxyPreamble(self)  # noqa: E731
+        else:
+            factory = lambda: ClientConnection(self)  # noqa: E731
         task: asyncio.Task[object] = self.loop.create_task(
-            self.loop.connect_accepted_socket(lambda: ClientConnection(self), sock)
+            self.loop.connect_accepted_socket(factory, sock)
         )
         self._accepting.add(task)
         task.add_done_callback(lambda done: self._connection_ready(done, sock))
@@ -202,18 +222,67 @@ class FrontServer:
         assert certificates is not None
         loop = self.loop
         started = loop.time()
-        first = await first_byte(loop, sock, self.config.header_timeout)
+        header: ProxyHeader | None = None
+        if self.proxy_protocol:
+            # The balancer's PROXY header comes before the TLS handshake: read from the
+            # socket, exactly its bytes, so that the handshake starts where it ends.
+            header = await self._proxy_header_before_tls(sock)
+            if header is None:
+                sock.close()
+                return None
+        left = self.config.header_timeout - (loop.time() - started)
+        first = await first_byte(loop, sock, max(0.1, left))
         if first < 0 or is_plain_http(first):
             if first >= 0:
                 answer_plain_http(sock)
             sock.close()
             return None
+
+        def connection() -> ClientConnection:
+            conn = ClientConnection(self, b"https")
+            conn.proxy_header = header
+            return conn
+
         return await loop.connect_accepted_socket(
-            lambda: ClientConnection(self, b"https"),
+            connection,
             sock,
             ssl=certificates.context,
             ssl_handshake_timeout=max(0.1, self.config.header_timeout - (loop.time() - started)),
         )
+
+    async def _proxy_header_before_tls(self, sock: socket.socket) -> ProxyHeader | None:
+        """The PROXY header at the start of ``sock``, its bytes taken off the socket and
+        nothing after them; None (after saying why, as ProxyPreamble does) when the peer
+        may not send one or sends something else, or not all of one in header_timeout."""
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return None  # gone already
+        networks = self.trusted_proxies
+        if isinstance(peer, tuple):
+            where = peer[0]
+            trusted = is_trusted(peer[0], networks)
+        else:
+            where = "unix"
+            trusted = UNIX_PEERS in networks
+        if not trusted:
+            self.refuse_proxy(where, NOT_A_TRUSTED_PROXY)
+            return None
+        try:
+            return await asyncio.wait_for(
+                read_proxy_header(self.loop, sock), self.config.header_timeout
+            )
+        except ProxyHeaderError as exc:
+            self.refuse_proxy(where, str(exc))
+        except TimeoutError:
+            self.refuse_proxy(where, "no complete PROXY header within header_timeout")
+        except OSError:
+            pass  # the connection broke: nothing to say
+        return None
+
+    def refuse_proxy(self, peer: str, why: str) -> None:
+        """Say (rate-limited) why a connection under --proxy-protocol was closed."""
+        self.proxy_alert.fire(self.loop.time(), "Refused a connection from %s: %s", peer, why)
 
     def reload_certificates(self) -> None:
         """SIGHUP: new TLS connections get the certificate and key the files hold now."""
@@ -235,6 +304,8 @@ class FrontServer:
             listener.close()
         for task in list(self._handshakes):
             task.cancel()  # the transport closes the socket (see _connection_ready)
+        for preamble in list(self.preambles):
+            preamble.close()  # no request yet: nothing to finish
         for conn in list(self.connections):
             conn.shutdown()
 
@@ -285,6 +356,7 @@ class FrontServer:
             self._request_timer = None
         self.fd_alert.close()
         self.spool_alert.close()
+        self.proxy_alert.close()
         for app in self.site.apps:
             app.queue_full_alert.close()
 
@@ -300,6 +372,8 @@ class FrontServer:
         )
 
     def abort_all(self) -> None:
+        for preamble in list(self.preambles):
+            preamble.close()
         for conn in list(self.connections):
             conn.abort()
 
@@ -307,6 +381,153 @@ class FrontServer:
         self.connections.discard(conn)
         if not self.connections and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+
+NOT_A_TRUSTED_PROXY: Final = "it is not in trusted_proxies, so it may not send a PROXY header"
+#: The longest PROXY header there is to read (v2's fixed 16 bytes and its bounded rest).
+MAX_PROXY_HEADER: Final = 16 + MAX_V2_LENGTH
+
+
+class ProxyPreamble(asyncio.Protocol):
+    """A connection's start under --proxy-protocol: its PROXY header (proxy_protocol.py).
+
+    Only a trusted peer (--trusted-proxies: the load balancer) may send one; any other
+    peer's connection is closed at once, unread. Once the header is whole, the
+    connection is handed to a ClientConnection, as if just made, with the client the
+    header names as its peer; the bytes after the header (the request, when both came
+    in one packet) go to it. A peer that sends something else, or not all of a header
+    within header_timeout, is closed with nothing served: when the option is on, the
+    header is required, as nginx and HAProxy require it.
+
+    Who is trusted afterwards: the relayed client, only if its own address is in
+    --trusted-proxies. The balancer being trusted does not make the client behind it
+    so: in TCP mode the balancer passes the client's bytes as they are, so an
+    X-Forwarded-For in them is the client's own claim, and is dropped like any
+    untrusted peer's. A header that names no client (v1 UNKNOWN, v2 over a Unix
+    socket or an unspecified family) leaves the balancer's address, untrusted for the
+    same reason; only v2 LOCAL (the balancer's own connection, e.g. a health check)
+    keeps the balancer as the trusted peer.
+    """
+
+    def __init__(self, server: FrontServer) -> None:
+        self.server = server
+        self.reader = ProxyHeaderReader()
+        self.transport: asyncio.Transport | None = None
+        #: The peer's address, for the log ("unix" on a Unix socket).
+        self.peer = ""
+        self.received = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        server = self.server
+        networks = server.trusted_proxies
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = peer[0]
+            trusted = is_trusted(peer[0], networks)
+        elif peer is None:
+            # A TCP peer that left already (getpeername: ENOTCONN); a Unix peer's is a str.
+            transport.close()
+            return
+        else:
+            self.peer = "unix"
+            trusted = UNIX_PEERS in networks
+        if not trusted:
+            self._refuse(NOT_A_TRUSTED_PROXY)
+            return
+        if server.closing:
+            transport.close()  # accepted just before the server stopped accepting
+            return
+        server.preambles.add(self)
+        self._timer = server.loop.call_later(server.config.header_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        try:
+            header = self.reader.feed(data)
+        except ProxyHeaderError as exc:
+            self._refuse(str(exc))
+            return
+        if header is not None:
+            self._hand_over(header)
+
+    def _hand_over(self, header: ProxyHeader) -> None:
+        self._forget()
+        transport = self.transport
+        assert transport is not None
+        server = self.server
+        conn = ClientConnection(server)
+        transport.set_protocol(conn)
+        conn.proxy_header = header  # the client it names, instead of the balancer
+        conn.connection_made(transport)
+        rest = self.reader.rest
+        if rest and not conn.closing:
+            conn.data_received(rest)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.received:
+            self._refuse("no complete PROXY header within header_timeout")
+        else:
+            self.close()  # opened and never used: closed as any idle connection, quietly
+
+    def _refuse(self, why: str) -> None:
+        self.server.refuse_proxy(self.peer, why)
+        self.close()
+
+    def close(self) -> None:
+        self._forget()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.preambles.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+
+
+async def read_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> ProxyHeader:
+    """The PROXY header at the start of ``sock`` (non-blocking), taken off the socket to
+    its last byte and not one byte more (a TLS handshake follows it). Raises
+    ProxyHeaderError for anything else, OSError if the connection breaks or closes.
+
+    Bytes are looked at with MSG_PEEK; while the header is incomplete every byte seen
+    belongs to it, so they are taken (a byte left in the socket would keep it readable,
+    and the wait would spin); once it is complete, exactly its rest is taken."""
+    fd = sock.fileno()
+    taken = b""
+    while True:
+        waiter: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            loop.remove_reader(fd)
+        try:
+            seen = sock.recv(MAX_PROXY_HEADER, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not seen:
+            raise ConnectionResetError("the peer closed before its PROXY header ended")
+        header = parse_proxy_header(taken + seen)
+        if header is None:
+            taken += sock.recv(len(seen))
+            continue
+        rest = header.length - len(taken)
+        if rest > 0 and len(sock.recv(rest)) != rest:  # peeked: all there
+            raise ConnectionResetError("the PROXY header could not be read whole")
+        return header
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 #: Bytes a client may send after a WebSocket upgrade request before the app accepts it.
@@ -343,6 +564,9 @@ class ClientConnection(asyncio.Protocol):
         self.site = server.site
         #: b"https" on a TLS connection: what the app is told unless a trusted proxy says.
         self.scheme = scheme
+        #: --proxy-protocol on a TLS port: the header read before the handshake, taken in
+        #: connection_made (on a plain port ProxyPreamble gives it with take_proxy_header).
+        self.proxy_header: ProxyHeader | None = None
         config = server.config
         self.max_header_size = config.max_header_size
         self.max_body_size = config.max_body_size
@@ -445,10 +669,25 @@ class ClientConnection(asyncio.Protocol):
             self.remote_addr = b"127.0.0.1"
             self.remote_port = b"0"
             self.trusted = UNIX_PEERS in self.server.trusted_proxies
+        header = self.proxy_header
+        if header is not None:
+            self.take_proxy_header(header)
         self.server.connections.add(self)
         self._arm(self.header_timeout)
         if self.server.closing:
             self.shutdown()  # accepted just before the server stopped accepting
+
+    def take_proxy_header(self, header: ProxyHeader) -> None:
+        """The client is the one the balancer's PROXY header names (see ProxyPreamble for
+        who is trusted then)."""
+        source = header.source
+        if source is not None:
+            address, port = source
+            self.remote_addr = address.encode()
+            self.remote_port = str(port).encode()
+            self.trusted = is_trusted(address, self.server.trusted_proxies)
+        elif not header.local:
+            self.trusted = False
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
