@@ -407,3 +407,19 @@ class Request(threading.Thread):
     @property
     def done(self) -> bool:
         return not self.is_alive()
+
+
+def refused_start(*args: str, app_dir: Path | str = STUB) -> str:
+    """``ferryman start`` with a bad setting: asserts exit code 2 and a single line on
+    stderr, and returns that line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", "start", str(app_dir), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]

@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from .harness import APPS, GATE_APP, STUB, Gates, Request, Server, serving, wait_until
+from .harness import (
+    APPS,
+    GATE_APP,
+    STUB,
+    Gates,
+    Request,
+    Server,
+    refused_start,
+    serving,
+    wait_until,
+)
 
 NODE = APPS / "node_http"
 STARLETTE = APPS / "asgi_starlette"
@@ -29,16 +39,20 @@ def get(server: Server, path: str, host: str = "localhost") -> tuple[int, bytes]
         conn.close()
 
 
-def status_json(server: Server) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-m", "ferryman", "status", "--show=json"],
+def ferryman(server: Server, *args: str) -> str:
+    """The output of a ferryman command, run as the operator would (the server's TMPDIR)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ferryman", *args],
         env=server.env,
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     ).stdout
-    result: dict[str, object] = json.loads(out)
+
+
+def status_json(server: Server) -> dict[str, object]:
+    result: dict[str, object] = json.loads(ferryman(server, "status", "--show=json"))
     return result
 
 
@@ -86,14 +100,7 @@ def test_three_apps_by_prefix_and_host_each_see_their_own_paths() -> None:
         assert set(apps) == {"/", "/api", "admin.example.com/panel"}
         assert apps["/api"]["app_root"] == str(NODE)
         assert apps["/api"]["app_type"] == "node"
-        text = subprocess.run(
-            [sys.executable, "-m", "ferryman", "status"],
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        text = ferryman(server, "status")
         assert "Mounted at: /api" in text and "Mounted at: admin.example.com/panel" in text
         log = server.log_text()
         assert f"serving /api from {NODE}" in log
@@ -179,16 +186,7 @@ def test_ferrymanfile_app_tables_with_their_own_settings(tmp_path: Path) -> None
 def test_invalid_app_mounts_are_refused_naming_the_setting(
     args: list[str], words: list[str]
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ferryman", "start", str(STUB), "--port", "0", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr
-    line = result.stderr.strip()
-    assert len(line.splitlines()) == 1, line
+    line = refused_start(*args)
     for word in words:
         assert word in line, line
 
