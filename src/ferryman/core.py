@@ -337,6 +337,7 @@ class Core:
             self.config,
             socket_owner=None,
             trusted_proxies=(),
+            proxy_protocol=False,
             access_log=False,
             health_check_path=None,
             max_body_size=64 * 1024,

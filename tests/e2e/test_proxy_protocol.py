@@ -278,3 +278,19 @@ def test_peers_that_leave_at_once_are_closed_quietly() -> None:
             wire.send(v1("203.0.113.7", 1) + ENVIRON)
             assert environ_of(wire)["REMOTE_ADDR"] == "203.0.113.7"
         assert "Refused a connection" not in server.log_text(), server.log_text()
+
+
+def test_the_admin_api_needs_no_proxy_header() -> None:
+    """--proxy-protocol is for the app's port: `ferryman status` (the admin socket) works.
+    Regression: the admin API took the setting too and refused every connection."""
+    with serving(STUB, "--proxy-protocol", "--trusted-proxies", "10.0.0.0/8") as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "ferryman", "status", "--show=json"],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["apps"][0]["processes"]

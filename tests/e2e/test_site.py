@@ -223,10 +223,36 @@ def test_an_app_that_fails_to_start_leaves_the_others_serving() -> None:
 @pytest.mark.skipif(shutil.which("ruby") is None, reason="needs ruby")
 def test_a_rack_app_at_a_prefix_gets_script_name() -> None:
     with serving(STUB, "--app", f"/rb={RACK}", wait_ready=2) as server:
-        status, body = get(server, "/rb/env?x=1")
-        assert status == 200, body
-        env = dict(line.split("=", 1) for line in body.decode().splitlines())
-        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/rb", "/env")
+        for path in ("/rb/env?x=1", "/%72b/env"):  # the prefix as sent or encoded
+            status, body = get(server, path)
+            assert status == 200, (path, body)
+            env = dict(line.split("=", 1) for line in body.decode().splitlines())
+            assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/rb", "/env"), path
+        # An encoded "/" is no boundary: /rb%2Fenv is not below /rb (the app at / has it).
+        assert get(server, "/rb%2Fenv") == (404, b"not found\n")
+
+
+def test_each_app_gets_its_own_sticky_cookie_and_forwarded_prefix() -> None:
+    """Sticky cookies are scoped to the app's prefix (two apps on one host keep theirs);
+    a trusted proxy's X-Forwarded-Prefix comes before the app's own prefix."""
+    with serving(
+        STUB,
+        "--app", f"/api={NODE}",
+        "--sticky-sessions",
+        "--trusted-proxies", "127.0.0.1",
+        wait_ready=2,
+    ) as server:  # fmt: skip
+        conn = server.connection()
+        conn.request("GET", "/api/url", headers={"X-Forwarded-Prefix": "/outer/"})
+        response = conn.getresponse()
+        seen = json.loads(response.read())
+        assert seen["prefix"] == "/outer/api"
+        assert "Path=/api;" in response.headers["Set-Cookie"]
+        conn.request("GET", "/environ")
+        response = conn.getresponse()
+        response.read()
+        assert "Path=/;" in response.headers["Set-Cookie"]
+        conn.close()
 
 
 def test_one_app_still_needs_no_routing_and_health_covers_every_app() -> None:
@@ -262,6 +288,10 @@ def test_static_files_of_an_app_at_a_prefix_are_below_its_prefix(tmp_path: Path)
         conn.close()
         assert get(server, "/api/static/x.js") == (200, b"let x;\n")
         assert get(server, "/api/static/missing.js")[0] == 404  # the core's: authoritative
+        # The prefixes percent-encoded: the same app, the same static directory.
+        assert get(server, "/%61pi/st%61tic/x.js") == (200, b"let x;\n")
+        assert get(server, "/%61pi/st%61tic/missing.js")[0] == 404
+        assert get(server, "/%61pi/app.css") == (200, b"body{}\n")
         # At / they are the app's at / (the stub's own 404 page).
         assert get(server, "/app.css") == (404, b"not found\n")
         assert get(server, "/static/x.js") == (404, b"not found\n")

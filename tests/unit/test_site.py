@@ -70,6 +70,7 @@ SITE = [
     ("admin", "/", ("admin.example.com",)),
     ("admin-api", "/api", ("admin.example.com",)),
     ("wild", "/", ("*.example.org",)),
+    ("exact-v2", "/v2", ("api.example.org",)),
     ("deep", "/", ("*.eu.example.org",)),
     ("v6", "/", ("[::1]",)),
 ]
@@ -88,7 +89,12 @@ SITE = [
         (b"/api/v2/x", b"example.com", "v2", b"/api/v2"),
         (b"/api/v23", b"example.com", "api", b"/api"),
         (b"/%61pi/x", b"example.com", "api", b"/api"),  # routed on the decoded path
-        (b"http://example.com/api/x", b"example.com", "api", b"/api"),  # absolute form
+        (b"/ap%69/x%2Fy", b"example.com", "api", b"/api"),
+        (b"/api%2Fx", b"example.com", "web", b""),  # an encoded "/" is not a boundary
+        (b"/api%2F", b"example.com", "web", b""),
+        (b"/api/v2%2F", b"example.com", "api", b"/api"),
+        (b"/", b"api.example.org", "wild", b""),  # its exact host has only /v2
+        (b"/v2/x", b"api.example.org", "exact-v2", b"/v2"),
         (b"/", b"admin.example.com", "admin", b""),
         (b"/api/x", b"admin.example.com", "admin-api", b"/api"),
         (b"/api/x", b"ADMIN.Example.COM:8443", "admin-api", b"/api"),

@@ -97,8 +97,11 @@ class App:
         self.static = static
         #: --sticky-sessions: the cookie's name (None: off), and what follows its value.
         self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
-        self._sticky_tail = b"; Path=/" + (
-            b"; " + sticky_attributes.encode() if sticky_attributes else b""
+        # Path: the app's prefix, so that two apps on one host keep their own cookies.
+        self._sticky_tail = (
+            b"; Path="
+            + self.prefix
+            + (b"; " + sticky_attributes.encode() if sticky_attributes else b"")
         )
         self.stats = RequestStats()
         self.driver = driver
@@ -174,9 +177,9 @@ class HealthCheck:
         ready = 0
         for group in self.groups:
             if not group.processes:
-                name = b" for " + group.name.encode() if len(self.groups) > 1 else b""
+                # Which app: in `ferryman status`, not told to whoever asks.
                 return LocalResponse(
-                    503, b"Unavailable: no ready process%s\n" % name, headers=self._NO_STORE
+                    503, b"Unavailable: no ready process\n", headers=self._NO_STORE
                 )
             ready += len(group.processes)
         return LocalResponse(200, b"OK: %d ready process(es)\n" % ready, headers=self._NO_STORE)

@@ -2,9 +2,10 @@
 
 Routing (``--app [HOST]/PREFIX=DIR``, ``[[app]]`` tables): by the request's host first —
 apps that name it win over apps that name no host — then by the longest URL prefix that
-the decoded path is, or lies below, at a segment boundary (``/api`` takes ``/api`` and
-``/api/x``, not ``/apix``). A request no app takes gets a 404 from the core. A server
-with one app at ``/`` (the common case) skips all of it.
+the path is, or lies below, at a segment boundary (``/api`` takes ``/api`` and
+``/api/x``, not ``/apix``; see ``under`` for encoded paths). A request no app takes
+gets a 404 from the core. A server with one app at ``/`` (the common case) skips all
+of it.
 
 The prefix an app is mounted at goes with the request as ``RequestHead.script_name``:
 the environ splits it off as ``SCRIPT_NAME`` (WSGI, Rack; ``root_path`` for ASGI), and
@@ -13,8 +14,9 @@ apps that speak HTTP get the full path and ``X-Forwarded-Prefix``.
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 from .app import App, LocalRoutes
-from .environ import BadTarget, split_target
 from .request import RequestHead
 
 
@@ -64,29 +66,25 @@ class Site:
         only = self.only
         if only is not None:
             return only
-        try:
-            path = split_target(head.target)[0]
-        except BadTarget:
-            return self.default  # answered 400 by the app's upstream, as for one app
-        for_host = self._for_host(head.forwarded_host or head.host)
-        app = _by_prefix(for_host, path) if for_host else None
+        path = _path_of(head.target)
+        app = None
+        host = head.forwarded_host or head.host
+        if host and (self._hosts or self._wildcards):
+            name = _host_name(host)
+            listed = self._hosts.get(name)
+            if listed is not None:
+                app = _by_prefix(listed, path)
+            if app is None:
+                for suffix, apps in self._wildcards:  # the longest suffix first
+                    if name.endswith(suffix) and len(name) > len(suffix):
+                        app = _by_prefix(apps, path)
+                        if app is not None:
+                            break
         if app is None:
             app = _by_prefix(self._any_host, path)
         if app is not None and app.prefix != b"/":
             head.script_name = app.prefix
         return app
-
-    def _for_host(self, host: bytes) -> list[App] | None:
-        if not host or not (self._hosts or self._wildcards):
-            return None
-        name = _host_name(host)
-        listed = self._hosts.get(name)
-        if listed is not None:
-            return listed
-        for suffix, apps in self._wildcards:
-            if name.endswith(suffix) and len(name) > len(suffix):
-                return apps
-        return None
 
 
 def _longest_first(apps: list[App]) -> list[App]:
@@ -94,13 +92,42 @@ def _longest_first(apps: list[App]) -> list[App]:
 
 
 def _by_prefix(apps: list[App], path: bytes) -> App | None:
+    """The app (longest prefix first) whose prefix ``path`` is or lies below."""
     for app in apps:
         prefix = app.prefix
-        if prefix == b"/":
+        if prefix == b"/" or under(path, prefix):
             return app
-        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 47):
-            return app  # 47: "/"
     return None
+
+
+def under(path: bytes, prefix: bytes) -> bool:
+    """Whether the raw (percent-encoded) ``path`` is ``prefix`` or lies below it, at a
+    segment boundary: ``/api`` takes ``/api`` and ``/api/x``, not ``/apix``. A client
+    may percent-encode the prefix (``/%61pi``): compared a segment at a time, decoded,
+    so that an encoded ``/`` (``/api%2Fx``) is never a boundary. The app then gets the
+    raw segments after the prefix's (Rack's PATH_INFO), and a decoded path that starts
+    with the prefix (WSGI's)."""
+    if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 47):
+        return True  # 47: "/"
+    if path.find(b"%") < 0:
+        return False
+    wanted = prefix.split(b"/")[1:]
+    parts = path.split(b"/", len(wanted) + 1)
+    if len(parts) < len(wanted) + 1:
+        return False
+    return all(
+        unquote_to_bytes(raw) == segment for raw, segment in zip(parts[1:], wanted, strict=False)
+    )
+
+
+def _path_of(target: bytes) -> bytes:
+    """The raw path of an origin-form target (the front made every other form one)."""
+    end = len(target)
+    for stop in (b"?", b"#"):
+        at = target.find(stop)
+        if 0 <= at < end:
+            end = at
+    return target[:end]
 
 
 def _host_name(host: bytes) -> bytes:

@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
 from .request import RequestHead
 from .response import DATES, reason
@@ -198,11 +199,13 @@ def _simple(status: int, body: bytes, extra: bytes = b"") -> StaticReply:
 class StaticMount:
     """A URL prefix served from a directory."""
 
-    __slots__ = ("authoritative", "directory", "prefix", "root")
+    __slots__ = ("authoritative", "directory", "prefix", "root", "segments")
 
     def __init__(self, url_prefix: str, directory: Path | str, *, authoritative: bool) -> None:
         #: "" for "/"; otherwise "/static" (no trailing slash).
         self.prefix = url_prefix.rstrip("/").encode()
+        #: Its segments ("/static/v2": static, v2), to match a path that encodes them.
+        self.segments = self.prefix.split(b"/")[1:]
         self.directory = Path(directory)
         #: The directory's absolute path, symlinks not resolved: they are resolved at each
         #: request, so that a deploy that switches a symlink (a "current" release) serves
@@ -220,13 +223,30 @@ class StaticMount:
             rest = path[len(prefix) :]
             if not rest or rest[0] == 47:
                 return rest or b"/"
-        return None
+        if path.find(b"%") < 0:
+            return None
+        # The client percent-encoded part of the prefix (/st%61tic/x): the same mount, as
+        # the site routes on the decoded path; compared a segment at a time, so that an
+        # encoded "/" never counts as a boundary.
+        count = len(self.segments)
+        parts = path.split(b"/", count + 1)
+        if len(parts) < count + 1:
+            return None
+        for raw, wanted in zip(parts[1 : count + 1], self.segments, strict=True):
+            if unquote_to_bytes(raw) != wanted:
+                return None
+        return b"/" + parts[count + 1] if len(parts) > count + 1 else b"/"
 
     def open(self, relative: bytes) -> tuple[OpenFile, os.stat_result] | None:
         """The regular file at ``relative`` inside the mount, opened, or None."""
         root = self.root
         path = root + b"/" + relative
         try:
+            # Only regular files are opened: a link to a device or a FIFO is not even
+            # opened (the check after the open is what makes it safe; this spares the
+            # side effects an open of some devices has).
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
             if exc.errno in _OUT_OF_FDS:
@@ -237,7 +257,9 @@ class StaticMount:
             if not stat.S_ISREG(info.st_mode):
                 os.close(fd)
                 return None
-            real = os.path.realpath(path)
+            # Where the open file really is (the kernel's word for this fd): a symlink
+            # swapped between a check of the path and the open cannot slip through.
+            real = os.readlink(b"/proc/self/fd/%d" % fd)
             inside = os.path.realpath(root).rstrip(b"/") + b"/"
             if not real.startswith(inside):  # a symlink out of the directory
                 os.close(fd)
@@ -354,7 +376,10 @@ def accepted_encodings(value: bytes) -> set[bytes]:
 
 
 def _etag(info: os.stat_result, suffix: bytes) -> bytes:
-    return b'"%x-%x-%x%s"' % (info.st_ino, info.st_size, info.st_mtime_ns, suffix)
+    # Size and modification time only: the same file deployed to several instances
+    # behind a balancer (rsync, an image) gets the same ETag on each, so revalidations
+    # and If-Range resumes work whichever instance answers. The inode would differ.
+    return b'"%x-%x%s"' % (info.st_size, info.st_mtime_ns, suffix)
 
 
 def _etag_matches(header: bytes, etag: bytes) -> bool:

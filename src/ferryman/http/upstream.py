@@ -312,12 +312,16 @@ class HttpConnection(AppConnection):
             if name.lower() == b"connection"
             for token in value.split(b",")
         }
+        outer_prefix = b""
         for name, value in head.headers:
             lower = name.lower()
             if lower in _HOP_BY_HOP or lower in named or header_key(name) is None:
                 continue
             if is_client_claim(lower) and (not trusted or lower in _FORWARDED):
                 continue  # only a trusted proxy may say who the client is; ours follow
+            if lower == b"x-forwarded-prefix" and head.script_name:
+                outer_prefix = outer_prefix or value.split(b",")[0].strip()
+                continue  # one header, ours, that says both
             lines += (name, b": ", value, b"\r\n")
         host = head.host
         if not host:
@@ -326,8 +330,10 @@ class HttpConnection(AppConnection):
         lines += (b"X-Forwarded-For: ", head.client_addr, b"\r\n")
         lines += (b"X-Forwarded-Proto: ", head.scheme, b"\r\n")
         lines += (b"X-Forwarded-Host: ", head.forwarded_host or host, b"\r\n")
-        if head.script_name:  # mounted at a prefix: the app gets the full path, and this
-            lines += (b"X-Forwarded-Prefix: ", head.script_name, b"\r\n")
+        script_name = head.script_name
+        if script_name:  # mounted at a prefix: the app gets the full path, and this, after
+            # the prefix a trusted proxy in front says it is mounted at itself, if any
+            lines += (b"X-Forwarded-Prefix: ", outer_prefix.rstrip(b"/") + script_name, b"\r\n")
         size = exchange.body_length
         if size or head.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             lines += (b"Content-Length: ", str(size).encode(), b"\r\n")

@@ -187,13 +187,13 @@ module FerrymanRack
       path = uri.split("?", 2)[0]
       script_name = env["SCRIPT_NAME"] || ""
       unless script_name.empty?
-        # Mounted at a prefix: it goes to SCRIPT_NAME. A client that percent-encoded the
-        # prefix itself gets the decoded rest the core worked out.
-        if path.start_with?(script_name)
-          path = path[script_name.length..]
-        else
-          path = env["PATH_INFO"] || ""
-        end
+        # Mounted at a prefix: it goes to SCRIPT_NAME, and PATH_INFO is the raw rest. The
+        # core routed the request here because the path's first segments, decoded one
+        # at a time, are the prefix's (an encoded "/" is never a boundary): so the rest
+        # is what follows that many raw segments, still encoded as sent.
+        count = script_name.count("/")
+        parts = path.split("/", count + 2)
+        path = parts.length > count + 1 ? "/" + parts[count + 1] : ""
       end
       env["PATH_INFO"] = path
       env["SCRIPT_NAME"] = script_name

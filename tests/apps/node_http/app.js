@@ -18,7 +18,7 @@ const server = http.createServer((req, res) => {
   const path = prefix && url.pathname.startsWith(prefix)
     ? url.pathname.slice(prefix.length) || "/"
     : url.pathname;
-  if (path === "/url") {
+  if (path === "/url" || url.pathname.endsWith("/url")) {
     res.writeHead(200, { "Content-Type": "application/json" });
     res.end(JSON.stringify({ url: req.url, prefix: prefix, pid: process.pid }));
   } else if (path === "/") {
