@@ -243,6 +243,8 @@ def status(selector: str | None, show: str, watch: bool, out: IO[str] = sys.stdo
 def _watch(client: AdminClient, show: str, out: IO[str]) -> int:
     """A view refreshed every second until Ctrl-C (or SIGTERM): in place on a terminal when
     ``rich`` is installed (the ``ferryman[status]`` extra), else one view after another."""
+    # Ctrl-C and SIGTERM end it, even when started with them ignored (in the background).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if out.isatty():

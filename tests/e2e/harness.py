@@ -30,6 +30,10 @@ _WITH_FD_LIMIT = (
     "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d)); "
     "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
 )
+_IGNORING = (
+    "import os, signal, sys; [signal.signal(s, signal.SIG_IGN) for s in (%s)]; "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 _LISTENING = re.compile(r"Listening on (?:http://127\.0\.0\.1:(\d+)|unix:(\S+))")
 _READY = re.compile(r"App (\d+) ready")
 
@@ -84,6 +88,7 @@ class Server:
         wait_ready: int = 1,
         fd_limit: int | None = None,
         cwd: Path | None = None,
+        ignoring: Sequence[signal.Signals] = (),
     ) -> None:
         self.tmpdir = Path(tempfile.mkdtemp(prefix="fm-", dir="/tmp"))
         self.env = dict(os.environ)
@@ -100,6 +105,10 @@ class Server:
         if fd_limit is not None:
             # Same PID: the limit is set, then the interpreter execs itself with ferryman.
             argv[1:1] = ["-c", _WITH_FD_LIMIT % (fd_limit, fd_limit)]
+        if ignoring:
+            # Started as a shell starts a background job: these signals ignored (kept
+            # across exec, so the server and what it starts inherit them).
+            argv[1:1] = ["-c", _IGNORING % "".join(f"{int(sig)}," for sig in ignoring)]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=cwd
         )
@@ -358,8 +367,11 @@ def serving(
     wait_ready: int = 1,
     fd_limit: int | None = None,
     cwd: Path | None = None,
+    ignoring: Sequence[signal.Signals] = (),
 ) -> Iterator[Server]:
-    server = Server(app_dir, args, env=env, wait_ready=wait_ready, fd_limit=fd_limit, cwd=cwd)
+    server = Server(
+        app_dir, args, env=env, wait_ready=wait_ready, fd_limit=fd_limit, cwd=cwd, ignoring=ignoring
+    )
     try:
         yield server
     finally:

@@ -421,3 +421,24 @@ def test_a_request_running_longer_than_max_request_time_gets_504_and_a_new_proce
         assert server.get("/pid")[0] == 200
         log = server.log_text()
         assert "exited unexpectedly" not in log and "Could not start" not in log, log
+
+
+@pytest.mark.parametrize(
+    ("app", "path", "dump"),
+    [
+        (APPS / "wsgi_stub", "/hang?t=5", r"line \d+ in stuck_in_a_slow_query"),
+        (APPS / "asgi_fastapi", "/sleep?seconds=5", r'main\.py", line \d+, in sleep'),
+    ],
+    ids=["wsgi", "asgi"],
+)
+def test_signals_ignored_by_whoever_started_the_server_do_not_reach_the_app(
+    app: Path, path: str, dump: str
+) -> None:
+    """Started as a shell's background job (SIGINT and SIGQUIT ignored, inherited by every
+    process): the loaders still dump stacks on SIGQUIT before a hung process is killed.
+    Regression: seen when CI was started in the background; the dump was missing."""
+    with serving(
+        app, "--max-request-time", "1", ignoring=(signal.SIGINT, signal.SIGQUIT)
+    ) as server:
+        assert server.get(path, timeout=30)[0] == 504
+        server.wait_for_log(dump, timeout=5)

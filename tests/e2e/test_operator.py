@@ -46,6 +46,13 @@ def ferryman(
     return result
 
 
+#: Runs the rest of its arguments with SIGINT ignored, as a shell runs a background job.
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 def instance_dir(server: Server) -> Path:
     (path,) = server.instance_dirs()
     return path
@@ -186,10 +193,13 @@ def test_status_requests_lists_what_is_in_flight(two: Server) -> None:
     slow.join(10)
 
 
-def test_status_watch_refreshes_and_exits_cleanly_on_sigint(two: Server) -> None:
-    """Without a terminal: one view after another, every second; Ctrl-C ends it with 0."""
+@pytest.mark.parametrize("ignored", [False, True], ids=["", "started-with-sigint-ignored"])
+def test_status_watch_refreshes_and_exits_cleanly_on_sigint(two: Server, ignored: bool) -> None:
+    """Without a terminal: one view after another, every second; Ctrl-C ends it with 0,
+    also when it was started with SIGINT ignored (a shell's background job)."""
+    wrapper = ["-c", IGNORING_SIGINT] if ignored else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ferryman", "status", "--watch"],
+        [sys.executable, *wrapper, "-m", "ferryman", "status", "--watch"],
         env=two.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -220,6 +230,7 @@ def test_status_watch_redraws_in_place_on_a_terminal(two: Server) -> None:
     """On a terminal (a pseudo-terminal here) rich draws the view in place; Ctrl-C ends it."""
     pytest.importorskip("rich")
     leader, follower = pty.openpty()
+    proc: subprocess.Popen[bytes] | None = None
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ferryman", "status", "--watch"],
@@ -244,6 +255,9 @@ def test_status_watch_redraws_in_place_on_a_terminal(two: Server) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
         if follower >= 0:
             os.close(follower)
         os.close(leader)

@@ -811,6 +811,13 @@ def begin(args: dict[str, Any], title: str) -> Handshake:
     sys.path.insert(0, app_root)
     os.chdir(app_root)
     set_process_title("%s: %s" % (title, app_root))
+    # Signals ignored by whoever started the server (a shell runs a background job with
+    # SIGINT and SIGQUIT ignored) are not the app's choice, and would keep the stop on
+    # SIGTERM and the stack dump on SIGQUIT from working: back to the defaults, before
+    # the app loads and may set its own.
+    for sig in (signal.SIGTERM, signal.SIGQUIT):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
     return handshake
 
 
