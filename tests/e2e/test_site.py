@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -298,3 +299,45 @@ def test_static_files_of_an_app_at_a_prefix_are_below_its_prefix(tmp_path: Path)
         # A miss in public/ goes to the app at /api, with its prefix split off.
         status, body = get(server, "/api/environ")
         assert status == 200 and json.loads(body)["SCRIPT_NAME"] == "/api"
+
+
+def test_several_apps_leave_no_trace(tmp_path: Path) -> None:
+    """Requests to every app, static files of each, 404s of the core and clients that
+    leave: the core's fds, its children and its temp files return to where they were."""
+    api = tmp_path / "api"
+    shutil.copytree(STUB, api)
+    (api / "public").mkdir()
+    (api / "public" / "big.bin").write_bytes(b"x" * (4 * 1024 * 1024))
+    with serving(
+        STUB,
+        "--app", f"/api={api}",
+        "--app", f"node.example.com/={NODE}",
+        "--max-pool-size", "3",
+        "--no-access-log",
+        wait_ready=3,
+    ) as server:  # fmt: skip
+        for path, host in (("/", "x"), ("/api/pid", "x"), ("/pid", "node.example.com")):
+            assert get(server, path, host)[0] == 200  # every connection to every app made
+        before = server.settled_resources()
+        conn = server.connection()
+        for i in range(600):
+            path, host, expected = [
+                ("/", "example.com", 200),
+                ("/api/environ", "example.com", 200),
+                ("/api/big.bin", "example.com", 200),
+                ("/pid", "node.example.com", 200),
+                ("/api/missing", "example.com", 404),
+            ][i % 5]
+            conn.request("GET", path, headers={"Host": host})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == expected, (path, response.status)
+        conn.close()
+        for _ in range(50):  # leaving in the middle of a static file
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(b"GET /api/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.recv(1024)
+        assert wait_until(lambda: server.settled_resources() == before, timeout=15), (
+            before,
+            server.settled_resources(),
+        )

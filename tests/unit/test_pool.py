@@ -443,6 +443,25 @@ def test_topping_up_to_min_instances_never_evicts_another_group() -> None:
     assert len(a.processes) == 2
 
 
+def test_a_busy_group_does_not_take_another_groups_process_for_a_spare() -> None:
+    """A group whose processes are all busy starts a spare only if the pool has room:
+    it takes another group's idle process only for a request that waits. Regression:
+    three apps on a full pool, requests taking turns: each request evicted another app's
+    only process (a spawn per request)."""
+    pool, a, b = two_groups(max_size=2)
+    bring_up(a, 1, 1)
+    (other,) = bring_up(b, 1, 1)
+    other.pid = 200  # bring_up numbers per group
+    session = sessions_of(a.checkout(Req("1"), 0.0)[0])  # a's one process: totally busy
+    assert a.wants_process(0.0)
+    assert pool.tick(0.0) == []  # no spare at b's cost
+    assert len(b.processes) == 1
+    session.close(0.1)
+    sessions_of(b.checkout(Req("2"), 0.2)[0]).close(0.3)
+    assert pool.tick(0.3) == []
+    pool.verify(0.3)
+
+
 def test_a_full_pool_with_no_idle_process_makes_the_request_wait() -> None:
     """Busy processes are never evicted; the request waits until one goes idle."""
     pool, a, b = two_groups(max_size=2)

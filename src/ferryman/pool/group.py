@@ -363,12 +363,6 @@ class Group:
             return True
         return count > 0 and all(p.totally_busy() for p in self.processes)
 
-    def has_demand(self) -> bool:
-        """Requests are waiting or every process is totally busy (not just below minimum)."""
-        return bool(self.queue) or (
-            bool(self.processes) and all(p.totally_busy() for p in self.processes)
-        )
-
     def _maybe_spawn(self, now: float, effects: list[Effect]) -> None:
         if self.wants_process(now) and self.pool._make_room(self, now, effects):
             self.spawning = True

@@ -82,8 +82,13 @@ class Pool:
         """Whether ``group`` may spawn now; retires an idle process elsewhere if needed."""
         if not self.is_full():
             return True
-        if len(self.groups) == 1 or not group.has_demand():
-            return False  # topping up to min_instances never evicts another app
+        if len(self.groups) == 1 or not group.queue:
+            # Only a request that waits takes another app's process. Topping up to
+            # min_instances never does, nor does the spare process a group starts when
+            # its processes are all busy: with several apps taking turns, that spare
+            # would evict another app's only process, whose next request evicts back (a
+            # spawn per request).
+            return False
         victim = self._oldest_idle_process(exclude=group)
         if victim is None:
             return False
