@@ -186,14 +186,17 @@ class AdminApi:
 
     def _view(self, query: dict[str, list[str]]) -> AppView:
         names = query.get("app")
+        known = ", ".join(f"{v.group.name} (at {v.mount})" for v in self.apps)
         if not names:
             if len(self.apps) == 1:
                 return self.apps[0]
-            raise AdminError(400, "several apps: say which with ?app=NAME")
-        for view in self.apps:
-            if view.group.name == names[0]:
+            raise AdminError(
+                400, f"several apps: say which (app=NAME, --app NAME on the command line): {known}"
+            )
+        for view in self.apps:  # by its name, or by where it is mounted (/api)
+            if names[0] in (view.group.name, view.mount):
                 return view
-        raise AdminError(404, f"no app named {names[0]!r}")
+        raise AdminError(404, f"no app named {names[0]!r}; the apps: {known}")
 
     def _restart(self, query: dict[str, list[str]], now: float) -> dict[str, Any]:
         mode = (query.get("mode") or ["default"])[0]

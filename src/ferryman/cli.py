@@ -249,10 +249,15 @@ def show_settings(args: argparse.Namespace) -> int:
             shown.append((f"# {name}: {unset}", origin))
         else:
             shown.append((f"{name} = {toml_value(value)}", origin))
-    width = max(len(text) for text, _ in shown)
+    # The origins line up, except after the few long values (a list of apps...).
+    width = min(max(len(text) for text, _ in shown), SETTINGS_COLUMN)
     lines += [f"{text.ljust(width)}  # {origin}" for text, origin in shown]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+#: Where `ferryman settings` starts the column of origins, at the most.
+SETTINGS_COLUMN = 56
 
 
 def start(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -1114,8 +1114,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
                 f"{path}: unknown setting {key!r}{suggestion} "
                 f"(settings are listed by 'ferryman settings')"
             )
-        values[key] = _parse(key, raw, known[key], f"{path.name} key {key}")
+        value = _parse(key, raw, known[key], f"{path.name} key {key}")
+        if key in FILE_PATHS and isinstance(value, str) and not Path(value).is_absolute():
+            value = str(path.parent.resolve() / value)  # the file's directory, not the cwd
+        values[key] = value
     return values
+
+
+#: Settings that name a file or directory: a relative one in Ferrymanfile.toml is relative
+#: to the file's directory (where it is written); on the command line or in the
+#: environment, to the current directory (as every command's arguments are).
+FILE_PATHS = frozenset(
+    {"ssl_certificate", "ssl_certificate_key", "log_file", "pid_file", "error_report_dir",
+     "admin_password_file", "socket"}
+)  # fmt: skip
 
 
 #: FERRYMAN_ variables that are not settings of `ferryman start`: the install-time build
@@ -1191,7 +1203,14 @@ def resolve(
     warnings = [f"ignoring unknown environment variable {var}" for var in sorted(unknown)]
     config = Config(app_dir=app_dir.resolve(), origins=origins, **values)
     _check_together(config)
-    for site_app in site_apps(config):  # every mounted app's directory and settings, checked now
+    apps = site_apps(config)  # every mounted app's directory and settings, checked now
+    if config.static_dir and all(site_app.config is not config for site_app in apps):
+        warnings.append(
+            f"ignoring static_dir (from {config.origin('static_dir')}): it is the app "
+            f"directory's, and {config.app_dir} is not served (an app given with --app or "
+            "[[app]] takes /); give that app its static_dir in its [[app]] table"
+        )
+    for site_app in apps:
         own_file = site_app.config.app_dir / CONFIG_FILE
         if site_app.config is not config and own_file.is_file():
             warnings.append(
@@ -1341,10 +1360,18 @@ def toml_value(value: Any) -> str:
     if isinstance(shown, int | float):
         return str(shown)
     if isinstance(shown, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in shown.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in shown.items()) + "}"
     if isinstance(shown, list):
         return "[" + ", ".join(toml_value(v) for v in shown) + "]"
     return '"' + str(shown).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml_key(key: str) -> str:
+    """A table key as TOML has it: bare when it may be, else quoted ("/static")."""
+    return key if _BARE_KEY.fullmatch(key) else toml_value(key)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # -- documentation -------------------------------------------------------------------------
@@ -1381,6 +1408,10 @@ def reference_markdown() -> str:
         "",
         "An invalid value stops the start with exit code 2 and one line naming the setting, the"
         " value and what is allowed.",
+        "",
+        "A relative file path (" + ", ".join(f"`{name}`" for name in sorted(FILE_PATHS)) + ")"
+        f" is relative to the directory of the `{CONFIG_FILE}` that gives it, and to the"
+        " current directory when given on the command line or in the environment.",
         "",
     ]
     section = None

@@ -110,8 +110,9 @@ class Core:
         self.config = config
         #: Every app it serves (the app directory's own last, see config.site_apps).
         self.apps = apps
-        #: The app directory's app (or the first mounted one if it serves none).
-        self.spec = next((spec for site_app, spec in apps if site_app.config is config), apps[0][1])
+        #: The app directory's own app; None when an --app / [[app]] takes / for every
+        #: host (the directory then holds only the site's Ferrymanfile.toml).
+        self.spec = next((spec for site_app, spec in apps if site_app.config is config), None)
         self.sink = sink
         #: The watchdog: the sockets to serve on, and the pipes to and from it (None: the
         #: core binds its own sockets and answers to no one).
@@ -234,7 +235,7 @@ class Core:
                     "version": __version__,
                     "build": build(),
                     "addresses": urls,
-                    "app_root": str(self.spec.root),
+                    "app_root": str(config.app_dir),
                     "started_at": time.time(),
                     "name": instance.name,
                     "admin_socket": str(instance.admin_socket),
@@ -368,26 +369,23 @@ class Core:
             log.info("Received SIGHUP: restarting the processes of %s", group.name)
             supervisor.apply(group.restart(supervisor.now()))
 
-    def _banner(self, urls: list[str]) -> None:
-        config = self.config
-        kind = self.spec.kind
-        log.info("Ferryman %s (%s build) serving %s", __version__, build(), self.spec.root)
-        interpreter = self.spec.interpreter
+    def _describe(self, spec: AppSpec, config: Config) -> None:
+        """The app directory's app: its type, interpreter, environment and pool sizes."""
+        kind = spec.kind
+        interpreter = spec.interpreter
         if kind.interpreter_setting is None:
-            log.info("  app type: %s, started with: %s", kind.title, self.spec.entry)
+            log.info("  app type: %s, started with: %s", kind.title, spec.entry)
         elif interpreter is not None:
             log.info(
                 "  app type: %s (%s), run by %s (%s)",
                 kind.title,
-                self.spec.entry,
+                spec.entry,
                 interpreter.path,
                 interpreter.version,
             )
         else:
             shown = getattr(config, kind.interpreter_setting)
-            log.info("  app type: %s (%s), run by %s", kind.title, self.spec.entry, shown)
-        if (self.spec.root / CONFIG_FILE).is_file():
-            log.info("  settings read from %s", self.spec.root / CONFIG_FILE)
+            log.info("  app type: %s (%s), run by %s", kind.title, spec.entry, shown)
         if kind.threaded:
             per_process = f"threads per process: {config.thread_count}"
         elif config.force_max_concurrent_requests_per_process:
@@ -402,14 +400,26 @@ class Core:
             config.max_pool_size,
             per_process,
         )
-        for site_app, spec in self.apps:
-            if spec is not self.spec or site_app.prefix != "/" or site_app.hosts:
+
+    def _banner(self, urls: list[str]) -> None:
+        config = self.config
+        spec = self.spec
+        if spec is not None:
+            log.info("Ferryman %s (%s build) serving %s", __version__, build(), spec.root)
+            self._describe(spec, config)
+        else:
+            shown = config.app_dir
+            log.info("Ferryman %s (%s build) serving the apps of %s", __version__, build(), shown)
+        if (config.app_dir / CONFIG_FILE).is_file():
+            log.info("  settings read from %s", config.app_dir / CONFIG_FILE)
+        for site_app, app_spec in self.apps:
+            if app_spec is not spec:
                 log.info(
                     "  serving %s from %s (%s, %s)",
                     site_app.describe(),
-                    spec.root,
-                    spec.kind.title,
-                    spec.entry,
+                    app_spec.root,
+                    app_spec.kind.title,
+                    app_spec.entry,
                 )
         for url in urls:
             log.info("Listening on %s", url)
@@ -464,8 +474,9 @@ def _tick_interval(config: Config) -> float:
 
 def _group_name(spec: AppSpec, site_app: SiteApp, pool: Pool) -> str:
     """The app's name in the pool, the status and the logs: its directory's name, made
-    unique with where it is mounted when two apps share it."""
+    unique with where it is mounted when two apps share it (``api@/v2``: no spaces, so
+    that ``restart-app --app NAME`` takes it as it is shown)."""
     name = spec.name
     if name in pool.groups:
-        name = f"{name} ({site_app.describe()})"
+        name = f"{name}@{site_app.describe()}"
     return name

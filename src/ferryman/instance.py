@@ -229,12 +229,14 @@ class NoInstance(Exception):
 
 
 def pick_instance(selector: str | None, directory: Path | None = None) -> Instance:
-    """The instance named by ``selector`` (its name or the core's pid), or the only one."""
+    """The instance named by ``selector`` (its name, the core's pid or the pid ``ferryman
+    start`` runs as: its watchdog's), or the only one."""
     instances = running_instances(directory)
     where = directory or tempfile.gettempdir()
     if selector is not None:
         for instance in instances:
-            if selector in (instance.name, str(instance.pid)):
+            watchdog = instance.properties.get("watchdog_pid")
+            if selector in (instance.name, str(instance.pid), str(watchdog)):
                 return instance
         listing = "".join(f"\n  {i.describe()}" for i in instances) or " (none is running)"
         raise NoInstance(f"no Ferryman instance {selector!r} in {where}; running:{listing}")

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 from .instance import ADMIN_USER, READ_ONLY_USER, Instance, NoInstance, pick_instance
 
@@ -270,7 +271,7 @@ def _watch(client: AdminClient, show: str, out: IO[str]) -> int:
 
 def restart_app(selector: str | None, mode: str, app: str | None) -> int:
     client = AdminClient(_instance(selector), ADMIN_USER)
-    query = f"/restart?mode={mode}" + (f"&app={app}" if app else "")
+    query = f"/restart?mode={mode}" + (f"&app={quote(app, safe='')}" if app else "")
     result = client.json("POST", query)
     old = ", ".join(str(pid) for pid in result.get("retiring", [])) or "none"
     if result["mode"] == "rolling":

@@ -341,3 +341,43 @@ def test_several_apps_leave_no_trace(tmp_path: Path) -> None:
             before,
             server.settled_resources(),
         )
+
+
+def test_operator_commands_name_apps_as_status_shows_them(tmp_path: Path) -> None:
+    """A directory mounted twice: its second group's name (no spaces) and its mount both
+    pick it for restart-app; a wrong name lists the apps; --instance takes the pid
+    `ferryman start` runs as."""
+    with serving(STUB, "--app", f"/two={STUB}", wait_ready=2) as server:
+        names = [app["name"] for app in status_json(server)["apps"]]  # type: ignore[attr-defined]
+        assert names == ["wsgi_stub", "wsgi_stub@/two"]
+        for which in ("wsgi_stub@/two", "/two"):
+            mark = server.mark()
+            ferryman(server, "restart-app", "--app", which)
+            server.wait_for_log(
+                r"Restarting wsgi_stub@/two: asked through the admin API", start=mark
+            )
+        result = subprocess.run(
+            [sys.executable, "-m", "ferryman", "restart-app", "--app", "nope"],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "wsgi_stub (at /)" in result.stderr and "wsgi_stub@/two (at /two)" in result.stderr
+        assert "Mounted at" in ferryman(server, "status", "--instance", str(server.watchdog_pid))
+
+
+def test_a_site_directory_with_only_a_ferrymanfile(tmp_path: Path) -> None:
+    """[[app]] takes / for every host: the directory is the site's settings, the log says
+    so, and a --static-dir for it is refused with a warning (it would serve nothing)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "Ferrymanfile.toml").write_text(f'[[app]]\nroot = "{STUB}"\n')
+    with serving(site, "--static-dir", "/static=staticfiles") as server:
+        assert get(server, "/pid")[0] == 200
+        log = server.log_text()
+        assert f"serving the apps of {site}" in log
+        assert f"settings read from {site / 'Ferrymanfile.toml'}" in log
+        assert "ignoring static_dir (from --static-dir)" in log

@@ -706,3 +706,18 @@ def test_ferryman_variables_that_are_not_settings_are_left_alone() -> None:
     )
     assert values == {}
     assert unknown == ["FERRYMAN_PROT (did you mean FERRYMAN_PORT?)"]
+
+
+def test_relative_file_paths_in_the_file_are_relative_to_its_directory(tmp_path: Path) -> None:
+    """In Ferrymanfile.toml, cert.pem is the app directory's; on the command line, the
+    current directory's (as any command's argument)."""
+    (tmp_path / "Ferrymanfile.toml").write_text(
+        'ssl_certificate = "cert.pem"\nlog_file = "log/ferryman.log"\n'
+        'pid_file = "/run/ferryman.pid"\n'
+    )
+    config, _ = resolve(tmp_path, {}, {})
+    assert config.ssl_certificate == str(tmp_path.resolve() / "cert.pem")
+    assert config.log_file == str(tmp_path.resolve() / "log" / "ferryman.log")
+    assert config.pid_file == "/run/ferryman.pid"
+    config, _ = resolve(tmp_path, {"ssl_certificate": "other.pem"}, {})
+    assert config.ssl_certificate == "other.pem"

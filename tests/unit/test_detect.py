@@ -150,3 +150,18 @@ def test_a_django_project_with_two_candidates_is_not_guessed(tmp_path: Path) -> 
     message = str(caught.value)
     assert "a Django manage.py project" in message
     assert "--startup-file" in message and "mysite/wsgi.py" in message
+
+
+def test_a_django_projects_asgi_py_is_found_with_app_type_asgi(tmp_path: Path) -> None:
+    """Detected, a Django project is WSGI; asked for ASGI, its <project>/asgi.py."""
+    files = {"manage.py": MANAGE_PY, "mysite/settings.py": "", "mysite/wsgi.py": "",
+             "mysite/asgi.py": ""}  # fmt: skip
+    assert make(tmp_path, files).startup_file == "mysite/wsgi.py"
+    spec = make(tmp_path, files, app_type="asgi")
+    assert (spec.app_type, spec.startup_file) == ("asgi", "mysite/asgi.py")
+
+
+def test_the_hint_for_a_missing_asgi_app_is_an_asgi_one(tmp_path: Path) -> None:
+    with pytest.raises(AppNotFound) as caught:
+        make(tmp_path, {"x.txt": ""}, app_type="asgi")
+    assert "--startup-file main:app" in str(caught.value)

@@ -88,9 +88,10 @@ def detect(config: Config) -> AppSpec:
     looked_for = [name for kind in candidates for name in kind.looked_for]
     if wanted != "auto" and KINDS[wanted].loader is None:
         looked_for.insert(0, "app_start_command")
+    example = "main:app" if wanted == "asgi" else "mysite/wsgi.py"
     raise AppNotFound(
         f"no app found in {root}: looked for {', '.join(looked_for)}"
-        " (use --startup-file, e.g. --startup-file mysite/wsgi.py, or --app-start-command to"
+        f" (use --startup-file, e.g. --startup-file {example}, or --app-start-command to"
         " say how to start it)"
     )
 

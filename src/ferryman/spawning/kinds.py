@@ -85,8 +85,18 @@ _DJANGO_SETTINGS = re.compile(
 
 
 def django_wsgi_file(root: Path) -> str:
-    """A Django project's ``<project>/wsgi.py``, found from ``manage.py``: the package its
-    DJANGO_SETTINGS_MODULE names, else the one package with both settings.py and wsgi.py."""
+    """A Django project's ``<project>/wsgi.py`` (see ``django_file``)."""
+    return django_file(root, "wsgi.py")
+
+
+def django_asgi_file(root: Path) -> str:
+    """A Django project's ``<project>/asgi.py`` (see ``django_file``)."""
+    return django_file(root, "asgi.py")
+
+
+def django_file(root: Path, name: str) -> str:
+    """A Django project's ``<project>/<name>``, found from ``manage.py``: the package its
+    DJANGO_SETTINGS_MODULE names, else the one package with both settings.py and it."""
     manage = root / "manage.py"
     if not manage.is_file():
         return ""
@@ -95,13 +105,13 @@ def django_wsgi_file(root: Path) -> str:
     except (OSError, UnicodeDecodeError):
         match = None
     if match:
-        candidate = match.group(1).replace(".", "/") + "/wsgi.py"
+        candidate = match.group(1).replace(".", "/") + "/" + name
         if (root / candidate).is_file():
             return candidate
     found = sorted(
-        f"{path.parent.name}/wsgi.py"
+        f"{path.parent.name}/{name}"
         for path in root.glob("*/settings.py")
-        if (path.parent / "wsgi.py").is_file()
+        if (path.parent / name).is_file()
     )
     return found[0] if len(found) == 1 else ""
 
@@ -140,8 +150,10 @@ WSGI = AppKind(
 ASGI = AppKind(
     name="asgi",
     title="Python ASGI",
-    find=first_file("asgi.py", "main.py"),
-    looked_for=("asgi.py", "main.py (FastAPI's layout)"),
+    # A Django project's asgi.py is found only when asked for (--app-type asgi): detected,
+    # a Django project is served by its wsgi.py (WSGI comes first).
+    find=lambda root: first_file("asgi.py", "main.py")(root) or django_asgi_file(root),
+    looked_for=("asgi.py", "main.py (FastAPI's layout)", "a Django manage.py project"),
     suffixes=(),  # a .py startup file is WSGI unless --app-type asgi says otherwise
     interpreter_setting="python",
     interpreter_check=InterpreterCheck("Python", r"Python (\d+\.\d+(?:\.\d+)?)", (3, 9)),
