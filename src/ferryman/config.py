@@ -277,25 +277,30 @@ BOOL = Kind("true or false (also 1/0, yes/no, on/off)", _bool_parse, boolean=Tru
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def _pairs(raw: Any) -> list[tuple[str, Any]]:
+    """KEY=VALUE entries (command line, environment) or a TOML table, as (key, value)."""
+    if isinstance(raw, Mapping):
+        return [(str(key), value) for key, value in raw.items()]
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise ValueError
+    pairs: list[tuple[str, Any]] = []
+    for entry in raw:
+        if not isinstance(entry, str) or "=" not in entry:
+            raise ValueError
+        key, _, value = entry.partition("=")
+        pairs.append((key, value))
+    return pairs
+
+
 def _envvars_parse(raw: Any) -> tuple[tuple[str, str], ...]:
     items: list[tuple[str, str]] = []
-    if isinstance(raw, Mapping):
-        pairs = [(str(k), v) for k, v in raw.items()]
-        for name, value in pairs:
-            if not isinstance(value, str | int | float) or isinstance(value, bool):
-                raise ValueError
-            items.append((name, str(value)))
-    elif isinstance(raw, Sequence) and not isinstance(raw, str):
-        for entry in raw:
-            if not isinstance(entry, str) or "=" not in entry:
-                raise ValueError
-            name, _, value = entry.partition("=")
-            items.append((name, value))
-    else:
-        raise ValueError
-    for name, _ in items:
+    for name, value in _pairs(raw):
+        # TOML may give a number; a table or a boolean is not a variable's value.
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError
         if not _ENV_NAME.fullmatch(name):
             raise ValueError
+        items.append((name, str(value)))
     return tuple(items)
 
 
@@ -309,17 +314,7 @@ ENVVARS = Kind(
 
 
 def _static_dirs_parse(raw: Any) -> tuple[tuple[str, str], ...]:
-    if isinstance(raw, Mapping):
-        pairs = [(str(url), value) for url, value in raw.items()]
-    elif isinstance(raw, Sequence) and not isinstance(raw, str):
-        pairs = []
-        for entry in raw:
-            if not isinstance(entry, str) or "=" not in entry:
-                raise ValueError
-            url, _, directory = entry.partition("=")
-            pairs.append((url, directory))
-    else:
-        raise ValueError
+    pairs = _pairs(raw)
     items = []
     for raw_url, directory in pairs:
         url = raw_url.strip()

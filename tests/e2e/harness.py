@@ -421,16 +421,21 @@ class Request(threading.Thread):
         return not self.is_alive()
 
 
-def refused_start(*args: str, app_dir: Path | str = STUB) -> str:
-    """``ferryman start`` with a bad setting: asserts exit code 2 and a single line on
-    stderr, and returns that line."""
-    result = subprocess.run(
+def failed_start(*args: str, app_dir: Path | str = STUB) -> subprocess.CompletedProcess[str]:
+    """``ferryman start`` that is expected to exit at once (bounded by a timeout)."""
+    return subprocess.run(
         [sys.executable, "-m", "ferryman", "start", str(app_dir), "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def refused_start(*args: str, app_dir: Path | str = STUB) -> str:
+    """``ferryman start`` with a bad setting: asserts exit code 2 and a single line on
+    stderr, and returns that line."""
+    result = failed_start(*args, app_dir=app_dir)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -13,7 +13,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from ..tls_files import make_pair
-from .harness import APPS, STUB, refused_start, serving, wait_until
+from .harness import APPS, STUB, failed_start, refused_start, serving, wait_until
 
 GENERIC = APPS / "generic_http"
 
@@ -377,14 +376,7 @@ def test_a_taken_ssl_port_is_reported(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        args = [*tls_args(cert, key), "--ssl-port", str(port)]
-        result = subprocess.run(
-            [sys.executable, "-m", "ferryman", "start", str(STUB), "--port", "0", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = failed_start(*tls_args(cert, key), "--ssl-port", str(port))
     assert result.returncode == 1
     assert f"Address already in use (on the ssl_port, {port})" in result.stderr
     assert "Traceback" not in result.stderr
