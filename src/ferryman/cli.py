@@ -99,6 +99,9 @@ def add_operator_commands(commands: Any) -> None:
             metavar="NAME|PID",
             help="the server to ask, when several run (by its instance name or its pid)",
         )
+        parser.add_argument(
+            "--port", type=int, metavar="PORT", help="the server to ask: the one on this port"
+        )
         return parser
 
     shown = command(
@@ -211,12 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop(args)
     try:
         if args.command == "status":
-            return operator.status(args.instance, args.show, args.watch)
+            return operator.status(args.instance, args.show, args.watch, port=args.port)
         if args.command == "restart-app":
-            return operator.restart_app(args.instance, args.mode or "default", args.app)
+            return operator.restart_app(
+                args.instance, args.mode or "default", args.app, port=args.port
+            )
         if args.command == "detach-process":
-            return operator.detach_process(args.instance, args.pid)
-        return operator.memory_stats(args.instance)
+            return operator.detach_process(args.instance, args.pid, port=args.port)
+        return operator.memory_stats(args.instance, port=args.port)
     except operator.CommandError as exc:
         sys.stderr.write(f"ferryman: {exc}\n")
         return 1
@@ -424,13 +429,9 @@ def stop(args: argparse.Namespace) -> int:
         except OSError:
             candidates = []
         if args.instance:
-            candidates = [i for i in candidates if args.instance in (i.name, str(i.pid))]
+            candidates = [i for i in candidates if i.is_named(args.instance)]
         if args.port:
-            candidates = [
-                i
-                for i in candidates
-                if any(a.endswith(f":{args.port}") for a in i.properties.get("addresses", []))
-            ]
+            candidates = [i for i in candidates if i.listens_on(args.port)]
         if args.app_dir:
             root = str(Path(args.app_dir).resolve())
             candidates = [i for i in candidates if i.properties.get("app_root") == root]

@@ -141,6 +141,15 @@ class Instance:
         except OSError:
             return None
 
+    def is_named(self, selector: str) -> bool:
+        """Whether ``selector`` is its name, its core's pid or its watchdog's (the pid
+        ``ferryman start`` runs as)."""
+        watchdog = self.properties.get("watchdog_pid")
+        return selector in (self.name, str(self.pid), str(watchdog))
+
+    def listens_on(self, port: int) -> bool:
+        return any(a.endswith(f":{port}") for a in self.properties.get("addresses", []))
+
     def describe(self) -> str:
         props = self.properties
         where = ", ".join(props.get("addresses", [])) or "?"
@@ -228,18 +237,22 @@ class NoInstance(Exception):
     """No running server matches (the message says what there is instead)."""
 
 
-def pick_instance(selector: str | None, directory: Path | None = None) -> Instance:
+def pick_instance(
+    selector: str | None, directory: Path | None = None, *, port: int | None = None
+) -> Instance:
     """The instance named by ``selector`` (its name, the core's pid or the pid ``ferryman
-    start`` runs as: its watchdog's), or the only one."""
+    start`` runs as: its watchdog's), or listening on ``port``, or the only one."""
     instances = running_instances(directory)
     where = directory or tempfile.gettempdir()
-    if selector is not None:
+    if selector is not None or port is not None:
         for instance in instances:
-            watchdog = instance.properties.get("watchdog_pid")
-            if selector in (instance.name, str(instance.pid), str(watchdog)):
+            if (selector is None or instance.is_named(selector)) and (
+                port is None or instance.listens_on(port)
+            ):
                 return instance
         listing = "".join(f"\n  {i.describe()}" for i in instances) or " (none is running)"
-        raise NoInstance(f"no Ferryman instance {selector!r} in {where}; running:{listing}")
+        wanted = repr(selector) if selector is not None else f"on port {port}"
+        raise NoInstance(f"no Ferryman instance {wanted} in {where}; running:{listing}")
     if not instances:
         raise NoInstance(
             f"no Ferryman instance is running for this user (looked in {where}; a server "
@@ -248,7 +261,7 @@ def pick_instance(selector: str | None, directory: Path | None = None) -> Instan
     if len(instances) > 1:
         listing = "".join(f"\n  {i.describe()}" for i in instances)
         raise NoInstance(
-            f"{len(instances)} Ferryman instances are running; pick one with --instance NAME "
-            f"or --instance PID:{listing}"
+            f"{len(instances)} Ferryman instances are running; pick one with --instance NAME, "
+            f"--instance PID or --port PORT:{listing}"
         )
     return instances[0]

@@ -218,9 +218,9 @@ def render_requests(data: dict[str, Any]) -> str:
 # -- commands ------------------------------------------------------------------------------
 
 
-def _instance(selector: str | None) -> Instance:
+def _instance(selector: str | None, port: int | None = None) -> Instance:
     try:
-        return pick_instance(selector)
+        return pick_instance(selector, port=port)
     except NoInstance as exc:
         raise CommandError(str(exc)) from None
 
@@ -233,8 +233,14 @@ def _view(client: AdminClient, show: str) -> str:
     return render_pool(client.json("GET", "/pool.json"))
 
 
-def status(selector: str | None, show: str, watch: bool, out: IO[str] = sys.stdout) -> int:
-    client = AdminClient(_instance(selector), READ_ONLY_USER)
+def status(
+    selector: str | None,
+    show: str,
+    watch: bool,
+    out: IO[str] = sys.stdout,
+    port: int | None = None,
+) -> int:
+    client = AdminClient(_instance(selector, port), READ_ONLY_USER)
     if not watch:
         out.write(_view(client, show))
         return 0
@@ -269,8 +275,8 @@ def _watch(client: AdminClient, show: str, out: IO[str]) -> int:
         return 0
 
 
-def restart_app(selector: str | None, mode: str, app: str | None) -> int:
-    client = AdminClient(_instance(selector), ADMIN_USER)
+def restart_app(selector: str | None, mode: str, app: str | None, port: int | None = None) -> int:
+    client = AdminClient(_instance(selector, port), ADMIN_USER)
     query = f"/restart?mode={mode}" + (f"&app={quote(app, safe='')}" if app else "")
     result = client.json("POST", query)
     old = ", ".join(str(pid) for pid in result.get("retiring", [])) or "none"
@@ -287,8 +293,8 @@ def restart_app(selector: str | None, mode: str, app: str | None) -> int:
     return 0
 
 
-def detach_process(selector: str | None, pid: int) -> int:
-    client = AdminClient(_instance(selector), ADMIN_USER)
+def detach_process(selector: str | None, pid: int, port: int | None = None) -> int:
+    client = AdminClient(_instance(selector, port), ADMIN_USER)
     result = client.json("POST", f"/detach?pid={pid}")
     print(
         f"Detached process {pid} of {result['app']}: it stops after its "
@@ -317,8 +323,8 @@ def smaps_rollup(pid: int) -> dict[str, int] | None:
     }
 
 
-def memory_stats(selector: str | None, out: IO[str] = sys.stdout) -> int:
-    instance = _instance(selector)
+def memory_stats(selector: str | None, out: IO[str] = sys.stdout, port: int | None = None) -> int:
+    instance = _instance(selector, port)
     state = AdminClient(instance, READ_ONLY_USER).json("GET", "/pool.json")
     header = f"{'PID':<8} {'Private':>10} {'Shared':>10} {'RSS':>10} {'PSS':>10}  Name"
 

@@ -381,3 +381,26 @@ def test_a_site_directory_with_only_a_ferrymanfile(tmp_path: Path) -> None:
         assert f"serving the apps of {site}" in log
         assert f"settings read from {site / 'Ferrymanfile.toml'}" in log
         assert "ignoring static_dir (from --static-dir)" in log
+
+
+def test_operator_commands_pick_a_server_by_port() -> None:
+    """Two servers: --port picks one for status and restart-app, as it does for stop."""
+    with serving(STUB) as first:
+        shared = {"TMPDIR": str(first.tmpdir)}  # where the tools look for servers
+        with serving(STUB, "--app", f"/api={NODE}", env=shared, wait_ready=2) as second:
+            assert (
+                "2 Ferryman instances are running"
+                in subprocess.run(
+                    [sys.executable, "-m", "ferryman", "status"],
+                    env=first.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                ).stderr
+            )
+            assert "Mounted at: /api" not in ferryman(first, "status", "--port", str(first.port))
+            assert "Mounted at: /api" in ferryman(first, "status", "--port", str(second.port))
+            mark = second.mark()
+            ferryman(first, "restart-app", "--port", str(second.port), "--app", "/api")
+            second.wait_for_log(r"Restarting node_http: asked through the admin", start=mark)

@@ -77,6 +77,26 @@ def test_pick_by_name_or_pid_and_refuse_ambiguity(tmp_path: Path) -> None:
         pick_instance("three", tmp_path)
 
 
+def test_pick_by_port_or_by_the_watchdogs_pid(tmp_path: Path) -> None:
+    for name, pid, port, watchdog in (
+        ("one", os.getpid(), 3000, 11),
+        ("two", os.getppid(), 3001, 12),
+    ):
+        path = tmp_path / f"ferryman.{name}"
+        path.mkdir(mode=0o700)
+        (path / "properties.json").write_text(
+            json.dumps(
+                {"pid": pid, "started_at": time.time(), "watchdog_pid": watchdog,
+                 "addresses": [f"http://127.0.0.1:{port}", f"https://127.0.0.1:{port + 400}"]}
+            )
+        )  # fmt: skip
+    assert pick_instance(None, tmp_path, port=3001).name == "two"
+    assert pick_instance(None, tmp_path, port=3400).name == "one"  # its TLS port
+    assert pick_instance("12", tmp_path).name == "two"
+    with pytest.raises(NoInstance, match="no Ferryman instance on port 4000"):
+        pick_instance(None, tmp_path, port=4000)
+
+
 def test_password_files_are_private_from_the_first_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
