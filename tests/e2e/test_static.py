@@ -465,3 +465,45 @@ def test_static_files_need_no_app_process(tmp_path: Path) -> None:
         assert _get(server, "/static/app.css").body == CSS
         assert _get(server, "/").status >= 500  # the app's own page: its start fails
         assert _get(server, "/static/app.css").body == CSS  # and still, after the failure
+
+
+def test_a_directorys_url_serves_its_index_html(tmp_path: Path) -> None:
+    """/ and /docs/ are served from public/index.html and public/docs/index.html (as
+    nginx's index, and Passenger's public/ did for Rails' index.html); /docs redirects to
+    /docs/ (its page's relative links need the slash); a directory without index.html is
+    the app's (public/) or a 404 (--static-dir)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(STUB / "passenger_wsgi.py", app / "passenger_wsgi.py")
+    (app / "public" / "docs").mkdir(parents=True)
+    (app / "public" / "empty").mkdir()
+    (app / "public" / "index.html").write_bytes(b"<h1>home</h1>\n")
+    (app / "public" / "docs" / "index.html").write_bytes(b"<h1>docs</h1>\n")
+    (app / "staticfiles" / "guide").mkdir(parents=True)
+    (app / "staticfiles" / "guide" / "index.html").write_bytes(b"<h1>guide</h1>\n")
+    (app / "staticfiles" / "bare").mkdir()
+    with serving(app, "--static-dir", "/static=staticfiles") as running:
+        for target, body in (
+            ("/", b"<h1>home</h1>\n"),
+            ("/docs/", b"<h1>docs</h1>\n"),
+            ("/docs/?q=1", b"<h1>docs</h1>\n"),
+            ("/static/guide/", b"<h1>guide</h1>\n"),
+        ):
+            resp = _get(running, target)
+            assert (resp.status, resp.body) == (200, body), target
+            assert resp.header("Content-Type") == "text/html; charset=utf-8"
+        assert _get(running, "/docs/", method="HEAD").status == 200
+        for target, location in (
+            ("/docs", "/docs/"),
+            ("/docs?q=1", "/docs/?q=1"),
+            ("/static/guide", "/static/guide/"),
+        ):
+            resp = _get(running, target)
+            assert (resp.status, resp.header("Location")) == (301, location), target
+        # No index.html: public/'s directory is the app's; --static-dir's a 404.
+        assert _get(running, "/empty/").body == b"not found\n"  # the stub app's 404
+        assert _get(running, "/empty").body == b"not found\n"
+        assert _get(running, "/static/bare/").status == 404
+        assert _get(running, "/static/bare").status == 404
+        # Other methods on public/ are the app's, as for files.
+        assert _get(running, "/docs/", method="DELETE").body == b"not found\n"

@@ -242,11 +242,17 @@ class StaticMount:
         root = self.root
         path = root + b"/" + relative
         try:
-            # Only regular files are opened: a link to a device or a FIFO is not even
-            # opened (the check after the open is what makes it safe; this spares the
-            # side effects an open of some devices has).
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                return None
+            mode = os.stat(path).st_mode
+        except OSError:
+            return None  # missing, a dangling link, no permission, a loop: not served
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)  # the caller looks for its index.html
+        # Only regular files are opened: a link to a device or a FIFO is not even opened
+        # (the check after the open is what makes it safe; this spares the side effects
+        # an open of some devices has).
+        if not stat.S_ISREG(mode):
+            return None
+        try:
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
             if exc.errno in _OUT_OF_FDS:
@@ -321,8 +327,21 @@ class StaticFiles:
             if not authoritative and method not in _GET_HEAD:
                 continue  # public/ serves GET and HEAD; everything else is the app's
             relative = safe_relative(rest)
+            if relative is None and rest[-1:] == b"/":
+                # A directory's URL: its index.html (nginx's index; Passenger's public/).
+                parent = safe_relative(rest[:-1]) if len(rest) > 1 else b""
+                if parent is not None:
+                    relative = parent + b"/" + INDEX if parent else INDEX
             try:
                 found = mount.open(relative) if relative is not None else None
+            except IsADirectoryError:
+                # A directory named without its "/": to its URL with one if it has an
+                # index.html (where the page's relative links work), else a miss.
+                assert relative is not None
+                if method in _GET_HEAD and self._has_index(mount, relative):
+                    location = path + b"/" + (target[query:] if query >= 0 else b"")
+                    return _simple(301, b"Moved Permanently\n", b"Location: %s\r\n" % location)
+                found = None
             except OSError:  # out of file descriptors (the listener's alert tells of it)
                 return _simple(503, b"Service Unavailable: no file descriptor left.\n")
             if found is None or relative is None:
@@ -339,6 +358,21 @@ class StaticFiles:
                 file.close()
                 raise
         return None
+
+    @staticmethod
+    def _has_index(mount: StaticMount, relative: bytes) -> bool:
+        try:
+            found = mount.open(relative + b"/" + INDEX)
+        except OSError:
+            return False
+        if found is None:
+            return False
+        found[0].close()
+        return True
+
+
+#: The file a directory's URL ("/docs/") is served from.
+INDEX: Final = b"index.html"
 
 
 def _header_values(head: RequestHead) -> dict[bytes, bytes]:
