@@ -403,8 +403,12 @@ class Mount:
     settings: tuple[tuple[str, Any], ...] = ()
 
     def describe(self) -> str:
-        where = (",".join(self.hosts) if self.hosts else "") + self.prefix
-        return f"{where}={self.root}"
+        return f"{mounted_at(self.hosts, self.prefix)}={self.root}"
+
+
+def mounted_at(hosts: tuple[str, ...], prefix: str) -> str:
+    """Where an app is mounted, as the status shows it: ``/api``, ``a.test,b.test/``."""
+    return ",".join(hosts) + prefix
 
 
 def _prefix_parse(raw: Any) -> str:
@@ -1276,7 +1280,7 @@ class SiteApp:
     hosts: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return (",".join(self.hosts) if self.hosts else "") + self.prefix
+        return mounted_at(self.hosts, self.prefix)
 
 
 def site_apps(config: Config) -> list[SiteApp]:

@@ -49,7 +49,14 @@ from .response import simple_response
 from .site import Site
 from .spool import SpoolBudget, SpoolFull
 from .target import TargetError, absolute_to_origin
-from .tls import Certificates, answer_plain_http, first_byte, is_plain_http, speaks_tls
+from .tls import (
+    Certificates,
+    answer_plain_http,
+    first_byte,
+    is_plain_http,
+    readable,
+    speaks_tls,
+)
 
 log = logging.getLogger("ferryman")
 
@@ -255,16 +262,9 @@ class FrontServer:
         nothing after them; None (after saying why, as ProxyPreamble does) when the peer
         may not send one or sends something else, or not all of one in header_timeout."""
         try:
-            peer = sock.getpeername()
+            where, trusted = peer_trust(sock.getpeername(), self.trusted_proxies)
         except OSError:
             return None  # gone already
-        networks = self.trusted_proxies
-        if isinstance(peer, tuple):
-            where = peer[0]
-            trusted = is_trusted(peer[0], networks)
-        else:
-            where = "unix"
-            trusted = UNIX_PEERS in networks
         if not trusted:
             self.refuse_proxy(where, NOT_A_TRUSTED_PROXY)
             return None
@@ -383,6 +383,14 @@ class FrontServer:
             self._drained.set_result(None)
 
 
+def peer_trust(peer: object, networks: ProxyNetworks) -> tuple[str, bool]:
+    """(the peer's address, for the log; whether it is a trusted proxy) of a peer as the
+    socket names it: (address, port...) over TCP, a path (str) over a Unix socket."""
+    if isinstance(peer, tuple):
+        return peer[0], is_trusted(peer[0], networks)
+    return "unix", UNIX_PEERS in networks
+
+
 NOT_A_TRUSTED_PROXY: Final = "it is not in trusted_proxies, so it may not send a PROXY header"
 #: The longest PROXY header there is to read (v2's fixed 16 bytes and its bounded rest).
 MAX_PROXY_HEADER: Final = 16 + MAX_V2_LENGTH
@@ -421,18 +429,12 @@ class ProxyPreamble(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         server = self.server
-        networks = server.trusted_proxies
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer = peer[0]
-            trusted = is_trusted(peer[0], networks)
-        elif peer is None:
+        if peer is None:
             # A TCP peer that left already (getpeername: ENOTCONN); a Unix peer's is a str.
             transport.close()
             return
-        else:
-            self.peer = "unix"
-            trusted = UNIX_PEERS in networks
+        self.peer, trusted = peer_trust(peer, server.trusted_proxies)
         if not trusted:
             self._refuse(NOT_A_TRUSTED_PROXY)
             return
@@ -503,12 +505,7 @@ async def read_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket
     fd = sock.fileno()
     taken = b""
     while True:
-        waiter: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            loop.remove_reader(fd)
+        await readable(loop, fd)
         try:
             seen = sock.recv(MAX_PROXY_HEADER, socket.MSG_PEEK)
         except BlockingIOError:
@@ -523,11 +520,6 @@ async def read_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket
         if rest > 0 and len(sock.recv(rest)) != rest:  # peeked: all there
             raise ConnectionResetError("the PROXY header could not be read whole")
         return header
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 #: Bytes a client may send after a WebSocket upgrade request before the app accepts it.

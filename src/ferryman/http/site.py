@@ -35,9 +35,8 @@ class Site:
         #: what the front's own errors are logged for).
         self.default = next((app for app in any_host if app.prefix == b"/"), apps[0])
         #: The one app, when there is only one and it takes everything.
-        self.only = apps[0] if len(apps) == 1 and not apps[0].hosts else None
-        if self.only is not None and self.only.prefix != b"/":
-            self.only = None
+        one = apps[0]
+        self.only = one if len(apps) == 1 and not one.hosts and one.prefix == b"/" else None
         self._any_host = _longest_first(any_host)
         self._hosts: dict[bytes, list[App]] = {}
         #: (".example.com", apps) for "*.example.com"

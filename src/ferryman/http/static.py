@@ -13,11 +13,12 @@ Safety. A target is served only if every segment, once percent-decoded, is a
 plain name: no empty, ``.`` or ``..`` segment, no hidden names (``.git``,
 ``.env``; ``.well-known`` is allowed), no ``/``, ``\\``, NUL or control character
 coming from an escape, valid UTF-8 only (so the overlong ``%c0%ae`` is refused).
-The file found is then resolved with ``realpath`` and must lie inside the
-mount's directory, itself resolved at that moment (a deploy may switch a
-symlink to a new release): a symlink pointing outside (file or directory) is
-not followed out. Only regular files are served: the file is opened with
-O_NONBLOCK (a FIFO must not hang the loop) and checked with fstat.
+The file opened is then located by the kernel (``/proc/self/fd``, so a symlink
+swapped after a check cannot slip through) and must lie inside the mount's
+directory, itself resolved at that moment (a deploy may switch a symlink to a new
+release): a symlink pointing outside (file or directory) is not followed out.
+Only regular files are served: checked with stat before the open and fstat after
+it, and opened with O_NONBLOCK (a FIFO must not hang the loop).
 
 Blocking calls on the loop. Opening and stat-ing happen on the event loop: they
 are metadata operations on a local directory, answered from the kernel's
@@ -48,7 +49,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .request import RequestHead
-from .response import DATES, reason
+from .response import DATES, reason, simple_head
 
 log = logging.getLogger("ferryman")
 
@@ -88,6 +89,8 @@ _TEXT_TYPES: Final = frozenset(
      b"application/manifest+json"]
 )  # fmt: skip
 _NOT_FOUND: Final = b"Not Found\n"
+#: The file a directory's URL ("/docs/") is served from.
+INDEX: Final = b"index.html"
 _OUT_OF_FDS: Final = frozenset([errno.EMFILE, errno.ENFILE])
 
 
@@ -184,16 +187,7 @@ class StaticReply:
 
 
 def _simple(status: int, body: bytes, extra: bytes = b"") -> StaticReply:
-    head = b"".join(
-        [
-            b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
-            DATES.lines(),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % len(body),
-            extra,
-        ]
-    )
-    return StaticReply(status, head, body, None)
+    return StaticReply(status, simple_head(status, len(body), headers=extra), body, None)
 
 
 class StaticMount:
@@ -275,6 +269,17 @@ class StaticMount:
             raise
         return OpenFile(fd, info.st_size), info
 
+    def has_index(self, relative: bytes) -> bool:
+        """Whether the directory at ``relative`` has an index.html that would be served."""
+        try:
+            found = self.open(relative + b"/" + INDEX)
+        except OSError:
+            return False
+        if found is None:
+            return False
+        found[0].close()
+        return True
+
 
 class StaticFiles:
     """An app's static directories (``mounts``, built once; asked for every request)."""
@@ -338,7 +343,7 @@ class StaticFiles:
                 # A directory named without its "/": to its URL with one if it has an
                 # index.html (where the page's relative links work), else a miss.
                 assert relative is not None
-                if method in _GET_HEAD and self._has_index(mount, relative):
+                if method in _GET_HEAD and mount.has_index(relative):
                     location = path + b"/" + (target[query:] if query >= 0 else b"")
                     return _simple(301, b"Moved Permanently\n", b"Location: %s\r\n" % location)
                 found = None
@@ -358,21 +363,6 @@ class StaticFiles:
                 file.close()
                 raise
         return None
-
-    @staticmethod
-    def _has_index(mount: StaticMount, relative: bytes) -> bool:
-        try:
-            found = mount.open(relative + b"/" + INDEX)
-        except OSError:
-            return False
-        if found is None:
-            return False
-        found[0].close()
-        return True
-
-
-#: The file a directory's URL ("/docs/") is served from.
-INDEX: Final = b"index.html"
 
 
 def _header_values(head: RequestHead) -> dict[bytes, bytes]:

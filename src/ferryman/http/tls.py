@@ -25,20 +25,16 @@ from typing import Final
 
 from ..config import Config
 from ..errors import ConfigError
+from .response import simple_response
 
 log = logging.getLogger("ferryman")
 
 #: The one protocol a TLS client may negotiate with ALPN (no HTTP/2 here).
 ALPN_PROTOCOLS: Final = ["http/1.1"]
 
-_PLAIN_HTTP_BODY: Final = b"Bad Request: a plain HTTP request to a port that speaks HTTPS.\n"
 #: What a plain HTTP request to a TLS port is answered, in plain text, before the close
 #: (as nginx does): the person who typed http:// learns why, instead of an empty reply.
-PLAIN_HTTP_ANSWER: Final = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: " + str(len(_PLAIN_HTTP_BODY)).encode() + b"\r\n"
-    b"Connection: close\r\n\r\n" + _PLAIN_HTTP_BODY
-)
+PLAIN_HTTP_BODY: Final = b"Bad Request: a plain HTTP request to a port that speaks HTTPS.\n"
 #: The first byte of a TLS connection: a handshake record.
 _HANDSHAKE_RECORD: Final = 0x16
 
@@ -164,7 +160,17 @@ class Certificates:
 # -- the first byte of a connection ---------------------------------------------------------
 
 
-def _readable(waiter: asyncio.Future[None]) -> None:
+async def readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Until ``fd`` (a socket no transport owns yet) has bytes to read, or its end."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_reader(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
@@ -173,13 +179,7 @@ async def first_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeo
     """The first byte the client sends on ``sock``, left in place for the handshake (-1:
     it closed without a byte). Raises TimeoutError after ``timeout`` seconds of silence,
     OSError if the connection broke; the caller closes ``sock`` then."""
-    fd = sock.fileno()
-    waiter: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _readable, waiter)
-    try:
-        await asyncio.wait_for(waiter, timeout)
-    finally:
-        loop.remove_reader(fd)
+    await asyncio.wait_for(readable(loop, sock.fileno()), timeout)
     data = sock.recv(1, socket.MSG_PEEK)
     return data[0] if data else -1
 
@@ -198,4 +198,4 @@ def answer_plain_http(sock: socket.socket) -> None:
         # What it sent is read first: a close with unread input would send a reset, which
         # can destroy the answer before the client reads it.
         sock.recv(65536)
-        sock.send(PLAIN_HTTP_ANSWER)
+        sock.send(simple_response(400, PLAIN_HTTP_BODY, close=True))

@@ -317,11 +317,12 @@ class HttpConnection(AppConnection):
             lower = name.lower()
             if lower in _HOP_BY_HOP or lower in named or header_key(name) is None:
                 continue
-            if is_client_claim(lower) and (not trusted or lower in _FORWARDED):
-                continue  # only a trusted proxy may say who the client is; ours follow
-            if lower == b"x-forwarded-prefix" and head.script_name:
-                outer_prefix = outer_prefix or value.split(b",")[0].strip()
-                continue  # one header, ours, that says both
+            if is_client_claim(lower):
+                if not trusted or lower in _FORWARDED:
+                    continue  # only a trusted proxy may say who the client is; ours follow
+                if lower == b"x-forwarded-prefix" and head.script_name:
+                    outer_prefix = outer_prefix or value.split(b",")[0].strip()
+                    continue  # one header, ours, that says both
             lines += (name, b": ", value, b"\r\n")
         host = head.host
         if not host:
