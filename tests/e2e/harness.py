@@ -440,3 +440,20 @@ def refused_start(*args: str, app_dir: Path | str = STUB) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def ferryman(
+    server: Server, *args: str, timeout: float = 30, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """A ferryman command run as the operator would, with the server's TMPDIR."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", *args],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result

@@ -24,26 +24,19 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import APPS, STUB, Request, Server, alive, refused_start, serving, wait_until
+from .harness import (
+    APPS,
+    STUB,
+    Request,
+    Server,
+    alive,
+    ferryman,
+    refused_start,
+    serving,
+    wait_until,
+)
 
 NODE_APP = APPS / "node_http"
-
-
-def ferryman(
-    server: Server, *args: str, timeout: float = 30, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """A ferryman command run as the operator would, with the server's TMPDIR."""
-    result = subprocess.run(
-        [sys.executable, "-m", "ferryman", *args],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 #: Runs the rest of its arguments with SIGINT ignored, as a shell runs a background job.

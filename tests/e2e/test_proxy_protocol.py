@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from .harness import APPS, STUB, Server, serving, wait_until
+from .harness import APPS, STUB, Server, ferryman, serving, wait_until
 from .wire import Wire, req
 
 TRUSTING = ("--proxy-protocol", "--trusted-proxies", "127.0.0.1")
@@ -284,13 +284,5 @@ def test_the_admin_api_needs_no_proxy_header() -> None:
     """--proxy-protocol is for the app's port: `ferryman status` (the admin socket) works.
     Regression: the admin API took the setting too and refused every connection."""
     with serving(STUB, "--proxy-protocol", "--trusted-proxies", "10.0.0.0/8") as server:
-        result = subprocess.run(
-            [sys.executable, "-m", "ferryman", "status", "--show=json"],
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+        result = ferryman(server, "status", "--show=json")
         assert json.loads(result.stdout)["apps"][0]["processes"]

@@ -7,8 +7,6 @@ import http.client
 import json
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from .harness import (
     Gates,
     Request,
     Server,
+    ferryman,
     refused_start,
     serving,
     wait_until,
@@ -40,20 +39,8 @@ def get(server: Server, path: str, host: str = "localhost") -> tuple[int, bytes]
         conn.close()
 
 
-def ferryman(server: Server, *args: str) -> str:
-    """The output of a ferryman command, run as the operator would (the server's TMPDIR)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ferryman", *args],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-
-
 def status_json(server: Server) -> dict[str, object]:
-    result: dict[str, object] = json.loads(ferryman(server, "status", "--show=json"))
+    result: dict[str, object] = json.loads(ferryman(server, "status", "--show=json").stdout)
     return result
 
 
@@ -81,6 +68,11 @@ def test_three_apps_by_prefix_and_host_each_see_their_own_paths() -> None:
             seen = json.loads(body)
             assert seen["url"] == path
             assert seen["prefix"] == "/api"
+        # A client's own X-Forwarded-Prefix (not a trusted proxy's) is not joined to it.
+        conn = server.connection()
+        conn.request("GET", "/api/url", headers={"X-Forwarded-Prefix": "/evil"})
+        assert json.loads(conn.getresponse().read())["prefix"] == "/api"
+        conn.close()
         status, body = get(server, "/api")
         assert status == 200 and body.startswith(b"Hello from Node")
         # ASGI at admin.example.com/panel: root_path, and a path that includes it.
@@ -101,7 +93,7 @@ def test_three_apps_by_prefix_and_host_each_see_their_own_paths() -> None:
         assert set(apps) == {"/", "/api", "admin.example.com/panel"}
         assert apps["/api"]["app_root"] == str(NODE)
         assert apps["/api"]["app_type"] == "node"
-        text = ferryman(server, "status")
+        text = ferryman(server, "status").stdout
         assert "Mounted at: /api" in text and "Mounted at: admin.example.com/panel" in text
         log = server.log_text()
         assert f"serving /api from {NODE}" in log
@@ -198,15 +190,8 @@ def test_an_app_table_with_a_server_setting_is_refused(tmp_path: Path) -> None:
     (site / "Ferrymanfile.toml").write_text(
         f'[[app]]\nroot = "{STUB}"\nprefix = "/x"\nmax_pool_size = 9\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "ferryman", "start", str(site), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "max_pool_size" in result.stderr and "whole server" in result.stderr
+    line = refused_start(app_dir=site)  # exit code 2, one line
+    assert "max_pool_size" in line and "whole server" in line
 
 
 def test_an_app_that_fails_to_start_leaves_the_others_serving() -> None:
@@ -356,17 +341,13 @@ def test_operator_commands_name_apps_as_status_shows_them(tmp_path: Path) -> Non
             server.wait_for_log(
                 r"Restarting wsgi_stub@/two: asked through the admin API", start=mark
             )
-        result = subprocess.run(
-            [sys.executable, "-m", "ferryman", "restart-app", "--app", "nope"],
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = ferryman(server, "restart-app", "--app", "nope", check=False)
         assert result.returncode != 0
         assert "wsgi_stub (at /)" in result.stderr and "wsgi_stub@/two (at /two)" in result.stderr
-        assert "Mounted at" in ferryman(server, "status", "--instance", str(server.watchdog_pid))
+        assert (
+            "Mounted at"
+            in ferryman(server, "status", "--instance", str(server.watchdog_pid)).stdout
+        )
 
 
 def test_a_site_directory_with_only_a_ferrymanfile(tmp_path: Path) -> None:
@@ -389,18 +370,15 @@ def test_operator_commands_pick_a_server_by_port() -> None:
         shared = {"TMPDIR": str(first.tmpdir)}  # where the tools look for servers
         with serving(STUB, "--app", f"/api={NODE}", env=shared, wait_ready=2) as second:
             assert (
-                "2 Ferryman instances are running"
-                in subprocess.run(
-                    [sys.executable, "-m", "ferryman", "status"],
-                    env=first.env,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    check=False,
-                ).stderr
+                "2 Ferryman instances are running" in ferryman(first, "status", check=False).stderr
             )
-            assert "Mounted at: /api" not in ferryman(first, "status", "--port", str(first.port))
-            assert "Mounted at: /api" in ferryman(first, "status", "--port", str(second.port))
+            assert (
+                "Mounted at: /api"
+                not in ferryman(first, "status", "--port", str(first.port)).stdout
+            )
+            assert (
+                "Mounted at: /api" in ferryman(first, "status", "--port", str(second.port)).stdout
+            )
             mark = second.mark()
             ferryman(first, "restart-app", "--port", str(second.port), "--app", "/api")
             second.wait_for_log(r"Restarting node_http: asked through the admin", start=mark)
