@@ -134,7 +134,6 @@ class Group:
         self.queue: deque[Waiter] = deque()
         #: Requests waiting for one process (sticky sessions), by its sticky id (its seq).
         self.sticky_queues: dict[int, deque[Waiter]] = {}
-        self._sticky_waiting = 0
         #: A spawn is in flight (counts against the pool's capacity).
         self.spawning = False
         #: Consecutive failed starts, and when the back-off after the last one ends. A
@@ -192,7 +191,6 @@ class Group:
                     return Rejected(Reason.QUEUE_FULL), effects
                 waiter = Waiter(token, now, sticky)
                 self.sticky_queues.setdefault(sticky, deque()).append(waiter)
-                self._sticky_waiting += 1
                 if self.options.max_queue_time:
                     effects.append(Wake(now + self.options.max_queue_time))
                 return waiter, effects
@@ -217,7 +215,7 @@ class Group:
 
     def waiting(self) -> int:
         """Requests waiting: in the queue and for a process of their own."""
-        return len(self.queue) + self._sticky_waiting
+        return len(self.queue) + sum(len(q) for q in self.sticky_queues.values())
 
     def oldest_wait_since(self) -> float | None:
         """When the longest-waiting request started waiting (None: none waits)."""
@@ -246,8 +244,6 @@ class Group:
             while queue and queue[0].enqueued_at + limit <= now:
                 waiter = queue.popleft()
                 waiter.waiting = False
-                if waiter.sticky:
-                    self._sticky_waiting -= 1
                 effects.append(Reject(waiter, Rejected(Reason.QUEUE_TIMEOUT)))
         self._drop_empty_sticky_queues()
 
@@ -257,7 +253,6 @@ class Group:
             waiter.waiting = False
             if waiter.sticky:
                 self.sticky_queues[waiter.sticky].remove(waiter)
-                self._sticky_waiting -= 1
                 self._drop_empty_sticky_queues()
             else:
                 self.queue.remove(waiter)
@@ -274,7 +269,6 @@ class Group:
         while queue and not process.totally_busy():
             waiter = queue.popleft()
             waiter.waiting = False
-            self._sticky_waiting -= 1
             effects.append(Grant(waiter, self._open_session(process, now)))
         if not queue:
             del self.sticky_queues[process.seq]
@@ -284,7 +278,6 @@ class Group:
         queue = self.sticky_queues.pop(process.seq, None)
         if not queue:
             return
-        self._sticky_waiting -= len(queue)
         for waiter in queue:
             waiter.sticky = 0
         self.queue.extend(queue)
@@ -346,7 +339,6 @@ class Group:
                 waiter.waiting = False
                 effects.append(Reject(waiter, rejected))
         self.sticky_queues.clear()
-        self._sticky_waiting = 0
 
     # -- spawning ---------------------------------------------------------------
 
@@ -709,9 +701,6 @@ class Group:
             assert p.sessions > 0, f"{p}: retiring without sessions (should be stopped)"
         if self.options.max_queue_size:
             assert self.waiting() <= self.options.max_queue_size, f"{self.name}: queue overflow"
-        assert self._sticky_waiting == sum(len(q) for q in self.sticky_queues.values()), (
-            f"{self.name}: sticky waiters miscounted"
-        )
         for sticky, queue in self.sticky_queues.items():
             target = self._sticky_target(sticky)
             assert queue, f"{self.name}: an empty sticky queue is kept"
