@@ -475,3 +475,36 @@ def _wsgi_function(environ: Any, start_response: Any) -> list[bytes]:
 )
 def test_asgi_apps_are_told_from_wsgi_apps(app: Any, asgi: bool) -> None:
     assert loader.is_asgi_app(app) is asgi
+
+
+SIGTERM_PROBE = """
+import importlib.util, signal, sys
+spec = importlib.util.spec_from_file_location("probe_loader", sys.argv[1])
+loader = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(loader)
+loader._WAITING[0] = sys.argv[2] == "waiting"
+signal.signal(signal.SIGTERM, lambda signum, frame: loader.on_sigterm())
+try:
+    signal.raise_signal(signal.SIGTERM)
+except loader.Terminated:
+    print("terminated: an orderly stop")
+    signal.raise_signal(signal.SIGTERM)  # a second one: at once
+print("still running")
+"""
+
+
+@pytest.mark.parametrize("when", ["waiting", "stopping"])
+def test_sigterm_raises_only_into_the_wait_and_a_later_one_ends_the_process(when: str) -> None:
+    """Regression (seen in CI): a SIGTERM just after stdin closed raised Terminated into
+    the stop, a traceback. Only the wait gets Terminated, once; after it, at once."""
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_PROBE, str(LOADER_PATH), when],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == -15, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "still running" not in result.stdout
+    assert ("terminated: an orderly stop" in result.stdout) is (when == "waiting")

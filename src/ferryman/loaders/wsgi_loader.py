@@ -779,17 +779,24 @@ def set_process_title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
+#: Whether the process still waits for its stop (see on_sigterm): a list, so that the
+#: signal handler and the main flow share it.
+_WAITING = [False]
+
+
 def wait_for_owner_eof() -> None:
-    """Block until the core closes our stdin (or dies)."""
+    """Block until the core closes our stdin (or dies), or SIGTERM raises Terminated."""
     while True:
         try:
             data = os.read(0, 4096)
         except InterruptedError:
             continue
         except OSError:
-            return
+            break
         if not data:
-            return
+            break
+    # (A SIGTERM from here on finds the wait over: it does not raise into the stop.)
+    _WAITING[0] = False
 
 
 def begin(args: dict[str, Any], title: str) -> Handshake:
@@ -863,8 +870,9 @@ def main() -> None:
     )
     handshake.close()
 
+    _WAITING[0] = True
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
-        signal.signal(signal.SIGTERM, lambda signum, frame: on_sigterm(server))
+        signal.signal(signal.SIGTERM, lambda signum, frame: on_sigterm())
     if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
         # Before killing a hung process (--max-request-time), the core sends SIGQUIT:
         # every thread's stack goes to the log. faulthandler writes from the C signal
@@ -884,14 +892,22 @@ class Terminated(Exception):
     """SIGTERM arrived: stop as when the core closes stdin."""
 
 
-def on_sigterm(server: Server) -> None:
+def on_sigterm() -> None:
     """The first SIGTERM stops the process in order: no new requests, those in flight
     finish, exit 0 (as under systemd's control-group kill or docker stop, which signal
-    every process at once). One that comes while stopping already ends it at once."""
-    if server.stopping:
+    every process at once). One that comes while stopping already (stdin closed, or a
+    SIGTERM before) ends it at once.
+
+    It raises Terminated only into the wait (wait_for_owner_eof), which is the one place
+    that catches it: the flag is cleared by whichever comes first, the end of the wait or
+    this handler. Judged by the server's own stopping flag instead, a SIGTERM just after
+    stdin closed (a second stop: the core closes stdin, then signals at once) raised into
+    Server.stop, before it set that flag: a traceback instead of a stop."""
+    if not _WAITING[0]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    _WAITING[0] = False
     sys.stderr.write("Ferryman loader: received SIGTERM; finishing the requests in flight\n")
     sys.stderr.flush()
     raise Terminated
