@@ -56,6 +56,17 @@ def process_children(pid: int) -> list[int]:
     return children
 
 
+def is_core(pid: int) -> bool:
+    """Whether ``pid`` runs ``python -m ferryman start`` (a core; the watchdog runs
+    ``ferryman.watchdog``, app processes their loader or command)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:4] == [b"-m", b"ferryman", b"start"]
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
     try:
@@ -156,12 +167,18 @@ class Server:
             time.sleep(0.02)
 
     def find_core(self, timeout: float = 15, not_pid: int = 0) -> int:
-        """The core's pid: the watchdog's one live child (other than ``not_pid``, the core
-        that died, when a new one is awaited)."""
+        """The core's pid: the watchdog's one live ``ferryman start`` child (other than
+        ``not_pid``, the core that died, when a new one is awaited). The dead core's app
+        processes are the watchdog's children too for a moment (it is their subreaper)
+        until it kills them: they are not cores."""
         found: list[int] = []
 
         def one_core() -> bool:
-            children = [p for p in process_children(self.watchdog_pid) if alive(p) and p != not_pid]
+            children = [
+                p
+                for p in process_children(self.watchdog_pid)
+                if alive(p) and p != not_pid and is_core(p)
+            ]
             found[:] = children
             return len(children) == 1
 
