@@ -1,10 +1,11 @@
 """Ruby Rack apps through the Rack loader: a plain Rack app wrapped in Rack::Lint (and the
-Rack 3 shapes beside it), and Sinatra, with real ruby processes."""
+Rack 3 shapes beside it), Sinatra and Rails, with real ruby processes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -185,6 +186,26 @@ def test_sinatra() -> None:
         finally:
             conn.close()
         assert server.request("GET", "/stream")[2] == b"part 0\npart 1\npart 2\n"
+
+
+def test_rails() -> None:
+    """A Rails application (one file, Debian's ruby-rails): GET, a JSON answer to a POST,
+    ActionController::Live streaming, RAILS_ENV from --environment, its log in ours."""
+    _need("action_controller/railtie", "ruby-rails")
+    with serving(APPS / "rack_rails", "--min-instances", "1", "-e", "production") as server:
+        (pid,) = server.app_pids
+        version = server.get("/")
+        assert version[0] == 200, version
+        expected = rf"Hello from Rails \d+\.\d+\.\d+\S* in production, process {pid}"
+        assert re.fullmatch(expected, version[1].decode()), version
+        status, headers, body = server.request(
+            "POST", "/echo?name=ferry", b"x" * 1000, {"Content-Type": "application/octet-stream"}
+        )
+        assert (status, body) == (200, b'{"name":"ferry","bytes":1000}')
+        assert headers["content-type"].startswith("application/json")
+        first_at, total, data = _first_chunk_then_rest(server, "/stream", b"part 0\n")
+        assert b"part 2\n" in data and total >= 0.6 and first_at < total - 0.4, (first_at, total)
+        server.wait_for_log(r'output: .*Started GET "/stream"', timeout=5)
 
 
 def test_three_slow_requests_on_three_single_threaded_processes() -> None:
