@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -397,3 +398,36 @@ def test_a_gem_missing_from_the_gemfile_is_explained(report_dir: Path) -> None: 
             server, report_dir, step="load_app", category="import_error",
             texts=["a_gem_the_gemfile_wants_xyz"],
         )  # fmt: skip
+
+
+def test_an_app_with_a_gemfile_runs_with_its_bundle(tmp_path: Path) -> None:
+    """With a Gemfile, bundler/setup is loaded first: the app gets the gems of its bundle,
+    and an installed gem the Gemfile does not name cannot be required."""
+    _need("sinatra/base")
+    app = tmp_path / "bundled"
+    shutil.copytree(APPS / "rack_bundled", app)  # bundler writes Gemfile.lock beside it
+    with serving(app, "--min-instances", "1") as server:
+        status, body = server.get("/")
+        assert status == 200, body
+        gemfile = app / "Gemfile"
+        assert body == f"bundler loaded, gemfile {gemfile}, sinatra: not in the bundle".encode()
+    assert (app / "Gemfile.lock").is_file()
+
+
+def test_ruby_names_the_interpreter(tmp_path: Path) -> None:
+    """--ruby: the app runs under that ruby (a relative path is the shell's), named with
+    its version in the banner; one that is not a usable ruby stops the start in one line."""
+    ruby = shutil.which("ruby")
+    assert ruby is not None
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ruby3").symlink_to(ruby)
+    with serving(STUB, "--ruby", "bin/ruby3", cwd=tmp_path) as server:
+        server.wait_for_log(re.escape(f"run by {tmp_path / 'bin' / 'ruby3'} (ruby 3."))
+        assert server.get("/pid")[0] == 200
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryman", "start", str(STUB), "--port=0", "--ruby=/bin/true"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "invalid value '/bin/true' for ruby (from --ruby)" in result.stderr
+    assert "Ruby 3.0 (or newer)" in result.stderr

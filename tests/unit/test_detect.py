@@ -50,6 +50,9 @@ CASES = [
     ({"app.py": "", "config.ru": ""}, {}, ("wsgi", "app.py", "")),
     ({"other.ru": "", "app.py": ""}, {"rackup": "other.ru"}, ("rack", "other.ru", "")),
     ({"x.ru": ""}, {"startup_file": "x.ru"}, ("rack", "x.ru", "")),
+    ({"app.py": "", "config.ru": ""}, {"app_type": "rack"}, ("rack", "config.ru", "")),
+    ({"app.py": "", "api.ru": ""}, {"app_type": "rack", "rackup": "api.ru"},
+     ("rack", "api.ru", "")),
     # uvicorn's module:attribute form.
     ({"main.py": ""}, {"startup_file": "main:api"}, ("asgi", "main.py", "")),
     ({"mysite/asgi.py": ""}, {"startup_file": "mysite.asgi:application"},
