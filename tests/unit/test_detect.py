@@ -155,6 +155,13 @@ def test_a_django_project_with_two_candidates_is_not_guessed(tmp_path: Path) -> 
     assert "--startup-file" in message and "mysite/wsgi.py" in message
 
 
+def test_app_type_rack_without_config_ru_suggests_rackup(tmp_path: Path) -> None:
+    with pytest.raises(AppNotFound) as caught:
+        make(tmp_path, {"app.py": ""}, app_type="rack")
+    message = str(caught.value)
+    assert "looked for config.ru (use --rackup, e.g. --rackup api.ru," in message
+
+
 def test_a_django_projects_asgi_py_is_found_with_app_type_asgi(tmp_path: Path) -> None:
     """Detected, a Django project is WSGI; asked for ASGI, its <project>/asgi.py."""
     files = {"manage.py": MANAGE_PY, "mysite/settings.py": "", "mysite/wsgi.py": "",
