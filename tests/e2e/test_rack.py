@@ -322,6 +322,14 @@ def test_a_missing_gem_is_explained(report_dir: Path) -> None:  # noqa: F811 - t
         assert "config.ru:1" in failure.page  # the backtrace, down to the app's line
 
 
+def test_a_syntax_error_in_config_ru_is_explained(report_dir: Path) -> None:  # noqa: F811
+    with serving(APPS / "rack_syntax", *flags(report_dir), wait_ready=0) as server:
+        assert_explained(
+            server, report_dir, step="load_app", category="syntax_error",
+            texts=["SyntaxError", "config.ru:3: syntax error"],
+        )  # fmt: skip
+
+
 def test_fds_and_children_return_to_their_baseline() -> None:
     """As for Python apps (test_leaks): keep-alive and new-connection requests, errors,
     spooled bodies, clients that leave mid-response and mid-request; here WebSockets
