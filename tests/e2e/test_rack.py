@@ -277,6 +277,26 @@ def test_websockets_through_rack_hijack(path: str) -> None:
         assert "LintError" not in server.log_text()
 
 
+def test_faye_websocket() -> None:
+    """A real Rack WebSocket library (faye-websocket, on EventMachine) through rack.hijack:
+    echo, a large message, the client's close code reaching the app."""
+    _need("faye/websocket", "ruby-faye-websocket")
+    with serving(APPS / "rack_faye", "--min-instances", "1", "--max-pool-size", "1") as server:
+        (pid,) = server.app_pids
+        assert server.get("/") == (200, f"plain {pid}".encode())
+        for code in (4001, 4002):
+            with connect(f"ws://127.0.0.1:{server.port}/", max_size=2**21) as ws:
+                assert ws.recv(timeout=10) == str(pid)
+                ws.send("héllo")
+                assert ws.recv(timeout=10) == "héllo"
+                big = os.urandom(300_000)
+                ws.send(big)
+                assert ws.recv(timeout=10) == big
+                ws.close(code, "bye")
+            server.wait_for_log(rf"output: faye closed {code}$")
+        assert wait_until(lambda: _sessions(server) == {pid: 0}, timeout=10)
+
+
 def test_a_full_hijack_answering_plain_http_with_its_own_chunking() -> None:
     """A full hijack that answers an ordinary GET with a body it chunk-encodes itself
     (message_bus's long polling): the client gets the body once, framed by the core."""
