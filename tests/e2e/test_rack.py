@@ -123,7 +123,9 @@ def test_a_streaming_body_reaches_the_client_as_the_app_writes_it(
         assert b"transfer-encoding: chunked" in data.lower()
         assert last in data and data.endswith(b"0\r\n\r\n")
         assert total >= 1.0, total  # two pauses of 0.5 s
-        assert first_at < total - 0.7, (first_at, total)
+        # Held back, the first part would come with the last (a busy machine may add some
+        # latency to the first, never a whole pause).
+        assert first_at < total - 0.5, (first_at, total)
 
 
 def test_rack3_shapes() -> None:
@@ -205,7 +207,7 @@ def test_rails() -> None:
         assert (status, body) == (200, b'{"name":"ferry","bytes":1000}')
         assert headers["content-type"].startswith("application/json")
         first_at, total, data = _first_chunk_then_rest(server, "/stream", b"part 0\n")
-        assert b"part 2\n" in data and total >= 0.6 and first_at < total - 0.4, (first_at, total)
+        assert b"part 2\n" in data and total >= 0.6 and first_at < total - 0.3, (first_at, total)
         server.wait_for_log(r'output: .*Started GET "/stream"', timeout=5)
 
 
