@@ -196,7 +196,9 @@ APP_ENVIRONMENT_VARIABLES = ("WSGI_ENV", "PASSENGER_APP_ENV", "RACK_ENV", "RAILS
 
 
 @pytest.mark.parametrize(
-    "app", [STUB, APPS / "node_http", APPS / "generic_http"], ids=["wsgi", "node", "generic"]
+    "app",
+    [STUB, APPS / "node_http", APPS / "generic_http", APPS / "rack_stub"],
+    ids=["wsgi", "node", "generic", "rack"],
 )
 @pytest.mark.parametrize(
     ("flags", "expected"),
@@ -210,6 +212,10 @@ def test_the_environment_is_exported_to_the_app(
     """The environment's name (-e, default development) is in the app process's own
     environment as WSGI_ENV, PASSENGER_APP_ENV, RACK_ENV, RAILS_ENV and NODE_ENV, over
     whatever the shell that started Ferryman had there."""
+    if app.name.startswith("rack_"):
+        from .test_rack import _need
+
+        _need("rack")
     inherited = dict.fromkeys(APP_ENVIRONMENT_VARIABLES, "from-the-shell")
     with serving(app, *flags, env=inherited) as server:
         status, body = server.get("/osenv?names=" + ",".join(APP_ENVIRONMENT_VARIABLES))

@@ -206,8 +206,10 @@ def test_an_app_that_fails_to_start_leaves_the_others_serving() -> None:
         assert get(server, "/")[0] == 200
 
 
-@pytest.mark.skipif(shutil.which("ruby") is None, reason="needs ruby")
 def test_a_rack_app_at_a_prefix_gets_script_name() -> None:
+    from .test_rack import _need
+
+    _need("rack")  # skips only outside CI, as the other Ruby tests
     with serving(STUB, "--app", f"/rb={RACK}", wait_ready=2) as server:
         for path in ("/rb/env?x=1", "/%72b/env"):  # the prefix as sent or encoded
             status, body = get(server, path)

@@ -50,6 +50,9 @@ CASES = [
     ({"app.py": "", "config.ru": ""}, {}, ("wsgi", "app.py", "")),
     ({"other.ru": "", "app.py": ""}, {"rackup": "other.ru"}, ("rack", "other.ru", "")),
     ({"x.ru": ""}, {"startup_file": "x.ru"}, ("rack", "x.ru", "")),
+    ({"app.py": "", "config.ru": ""}, {"app_type": "rack"}, ("rack", "config.ru", "")),
+    ({"app.py": "", "api.ru": ""}, {"app_type": "rack", "rackup": "api.ru"},
+     ("rack", "api.ru", "")),
     # uvicorn's module:attribute form.
     ({"main.py": ""}, {"startup_file": "main:api"}, ("asgi", "main.py", "")),
     ({"mysite/asgi.py": ""}, {"startup_file": "mysite.asgi:application"},
@@ -150,6 +153,13 @@ def test_a_django_project_with_two_candidates_is_not_guessed(tmp_path: Path) -> 
     message = str(caught.value)
     assert "a Django manage.py project" in message
     assert "--startup-file" in message and "mysite/wsgi.py" in message
+
+
+def test_app_type_rack_without_config_ru_suggests_rackup(tmp_path: Path) -> None:
+    with pytest.raises(AppNotFound) as caught:
+        make(tmp_path, {"app.py": ""}, app_type="rack")
+    message = str(caught.value)
+    assert "looked for config.ru (use --rackup, e.g. --rackup api.ru," in message
 
 
 def test_a_django_projects_asgi_py_is_found_with_app_type_asgi(tmp_path: Path) -> None:

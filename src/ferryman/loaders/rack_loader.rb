@@ -6,6 +6,10 @@
 # with --thread-count threads. stdin is the owner pipe: at EOF (or SIGTERM) the loader
 # stops accepting, lets requests in flight finish, and exits; if Ferryman itself is
 # gone it exits at once. Ruby >= 3.0, and only the rack gem the app already has.
+#
+# rack.hijack (full and partial) is supported for the WebSocket tunnel of the session
+# protocol: the app gets one end of a socket pair, and two pumps carry the bytes between
+# it and the core's connection (see Tunnel).
 
 require "json"
 require "socket"
@@ -58,6 +62,12 @@ module FerrymanRack
     end
   end
 
+  # The reason phrase: rack's table (every code it knows), else ours.
+  def self.reason(status)
+    codes = defined?(Rack::Utils::HTTP_STATUS_CODES) ? Rack::Utils::HTTP_STATUS_CODES : REASONS
+    codes.fetch(status) { REASONS.fetch(status, "Unknown") }
+  end
+
   def self.frame(kind, payload)
     [kind, payload.bytesize].pack("aN") + payload
   end
@@ -95,51 +105,121 @@ module FerrymanRack
       @stopping = false
       @busy = Array.new(threads, false)
       @workers = []
+      # Connections with a request to read, for free workers; nil tells one to stop.
+      @ready = Queue.new
+      # Kept-alive connections parked by the workers, for the reactor to watch.
+      @parked = Queue.new
+      @wake_r, @wake_w = IO.pipe
+      # One byte per connection that waits for a worker while none is free: a worker
+      # that holds an idle kept-alive connection takes the byte, parks its connection
+      # with the reactor and comes for the waiting one.
+      @claim_r, @claim_w = IO.pipe
+      # Hijacked connections open now (WebSockets): the server's stop ends them.
+      @tunnels = []
+      @tunnels_lock = Mutex.new
     end
 
     def start
       @threads.times do |index|
         @workers << Thread.new { worker(index) }
       end
+      @reactor = Thread.new { reactor }
+    end
+
+    # A worker keeps serving the connection it has while requests come on it (no hop
+    # between threads on the hot path), but is never stuck on an idle one: the core
+    # keeps up to --thread-count connections alive and opens a fresh one for a
+    # WebSocket, which must find a worker. The reactor accepts new connections and
+    # watches parked ones, and hands each that has a request to a worker.
+    def reactor
+      idle = []
+      until @stopping
+        readable, = IO.select([@listener, @wake_r, *idle])
+        readable.each do |io|
+          if io.equal?(@listener)
+            conn = @listener.accept_nonblock(exception: false)
+            dispatch(conn) unless conn == :wait_readable
+          elsif io.equal?(@wake_r)
+            @wake_r.read_nonblock(4096, exception: false)
+            idle << @parked.pop until @parked.empty?
+          else
+            # The next request (the core never pipelines: no byte of it is buffered in
+            # Ruby yet), or EOF; the worker tells them apart.
+            idle.delete(io)
+            dispatch(io)
+          end
+        end
+      end
+    rescue IOError, SystemCallError
+      nil # the listener closed: stopping
+    ensure
+      idle&.each { |conn| conn.close unless conn.closed? }
+    end
+
+    def dispatch(conn)
+      @claim_w.write_nonblock(".", exception: false) if @ready.num_waiting.zero?
+      @ready << conn
     end
 
     def worker(index)
-      until @stopping
+      conn = nil
+      loop do
+        conn ||= @ready.pop
+        break if conn.nil? # stopping
+
+        keep = false
         begin
-          conn = @listener.accept
-        rescue IOError, SystemCallError
-          return # the listener is closed: stopping
-        end
-        begin
-          serve_connection(conn, index)
+          keep = serve_request(conn, index)
         rescue IOError, SystemCallError
           nil # the core closed the connection mid-request; it knows
         rescue Exception => e # rubocop:disable Lint/RescueException
           warn("Ferryman loader: #{e.class}: #{e.message}")
-        ensure
-          conn.close unless conn.closed?
         end
+        if keep
+          following = next_request_here(conn)
+          next if following == :here
+
+          conn = nil if following == :parked # the reactor has it now
+        end
+        conn.close unless conn.nil? || conn.closed?
+        conn = nil
       end
     end
 
-    def serve_connection(conn, index)
+    # Waits for the next request on a kept-alive connection: :here when it came (or
+    # the core closed it: the next read tells); :parked when the connection went to the
+    # reactor because another one needs this worker; :stopping (the caller closes it).
+    def next_request_here(conn)
       until @stopping
-        head = read_exactly(conn, REQUEST_HEAD_SIZE)
-        return if head.nil?
+        readable, = IO.select([conn, @claim_r])
+        return :here if readable.include?(conn)
+        next if @claim_r.read_nonblock(1, exception: false) == :wait_readable # another took it
 
-        environ_length, body_length = head.unpack("NQ>")
-        block = read_exactly(conn, environ_length)
-        return if block.nil?
+        @parked << conn
+        @wake_w.write_nonblock(".", exception: false)
+        return :parked
+      end
+      :stopping
+    end
 
-        @busy[index] = true
-        begin
-          input = read_body(conn, body_length)
-          return if input.nil?
+    # One request from the connection; true when the connection can carry the next.
+    def serve_request(conn, index)
+      head = read_exactly(conn, REQUEST_HEAD_SIZE)
+      return false if head.nil?
 
-          handle(conn, block, input)
-        ensure
-          @busy[index] = false
-        end
+      environ_length, body_length = head.unpack("NQ>")
+      block = read_exactly(conn, environ_length)
+      return false if block.nil?
+
+      @busy[index] = true
+      begin
+        input = read_body(conn, body_length)
+        return false if input.nil?
+
+        # A hijacked connection was the app's: it is never used for another request.
+        handle(conn, block, input)
+      ensure
+        @busy[index] = false
       end
     end
 
@@ -177,7 +257,7 @@ module FerrymanRack
       file
     end
 
-    def environ(block, input)
+    def environ(block, input, tunnel)
       pairs = block.force_encoding(Encoding::ASCII_8BIT).split("\0", -1)
       env = {}
       pairs.each_slice(2) { |key, value| env[key] = value || "" }
@@ -206,24 +286,53 @@ module FerrymanRack
       env["rack.multithread"] = @threads > 1
       env["rack.multiprocess"] = true
       env["rack.run_once"] = false
-      env["rack.hijack?"] = false
+      # Full hijack: the app gets the connection, raw bytes both ways (what WebSocket
+      # libraries such as faye-websocket use); it writes the response head itself.
+      env["rack.hijack?"] = true
+      env["rack.hijack"] = -> { env["rack.hijack_io"] = tunnel.open(self, full: true) }
+      # Rack 3: callables run once the response is done (or failed), as Puma runs them.
+      env["rack.response_finished"] = []
       env
     end
 
+    # Serves one request; false when the app hijacked the connection (not reusable).
     def handle(conn, block, input)
-      env = environ(block, input)
+      tunnel = Tunnel.new(conn)
+      env = environ(block, input, tunnel)
       head_only = env["REQUEST_METHOD"] == "HEAD"
       head_sent = false
-      body = nil
+      status = headers = body = error = nil
       begin
         status, headers, body = @app.call(env)
-        head_sent = send_response(conn, status.to_i, headers, body, head_only)
+        if tunnel.open?
+          # Full hijack: the response the app returned is not used (Rack SPEC); the
+          # connection is the app's until the tunnel ends.
+          head_sent = true
+          tunnel.finish(self)
+          return false
+        end
+        hijack = headers["rack.hijack"] if headers.respond_to?(:[])
+        head_sent = send_response(conn, status.to_i, headers, body, head_only, input, hijack)
+        if hijack
+          # Partial hijack: the head went out; the app writes the body (or a
+          # WebSocket's frames) to the IO it gets, and closes it when done.
+          hijack.call(tunnel.open(self, full: false, status: status.to_i))
+          tunnel.finish(self)
+          return false
+        end
+        true
       rescue IOError, SystemCallError
+        tunnel.finish(self, failed: true) if tunnel.open?
         raise
       rescue Exception => e # rubocop:disable Lint/RescueException
+        error = e
         warn("Error while serving a request:\n#{e.class}: #{e.message}\n" \
              "#{FerrymanRack.app_backtrace(e).map { |l| "  #{l}" }.join("\n")}")
         $stderr.flush
+        if tunnel.open?
+          tunnel.finish(self, failed: true)
+          return false
+        end
         if head_sent
           conn.write(FerrymanRack.frame("A", "the app raised mid-response"))
         else
@@ -232,15 +341,38 @@ module FerrymanRack
           out << END_FRAME
           conn.write(out.join)
         end
+        true
       ensure
         body.close if body.respond_to?(:close)
         input.close if input.respond_to?(:close)
+        response_finished(env, status, headers, error)
       end
     end
 
+    def response_finished(env, status, headers, error)
+      callbacks = env && env["rack.response_finished"]
+      return unless callbacks.is_a?(Array)
+
+      # Rack 3.1's order: the last registered runs first.
+      callbacks.reverse_each do |callback|
+        callback.call(env, status, headers, error)
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        warn("Error in a rack.response_finished callback: #{e.class}: #{e.message}")
+      end
+    end
+
+    def track(tunnel, open)
+      @tunnels_lock.synchronize { open ? @tunnels << tunnel : @tunnels.delete(tunnel) }
+    end
+
+    # The server is going away: hijacked WebSockets get a close frame (1001).
+    def going_away
+      @tunnels_lock.synchronize { @tunnels.dup }.each(&:going_away)
+    end
+
     # Sends the head and the body; true once the head went out.
-    def send_response(conn, status, headers, body, head_only)
-      lines = +"#{status} #{REASONS.fetch(status, 'Unknown')}\r\n"
+    def send_response(conn, status, headers, body, head_only, input, hijack)
+      lines = +"#{status} #{FerrymanRack.reason(status)}\r\n"
       seen_length = false
       headers.each do |name, value|
         name = name.to_s
@@ -255,9 +387,17 @@ module FerrymanRack
           lines << "#{name}: #{one}\r\n"
         end
       end
-      if body.respond_to?(:to_ary)
-        # The whole body is known: one write, with its length.
-        data = body.to_ary.join.b
+      if hijack
+        # The app writes the body itself (for a HEAD, the core drops it).
+        conn.write(FerrymanRack.frame("H", lines.b))
+        return true
+      end
+      # The whole body is known: one write, with its length. Only an Array counts: Rails'
+      # streaming bodies (ActionController::Live) respond to to_ary with nil, and are
+      # enumerated below as Puma does.
+      parts = body.respond_to?(:to_ary) ? body.to_ary : nil
+      if parts.is_a?(Array)
+        data = parts.join.b
         if !seen_length && status >= 200 && ![204, 304].include?(status)
           lines << "Content-Length: #{data.bytesize}\r\n"
         end
@@ -272,13 +412,15 @@ module FerrymanRack
         conn.write(END_FRAME)
         return true
       end
+      # Rack 3: a body that responds to each is enumerable, even if it responds to
+      # call too; only one without each is a streaming body.
       if body.respond_to?(:each)
         body.each do |chunk|
           chunk = chunk.to_s.b
           FerrymanRack.body_frames(chunk).each { |f| conn.write(f) } unless chunk.empty?
         end
       elsif body.respond_to?(:call)
-        body.call(Stream.new(conn)) # Rack 3 streaming body
+        body.call(Stream.new(conn, input)) # Rack 3 streaming body
       end
       conn.write(END_FRAME)
       true
@@ -292,14 +434,171 @@ module FerrymanRack
         nil
       end
       @listener.close unless @listener.closed?
+      @wake_w.write_nonblock(".", exception: false) # the reactor sees @stopping
+      @claim_w.write_nonblock("." * @threads, exception: false) # and the idle workers
+      @threads.times { @ready << nil }
+      # Hijacked connections have no end of their own: they end with the server.
+      @tunnels_lock.synchronize { @tunnels.dup }.each(&:close)
       sleep(0.02) while @busy.any? && core_alive.call
     end
   end
 
-  # What a Rack 3 streaming body writes to.
-  class Stream
+  # A hijacked connection (rack.hijack, full or partial). The app gets one end of a
+  # socket pair (a real IO, as WebSocket libraries expect); two pumps carry the bytes:
+  # the client's raw bytes from the core's connection to the app, and what the app
+  # writes to the core in B frames (after a full hijack, the head it writes first
+  # becomes the H frame). Either side closing ends the tunnel, as the protocol says.
+  class Tunnel
+    MAX_HEAD = 64 * 1024
+    # A WebSocket close frame with code 1001 (going away), unmasked: from a server.
+    GOING_AWAY = [0x88, 2, 1001].pack("CCn").freeze
+
     def initialize(conn)
       @conn = conn
+      @ours = nil
+      @lock = Mutex.new
+      @going_away = false
+    end
+
+    def open?
+      !@ours.nil?
+    end
+
+    # The app's end of the tunnel. A partial hijack's status is known (its head went
+    # out); a full hijack's is read from the head the app writes.
+    def open(server, full:, status: nil)
+      raise IOError, "the connection was hijacked already" if @ours
+
+      app_io, @ours = UNIXSocket.pair
+      app_io.binmode
+      @ours.binmode
+      @websocket = status == 101
+      server.track(self, true)
+      @inbound = Thread.new { inbound }
+      @outbound = Thread.new { outbound(full) }
+      app_io
+    end
+
+    # Waits for the tunnel's end, then lets the connection go.
+    def finish(server, failed: false)
+      close if failed
+      @outbound.join
+      @conn.close unless @conn.closed? # ends the inbound pump if the app ended first
+      @inbound.join
+      close
+      server.track(self, false)
+    end
+
+    # Ends the tunnel: the app reads EOF, its writes fail.
+    def close
+      @lock.synchronize { @ours.close unless @ours.nil? || @ours.closed? }
+    end
+
+    def going_away
+      @going_away = true
+      close
+    end
+
+    private
+
+    # The client's bytes to the app, as they come.
+    def inbound
+      loop { @ours.write(@conn.readpartial(1 << 16)) }
+    rescue IOError, SystemCallError
+      nil # the client or the core ended the tunnel (EOF), or it was closed here
+    ensure
+      close
+    end
+
+    # The app's bytes to the core, in frames; E when the app closed its end.
+    def outbound(full)
+      chunked = false
+      if full
+        head = read_head
+        return if head.nil?
+
+        status, lines, chunked = head
+        @websocket = status == 101
+        write(FerrymanRack.frame("H", lines))
+      end
+      if chunked
+        dechunk
+      else
+        loop do
+          data = @ours.readpartial(1 << 16)
+          FerrymanRack.body_frames(data).each { |f| write(f) }
+        end
+      end
+    rescue EOFError
+      write(END_FRAME)
+    rescue IOError, SystemCallError
+      # Closed here: by the server going away (a WebSocket gets its close frame), or
+      # because the client left.
+      write(FerrymanRack.frame("B", GOING_AWAY) + END_FRAME) if @going_away && @websocket
+    end
+
+    def write(data)
+      @conn.write(data) unless @conn.closed?
+    rescue IOError, SystemCallError
+      nil # the core is gone: the inbound pump sees it too
+    end
+
+    # The head a full hijack writes ("HTTP/1.1 101 Switching Protocols\r\n..."), as
+    # the H frame's payload: [status, payload, chunked?]; nil (after a 502) if the app
+    # closed before a head or wrote something else.
+    def read_head
+      text = @ours.gets("\r\n\r\n", MAX_HEAD)
+      unless text&.end_with?("\r\n\r\n")
+        warn("Ferryman loader: the app hijacked the connection but wrote no HTTP head")
+        write(FerrymanRack.frame("H", "502 Bad Gateway\r\nContent-Length: 0\r\n") + END_FRAME)
+        return nil
+      end
+      status_line, *fields = text.b.split("\r\n")
+      _, code, reason = status_line.split(" ", 3)
+      status = code.to_i
+      reason = FerrymanRack.reason(status) if reason.nil? || reason.empty?
+      payload = +"#{status} #{reason}\r\n"
+      chunked = false
+      fields.each do |field|
+        name, value = field.split(":", 2)
+        lower = name.to_s.strip.downcase
+        chunked = true if lower == "transfer-encoding" && value.to_s.downcase.include?("chunked")
+        # The core adds Connection/Upgrade and its own framing.
+        payload << "#{name.strip}: #{value.to_s.strip}\r\n" unless HOP_BY_HOP.include?(lower)
+      end
+      [status, payload.b, chunked]
+    end
+
+    # A chunked body the app encoded itself (a full hijack answering with
+    # Transfer-Encoding: chunked): the core frames the body, so it goes on decoded.
+    def dechunk
+      loop do
+        line = @ours.gets("\r\n", 1024) or raise EOFError
+        size = line.to_i(16) # stops at a chunk extension's ";"
+        if size.zero?
+          # Trailers (not passed on), up to the empty line.
+          64.times { break if @ours.gets("\r\n", MAX_HEAD).to_s.strip.empty? }
+          raise EOFError
+        end
+        data = @ours.read(size)
+        raise EOFError if data.nil? || data.bytesize < size
+
+        @ours.read(2)
+        FerrymanRack.body_frames(data).each { |f| write(f) }
+      end
+    end
+  end
+
+  # What a Rack 3 streaming body writes to (and reads the request body from).
+  class Stream
+    def initialize(conn, input)
+      @conn = conn
+      @input = input
+      @closed = false
+    end
+
+    def read(length = nil, buffer = nil)
+      @input ? @input.read(length, buffer) : nil
     end
 
     def write(data)
@@ -307,16 +606,28 @@ module FerrymanRack
       FerrymanRack.body_frames(data).each { |f| @conn.write(f) } unless data.empty?
       data.bytesize
     end
-    alias << write
 
-    def flush; end
+    def <<(data)
+      write(data)
+      self
+    end
 
-    def close; end
+    def flush
+      self
+    end
 
-    def close_write; end
+    def close_read; end
+
+    def close_write
+      @closed = true
+    end
+
+    def close
+      @closed = true
+    end
 
     def closed?
-      false
+      @closed
     end
   end
 
@@ -357,6 +668,10 @@ module FerrymanRack
 
   def self.main
     args = JSON.parse(ARGV[0])
+    # App output reaches the log as it is written, as under Passenger and Puma (an app's
+    # logger on $stdout, Rails' among them, was held in Ruby's buffer until exit).
+    $stdout.sync = true
+    $stderr.sync = true
     parent = Process.ppid
     handshake = Handshake.new(args["handshake_fd"])
     handshake.send({ step: "loader_start", state: "performed", at: Time.now.to_f,
@@ -404,7 +719,11 @@ module FerrymanRack
     end
     Thread.new do
       begin
-        loop { $stdin.readpartial(4096) } # bytes we do not know are ignored
+        loop do
+          # "g": the server is going away (hijacked WebSockets get 1001); bytes we do
+          # not know are ignored.
+          server.going_away if $stdin.readpartial(4096).include?("g")
+        end
       rescue EOFError, IOError, SystemCallError
         stop << :eof
       end

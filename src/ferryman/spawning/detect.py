@@ -88,10 +88,15 @@ def detect(config: Config) -> AppSpec:
     looked_for = [name for kind in candidates for name in kind.looked_for]
     if wanted != "auto" and KINDS[wanted].loader is None:
         looked_for.insert(0, "app_start_command")
-    example = "main:app" if wanted == "asgi" else "mysite/wsgi.py"
+    # The option that names the file, with an example of this kind's (a Rack app's is
+    # its rackup file, as in `passenger start --rackup`).
+    if wanted == "rack":
+        option, example = "--rackup", "api.ru"
+    else:
+        option, example = "--startup-file", "main:app" if wanted == "asgi" else "mysite/wsgi.py"
     raise AppNotFound(
         f"no app found in {root}: looked for {', '.join(looked_for)}"
-        f" (use --startup-file, e.g. --startup-file {example}, or --app-start-command to"
+        f" (use {option}, e.g. {option} {example}, or --app-start-command to"
         " say how to start it)"
     )
 
