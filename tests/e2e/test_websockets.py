@@ -277,3 +277,62 @@ def test_node_websockets_through_the_front() -> None:
             for ws in sockets:
                 ws.close()
         assert server.get("/")[0] == 200
+
+
+# -- any-language apps (a program serving HTTP and WebSockets on $PORT) -----------------------
+
+
+def test_generic_app_websockets_through_the_front() -> None:
+    """A generic app (here the websockets library's own server, started by command): the
+    upgrade goes to the least-busy process and holds a session there, messages and close
+    codes pass both ways, and killing a process ends its WebSockets only."""
+    command = f"{sys.executable} server.py"
+    with serving(
+        APPS / "generic_ws", "--app-start-command", command,
+        "--min-instances", "2", "--max-pool-size", "2", wait_ready=2,
+    ) as server:  # fmt: skip
+        assert server.get("/") == (200, b"ok\n")  # plain HTTP to the same app
+        pids = sorted(server.app_pids)
+        sockets = [connect(_url(server, "/"), max_size=2**21) for _ in range(4)]
+        try:
+            owners = [int(ws.recv(timeout=10)) for ws in sockets]
+            assert sorted(owners) == sorted(pids * 2)  # spread: two per process
+            assert _sessions(server) == dict.fromkeys(pids, 2)  # each one a session
+            ws = sockets[0]
+            ws.send("héllo")
+            assert ws.recv(timeout=10) == "héllo"
+            big = os.urandom(1024 * 1024)
+            ws.send(big)
+            assert ws.recv(timeout=10) == big
+            ws.send("close:4003")  # the server closes, with its code and reason
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert (ws.close_code, ws.close_reason) == (4003, "asked to")
+            sockets[1].close(4002, "bye")  # the client closes, with its code
+            assert sockets[1].close_code == 4002
+            survivors = sockets[2:]
+            assert wait_until(
+                lambda: (
+                    sorted(_sessions(server).values())
+                    == sorted([owners[2:].count(pid) for pid in pids])
+                ),
+                timeout=10,
+            ), _sessions(server)
+            victim = owners[2]
+            os.kill(victim, signal.SIGKILL)
+            for ws, owner in zip(survivors, owners[2:], strict=True):
+                if owner == victim:
+                    with pytest.raises(ConnectionClosed):
+                        ws.recv(timeout=10)
+                else:
+                    ws.send("still here")
+                    assert ws.recv(timeout=10) == "still here"
+            assert wait_until(lambda: not alive(victim), timeout=10)
+            with connect(_url(server, "/")) as fresh:
+                assert int(fresh.recv(timeout=10)) != victim
+                fresh.send(b"new")
+                assert fresh.recv(timeout=10) == b"new"
+        finally:
+            for ws in sockets:
+                ws.close()
+        assert wait_until(lambda: set(_sessions(server).values()) == {0}, timeout=10)
