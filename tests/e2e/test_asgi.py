@@ -227,3 +227,48 @@ def test_a_module_attribute_reference_names_the_app() -> None:
     with serving(STARLETTE, "--startup-file", "main:api") as server:
         server.wait_for_log(r"app type: Python ASGI \(main\.py:api\)")
         assert server.get("/") == (200, b"hello from starlette")
+
+
+def test_the_concurrency_cap_holds_for_an_asgi_process() -> None:
+    """--force-max-concurrent-requests-per-process 3 on one process: of 9 concurrent
+    requests, never more than 3 are in the app at once (the rest wait in the queue), and 3
+    are (it is a cap, not one at a time)."""
+    with serving(
+        FASTAPI, "--min-instances", "1", "--max-pool-size", "1",
+        "--force-max-concurrent-requests-per-process", "3",
+    ) as server:  # fmt: skip
+        assert "requests per process: at most 3" in server.log_text()
+        results: list[tuple[int, bytes]] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(server.get("/held?seconds=0.5")))
+            for _ in range(9)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        took = time.monotonic() - started
+        assert [status for status, _ in results] == [200] * 9
+        peaks = [json.loads(body)["peak"] for _, body in results]
+        assert max(peaks) == 3, peaks
+        assert took >= 1.5, took  # three rounds of three
+
+
+def test_uvloop_runs_the_app_when_its_environment_has_it(tmp_path: Path) -> None:
+    """The same bare app (asgi.py, found as ASGI) under an interpreter whose environment
+    has uvloop (Ferryman's test environment) and under one without (a fresh venv)."""
+    import subprocess
+    import sys
+
+    bare = tmp_path / "env"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60
+    )
+    plain_python = bare / "bin" / "python"
+    for python, expected in ((sys.executable, b"uvloop.Loop"), (str(plain_python), b"asyncio.")):
+        with serving(APPS / "asgi_plain", "--python", python) as server:
+            server.wait_for_log(r"app type: Python ASGI \(asgi\.py\)")
+            status, body = server.get("/")
+            assert status == 200
+            assert body.startswith(expected), body

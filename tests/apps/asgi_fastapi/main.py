@@ -95,6 +95,22 @@ async def sleep(seconds: float = 1.0) -> PlainTextResponse:
     return PlainTextResponse(str(os.getpid()))
 
 
+#: Requests in /held now, and the most there ever were at once (this process).
+_held = {"now": 0, "peak": 0}
+
+
+@app.get("/held")
+async def held(seconds: float = 0.5) -> dict:
+    """Sleeps, counted: how many requests this process served at once, at most."""
+    _held["now"] += 1
+    _held["peak"] = max(_held["peak"], _held["now"])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        _held["now"] -= 1
+    return {"pid": os.getpid(), "peak": _held["peak"]}
+
+
 @app.get("/boom")
 async def boom() -> dict:
     raise RuntimeError("the handler blew up")
