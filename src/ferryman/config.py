@@ -1067,10 +1067,18 @@ def env_of(name: str) -> str:
 # -- resolution ----------------------------------------------------------------------------
 
 
+#: uvicorn's and gunicorn's reference to an app's callable (main:app, mysite.asgi:app).
+_APP_REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
 def _invalid(name: str, raw: Any, spec: Spec, source: str) -> ConfigError:
     shown = raw if isinstance(raw, str) else repr(raw)
+    hint = ""
+    if name == "app" and isinstance(raw, str) and _APP_REFERENCE.fullmatch(raw):
+        # --app mounts another app; uvicorn users mean the callable of this one.
+        hint = f"; to serve the callable {raw} (uvicorn's form), use --startup-file {raw}"
     return ConfigError(
-        f"invalid value {shown!r} for {name} (from {source}): must be {spec.kind.allowed}"
+        f"invalid value {shown!r} for {name} (from {source}): must be {spec.kind.allowed}{hint}"
     )
 
 

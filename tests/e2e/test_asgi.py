@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .harness import APPS, Server, alive, serving, wait_until
+from .harness import APPS, Server, alive, refused_start, serving, wait_until
 from .test_spawn_errors import assert_explained, flags, report_dir  # noqa: F401 - fixture
 
 FASTAPI = APPS / "asgi_fastapi"
@@ -227,6 +227,16 @@ def test_a_module_attribute_reference_names_the_app() -> None:
     with serving(STARLETTE, "--startup-file", "main:api") as server:
         server.wait_for_log(r"app type: Python ASGI \(main\.py:api\)")
         assert server.get("/") == (200, b"hello from starlette")
+    # As uvicorn users type it: `ferryman start main:api` in the app's directory.
+    with serving("main:api", cwd=STARLETTE) as server:
+        server.wait_for_log(r"serving \S*/asgi_starlette$")
+        server.wait_for_log(r"app type: Python ASGI \(main\.py:api\)")
+        assert server.get("/") == (200, b"hello from starlette")
+    # --app mounts another app: given uvicorn's form, the one line says what to use.
+    line = refused_start("--app", "main:api", app_dir=STARLETTE)
+    assert line.endswith(
+        "to serve the callable main:api (uvicorn's form), use --startup-file main:api"
+    )
 
 
 def test_the_concurrency_cap_holds_for_an_asgi_process() -> None:
