@@ -740,7 +740,7 @@ class Config:
     force_max_concurrent_requests_per_process: int = setting(
         0,
         _int_kind(0, note="0 = no limit"),
-        "For apps that serve any number of requests at once (Node.js, generic): count a "
+        "For apps that serve any number of requests at once (ASGI, Node.js, generic): count a "
         "process as fully busy at this many, so that the pool starts more processes under "
         "load and queues requests beyond them.",
         "Pool",
