@@ -336,3 +336,55 @@ def test_generic_app_websockets_through_the_front() -> None:
             for ws in sockets:
                 ws.close()
         assert wait_until(lambda: set(_sessions(server).values()) == {0}, timeout=10)
+
+
+def test_a_tunnel_holds_each_side_back_instead_of_buffering() -> None:
+    """Back-pressure both ways. The app offers 64 MiB to a client that reads nothing: its
+    sends wait once the buffers on the way are full (a bound far below 64 MiB), the core
+    keeps none of it, and when the client reads, every byte arrives. A client sends 128
+    MiB to an app that reads nothing: the client is held back the same way."""
+    import socket
+    import struct
+    import time
+
+    mib = 1024 * 1024
+    with serving(FASTAPI, "--min-instances", "1") as server:
+        server.get("/flow")
+        rss_before = server.rss_kb()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(_HANDSHAKE.replace(b"/ws/echo", b"/ws/flood?n=64"))
+            data = _read_until(sock, b"\r\n\r\n")
+            head, _, frames = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            time.sleep(1.5)  # reading nothing
+            sent = json.loads(server.get("/flow")[1])["sent"]
+            assert 1 <= sent <= 24, sent  # held back: the buffers on the way are full
+            assert server.rss_kb() - rss_before < 24 * 1024, (rss_before, server.rss_kb())
+            # 64 binary frames (10-byte heads), then the app's close frame (code 1000).
+            expected = 64 * (mib + 10) + 4
+            received, last = len(frames), frames[-4:]
+            while received < expected and (chunk := sock.recv(1 << 20)):
+                received, last = received + len(chunk), (last + chunk)[-4:]
+            assert (received, last) == (expected, b"\x88\x02\x03\xe8")
+            sock.sendall(b"\x88\x82\0\0\0\0\x03\xe8")  # the client's close, answering
+            assert sock.recv(1) == b""  # then the end
+        assert json.loads(server.get("/flow")[1])["sent"] == 64
+
+        piece = 256 * 1024
+        # A binary frame masked with the key 0 (a valid key: the payload goes as it is).
+        frame = bytes([0x82, 0x80 | 127]) + struct.pack("!Q", piece) + b"\0" * 4 + b"x" * piece
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(_HANDSHAKE.replace(b"/ws/echo", b"/ws/deaf?seconds=2"))
+            head = _read_until(sock, b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            sock.settimeout(0.5)
+            pushed = 0
+            deadline = time.monotonic() + 10
+            try:
+                while pushed < 512 and time.monotonic() < deadline:
+                    sock.sendall(frame)
+                    pushed += 1
+            except TimeoutError:
+                pass  # held back
+            assert pushed < 256, pushed  # less than 64 MiB of the 128 went anywhere
+            assert server.rss_kb() - rss_before < 24 * 1024, (rss_before, server.rss_kb())
