@@ -189,6 +189,7 @@ async def ws_slow_accept(websocket: WebSocket) -> None:
 
 
 @app.post("/upload-stream")
+@app.post("/elsewhere/upload-stream")
 async def upload_stream(request: Request) -> dict:
     """Reads the body as it arrives: when the first and last pieces came (the monotonic
     clock, which every process on the machine shares), how many, how big."""
