@@ -40,7 +40,7 @@ from .http import tls
 from .http.listener import listen_target, open_for
 from .instance import running_instances
 from .log import LogSink, setup_logging
-from .spawning.detect import AppSpec, detect, with_interpreter
+from .spawning.detect import AppSpec, detect, split_app_reference, with_interpreter
 from .spawning.error_report import ErrorReports
 from .watchdog import HANDLED, CoreLink, Plan, become_watchdog
 
@@ -65,7 +65,12 @@ def build_parser() -> ArgumentParser:
     commands.required = True
     start = commands.add_parser("start", help="serve the app in APP_DIR")
     start.add_argument(
-        "app_dir", nargs="?", default=".", metavar="APP_DIR", help="the app (default: .)"
+        "app_dir",
+        nargs="?",
+        default=".",
+        metavar="APP_DIR",
+        help="the app (default: .); or MODULE:ATTRIBUTE (main:app) for the callable of a "
+        "Python app in the current directory, as --startup-file MODULE:ATTRIBUTE",
     )
     add_setting_flags(start)
     listing = commands.add_parser(
@@ -201,8 +206,24 @@ def add_setting_flags(command: argparse.ArgumentParser) -> None:
             )
 
 
+def app_reference_as_startup_file(args: argparse.Namespace) -> None:
+    """``ferryman start main:app``, as uvicorn and gunicorn users type it: when APP_DIR is
+    no directory but ``module:attribute`` names a file in the current directory, the app
+    is the current directory with that startup file (as ``--startup-file main:app``)."""
+    value = args.app_dir
+    if not value or args.startup_file is not None or Path(value).is_dir():
+        return
+    cwd = Path.cwd()
+    startup_file, attribute = split_app_reference(cwd, value)
+    if attribute and (cwd / startup_file).is_file():
+        args.app_dir = "."
+        args.startup_file = value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("start", "settings"):
+        app_reference_as_startup_file(args)
     if args.command == "settings":
         if args.app_dir is None and not args.json:
             sys.stdout.write(reference_markdown())

@@ -380,6 +380,7 @@ PER_APP = frozenset(
         "rolling_restart_batch", "max_request_queue_time", "max_requests",
         "max_requests_jitter", "resist_deployment_errors", "sticky_sessions",
         "sticky_sessions_cookie_name", "sticky_sessions_cookie_attributes", "static_dir",
+        "buffer_request_bodies", "unbuffered_request_path",
     }
 )  # fmt: skip
 #: Per-app settings that name the app itself or its files: a mounted app does not
@@ -419,6 +420,26 @@ def _prefix_parse(raw: Any) -> str:
         if part in (".", "..") or not _PREFIX_SEGMENT.fullmatch(part):
             raise ValueError
     return "/" + "/".join(segments)
+
+
+def _paths_parse(raw: Any) -> tuple[str, ...]:
+    entries = raw.replace(",", " ").split() if isinstance(raw, str) else raw
+    if not isinstance(entries, Sequence):
+        raise ValueError
+    paths: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError
+        paths.extend(_prefix_parse(part) for part in entry.replace(",", " ").split())
+    return tuple(paths)
+
+
+URL_PATHS = Kind(
+    "URL paths such as /upload (each one and every path below it)",
+    _paths_parse,
+    "PATH",
+    repeatable=True,
+)
 
 
 def _host_parse(raw: Any) -> str:
@@ -740,7 +761,7 @@ class Config:
     force_max_concurrent_requests_per_process: int = setting(
         0,
         _int_kind(0, note="0 = no limit"),
-        "For apps that serve any number of requests at once (Node.js, generic): count a "
+        "For apps that serve any number of requests at once (ASGI, Node.js, generic): count a "
         "process as fully busy at this many, so that the pool starts more processes under "
         "load and queues requests beyond them.",
         "Pool",
@@ -840,7 +861,17 @@ class Config:
         "Receive each request body whole before the app gets the request, so that slow "
         "uploads never hold an app process. Off: a body with a Content-Length goes to the "
         "app as it arrives (for uploads the app processes on the fly; the app process is "
-        "busy for the whole upload); chunked bodies are still received whole.",
+        "busy for the whole upload); chunked bodies are still received whole. Per app in "
+        "[[app]] tables; unbuffered_request_path turns it off for some paths only.",
+        "HTTP",
+    )
+    unbuffered_request_path: tuple[str, ...] = setting(
+        (),
+        URL_PATHS,
+        "Paths whose request bodies go to the app as they arrive, as with "
+        "buffer_request_bodies off, while all others are received whole (nginx's "
+        "proxy_request_buffering off in a location): each path and every path below it, "
+        "as the app sees them (after the prefix it is mounted at), e.g. /upload.",
         "HTTP",
     )
     max_header_size: int = setting(
@@ -1067,10 +1098,18 @@ def env_of(name: str) -> str:
 # -- resolution ----------------------------------------------------------------------------
 
 
+#: uvicorn's and gunicorn's reference to an app's callable (main:app, mysite.asgi:app).
+_APP_REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
 def _invalid(name: str, raw: Any, spec: Spec, source: str) -> ConfigError:
     shown = raw if isinstance(raw, str) else repr(raw)
+    hint = ""
+    if name == "app" and isinstance(raw, str) and _APP_REFERENCE.fullmatch(raw):
+        # --app mounts another app; uvicorn users mean the callable of this one.
+        hint = f"; to serve the callable {raw} (uvicorn's form), use --startup-file {raw}"
     return ConfigError(
-        f"invalid value {shown!r} for {name} (from {source}): must be {spec.kind.allowed}"
+        f"invalid value {shown!r} for {name} (from {source}): must be {spec.kind.allowed}{hint}"
     )
 
 

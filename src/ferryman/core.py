@@ -161,6 +161,8 @@ class Core:
                 prefix=site_app.prefix,
                 hosts=site_app.hosts,
                 static=StaticFiles.for_app(spec.root, app_config.static_dir, site_app.prefix),
+                stream_bodies=not app_config.buffer_request_bodies,
+                stream_paths=app_config.unbuffered_request_path,
             )
             apps.append(app)
             views.append(

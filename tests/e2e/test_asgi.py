@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .harness import APPS, Server, alive, serving, wait_until
+from .harness import APPS, Server, alive, refused_start, serving, wait_until
 from .test_spawn_errors import assert_explained, flags, report_dir  # noqa: F401 - fixture
 
 FASTAPI = APPS / "asgi_fastapi"
@@ -227,3 +227,58 @@ def test_a_module_attribute_reference_names_the_app() -> None:
     with serving(STARLETTE, "--startup-file", "main:api") as server:
         server.wait_for_log(r"app type: Python ASGI \(main\.py:api\)")
         assert server.get("/") == (200, b"hello from starlette")
+    # As uvicorn users type it: `ferryman start main:api` in the app's directory.
+    with serving("main:api", cwd=STARLETTE) as server:
+        server.wait_for_log(r"serving \S*/asgi_starlette$")
+        server.wait_for_log(r"app type: Python ASGI \(main\.py:api\)")
+        assert server.get("/") == (200, b"hello from starlette")
+    # --app mounts another app: given uvicorn's form, the one line says what to use.
+    line = refused_start("--app", "main:api", app_dir=STARLETTE)
+    assert line.endswith(
+        "to serve the callable main:api (uvicorn's form), use --startup-file main:api"
+    )
+
+
+def test_the_concurrency_cap_holds_for_an_asgi_process() -> None:
+    """--force-max-concurrent-requests-per-process 3 on one process: of 9 concurrent
+    requests, never more than 3 are in the app at once (the rest wait in the queue), and 3
+    are (it is a cap, not one at a time)."""
+    with serving(
+        FASTAPI, "--min-instances", "1", "--max-pool-size", "1",
+        "--force-max-concurrent-requests-per-process", "3",
+    ) as server:  # fmt: skip
+        assert "requests per process: at most 3" in server.log_text()
+        results: list[tuple[int, bytes]] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(server.get("/held?seconds=0.5")))
+            for _ in range(9)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        took = time.monotonic() - started
+        assert [status for status, _ in results] == [200] * 9
+        peaks = [json.loads(body)["peak"] for _, body in results]
+        assert max(peaks) == 3, peaks
+        assert took >= 1.5, took  # three rounds of three
+
+
+def test_uvloop_runs_the_app_when_its_environment_has_it(tmp_path: Path) -> None:
+    """The same bare app (asgi.py, found as ASGI) under an interpreter whose environment
+    has uvloop (Ferryman's test environment) and under one without (a fresh venv)."""
+    import subprocess
+    import sys
+
+    bare = tmp_path / "env"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60
+    )
+    plain_python = bare / "bin" / "python"
+    for python, expected in ((sys.executable, b"uvloop.Loop"), (str(plain_python), b"asyncio.")):
+        with serving(APPS / "asgi_plain", "--python", python) as server:
+            server.wait_for_log(r"app type: Python ASGI \(asgi\.py\)")
+            status, body = server.get("/")
+            assert status == 200
+            assert body.startswith(expected), body

@@ -136,3 +136,28 @@ def test_an_app_that_breaks_http_gets_502_and_a_log_line_naming_it() -> None:
             rf"Protocol error on a connection to app process {pid}: invalid HTTP response"
         )
         assert server.get("/")[0] == 200
+
+
+def test_server_sent_events_from_a_generic_app_arrive_as_they_are_sent() -> None:
+    """Over HTTP to the app (not the session protocol): each event (one per 100 ms)
+    reaches the client within 50 ms of the app writing it."""
+    import http.client
+
+    with serving(GENERIC, "--app-start-command", "python3 server.py") as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            conn.request("GET", "/sse?n=8")
+            response = conn.getresponse()
+            assert response.status == 200
+            lags: list[float] = []
+            buffer = b""
+            while len(lags) < 8 and (chunk := response.read1(65536)):
+                now = time.monotonic()
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    lags.append(now - float(event.split()[2]))
+            assert response.read() == b""
+        finally:
+            conn.close()
+        assert len(lags) == 8 and all(0 <= lag < 0.05 for lag in lags), lags

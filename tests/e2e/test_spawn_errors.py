@@ -562,6 +562,10 @@ def test_an_asgi_app_is_recognised_with_the_recipe_to_serve_it(report_dir: Path)
             report_dir,
             step="load_app",
             category="asgi_app",
-            texts=["app.app is an ASGI application", "--app-type asgi"],
+            texts=["app.app is an ASGI application", "add --app-type asgi"],
         )
-        assert "asgi.py or main.py" in failure.page
+        assert "Named asgi.py or main.py, it is found as ASGI" in failure.page
+    # The fix the page names, as it names it, serves the same app.py.
+    with serving(APPS / "wsgi_asgi_app", "--app-type", "asgi") as server:
+        server.wait_for_log(r"app type: Python ASGI \(app\.py\)")
+        assert server.get("/") == (200, b"asgi")

@@ -101,3 +101,58 @@ def test_a_cookie_for_a_process_that_is_gone_gets_a_new_one() -> None:
 def test_without_sticky_sessions_no_cookie_is_set() -> None:
     with serving(STUB, "--min-instances", "1") as server:
         assert _get(server, "/pid")[2] is None
+
+
+def test_the_cookie_name_and_attributes_are_the_operators() -> None:
+    """--sticky-sessions-cookie-name and -attributes: the cookie set is that one, and only a
+    cookie of that name routes (one of the default name is any other cookie)."""
+    with serving(
+        STUB, "--min-instances", "2", "--max-pool-size", "2", "--sticky-sessions",
+        "--sticky-sessions-cookie-name", "route_id",
+        "--sticky-sessions-cookie-attributes", "SameSite=Strict; Secure",
+        wait_ready=2,
+    ) as server:  # fmt: skip
+        status, got, body = server.request("GET", "/pid")
+        assert status == 200
+        name_value, *attributes = [part.strip() for part in got["set-cookie"].split(";")]
+        assert attributes == ["Path=/", "SameSite=Strict", "Secure"]
+        name, _, route = name_value.partition("=")
+        assert name == "route_id" and route.isdigit()
+
+        def with_cookie(cookie: str) -> tuple[int, str, str | None]:
+            headers = {"Cookie": f"{cookie}={route}"}
+            status, got, body = server.request("GET", "/slow?t=0.3", headers=headers)
+            return status, body.decode(), got.get("set-cookie")
+
+        sticky = _in_threads(6, lambda: with_cookie("route_id"))
+        assert {(status, pid) for status, pid, _ in sticky} == {(200, body.decode())}, sticky
+        other = _in_threads(6, lambda: with_cookie(COOKIE))
+        assert {status for status, _, _ in other} == {200}
+        assert len({pid for _, pid, _ in other}) == 2, other  # not routed by it
+
+
+def test_a_websocket_upgrade_with_the_cookie_goes_to_its_process() -> None:
+    """socket.io's way: long-polling sets the cookie, then the upgrade must reach the same
+    process (it holds the session). Four WebSockets with the cookie, held open at once,
+    all land there, busy as it gets; four without it go to the least-busy process: the
+    other one."""
+    from websockets.sync.client import connect
+
+    with serving(
+        FASTAPI, "--min-instances", "2", "--max-pool-size", "2", "--sticky-sessions",
+        wait_ready=2,
+    ) as server:  # fmt: skip
+        _, pid, set_cookie = _get(server, "/pid")
+        route = _route_of(set_cookie)
+        url = f"ws://127.0.0.1:{server.port}/ws/echo"
+        sticky = [
+            connect(url, additional_headers={"Cookie": f"{COOKIE}={route}"}) for _ in range(4)
+        ]
+        plain = [connect(url) for _ in range(4)]
+        try:
+            assert {ws.recv(timeout=10) for ws in sticky} == {pid}
+            (other,) = {ws.recv(timeout=10) for ws in plain}
+            assert other != pid
+        finally:
+            for ws in sticky + plain:
+                ws.close()

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,49 @@ def test_an_asgi_app_reads_a_slow_upload_as_it_arrives(streaming: bool) -> None:
         else:
             assert first_at > last_sent  # whole, after the last byte
         assert server.get("/pid")[0] == 200  # the connection and process serve on
+
+
+def _arrived_as_sent(server: Server, path: str) -> bool:
+    """A slow upload to ``path``: True if the app read it as it arrived, False if whole."""
+    pieces = [os.urandom(256 * 1024) for _ in range(8)]
+    response, last_sent = _slow_upload(server, path, pieces, 0.15)
+    got = _json_body(response)
+    assert got["size"] == 8 * 256 * 1024
+    first_at = float(got["first_at"])  # type: ignore[arg-type]
+    assert first_at < last_sent - 0.5 or first_at > last_sent, (first_at, last_sent)
+    return first_at < last_sent
+
+
+def test_only_the_paths_named_get_their_bodies_as_they_arrive() -> None:
+    """--unbuffered-request-path /upload-stream: that route (and below it) streams, the
+    app's other routes keep getting whole bodies (slow clients never hold the process)."""
+    with serving(
+        FASTAPI, "--min-instances", "1", "--unbuffered-request-path", "/upload-stream"
+    ) as server:
+        assert _arrived_as_sent(server, "/upload-stream")
+        assert not _arrived_as_sent(server, "/elsewhere/upload-stream")
+
+
+def test_body_buffering_is_set_per_app_and_path(tmp_path: Path) -> None:
+    """[[app]] tables: one app takes every body as it arrives; another, mounted at /s, only
+    those to its /upload-stream (a path as the app sees it, below its prefix)."""
+    (tmp_path / "Ferrymanfile.toml").write_text(
+        f"""
+[[app]]
+root = "{FASTAPI}"
+prefix = "/"
+buffer_request_bodies = false
+
+[[app]]
+root = "{FASTAPI}"
+prefix = "/s"
+unbuffered_request_path = ["/upload-stream"]
+"""
+    )
+    with serving(tmp_path, "--min-instances", "1", wait_ready=2) as server:
+        assert _arrived_as_sent(server, "/elsewhere/upload-stream")
+        assert _arrived_as_sent(server, "/s/upload-stream")
+        assert not _arrived_as_sent(server, "/s/elsewhere/upload-stream")
 
 
 def test_a_wsgi_app_reads_a_streamed_body_through_wsgi_input() -> None:

@@ -277,3 +277,114 @@ def test_node_websockets_through_the_front() -> None:
             for ws in sockets:
                 ws.close()
         assert server.get("/")[0] == 200
+
+
+# -- any-language apps (a program serving HTTP and WebSockets on $PORT) -----------------------
+
+
+def test_generic_app_websockets_through_the_front() -> None:
+    """A generic app (here the websockets library's own server, started by command): the
+    upgrade goes to the least-busy process and holds a session there, messages and close
+    codes pass both ways, and killing a process ends its WebSockets only."""
+    command = f"{sys.executable} server.py"
+    with serving(
+        APPS / "generic_ws", "--app-start-command", command,
+        "--min-instances", "2", "--max-pool-size", "2", wait_ready=2,
+    ) as server:  # fmt: skip
+        assert server.get("/") == (200, b"ok\n")  # plain HTTP to the same app
+        pids = sorted(server.app_pids)
+        sockets = [connect(_url(server, "/"), max_size=2**21) for _ in range(4)]
+        try:
+            owners = [int(ws.recv(timeout=10)) for ws in sockets]
+            assert sorted(owners) == sorted(pids * 2)  # spread: two per process
+            assert _sessions(server) == dict.fromkeys(pids, 2)  # each one a session
+            ws = sockets[0]
+            ws.send("héllo")
+            assert ws.recv(timeout=10) == "héllo"
+            big = os.urandom(1024 * 1024)
+            ws.send(big)
+            assert ws.recv(timeout=10) == big
+            ws.send("close:4003")  # the server closes, with its code and reason
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert (ws.close_code, ws.close_reason) == (4003, "asked to")
+            sockets[1].close(4002, "bye")  # the client closes, with its code
+            assert sockets[1].close_code == 4002
+            survivors = sockets[2:]
+            assert wait_until(
+                lambda: (
+                    sorted(_sessions(server).values())
+                    == sorted([owners[2:].count(pid) for pid in pids])
+                ),
+                timeout=10,
+            ), _sessions(server)
+            victim = owners[2]
+            os.kill(victim, signal.SIGKILL)
+            for ws, owner in zip(survivors, owners[2:], strict=True):
+                if owner == victim:
+                    with pytest.raises(ConnectionClosed):
+                        ws.recv(timeout=10)
+                else:
+                    ws.send("still here")
+                    assert ws.recv(timeout=10) == "still here"
+            assert wait_until(lambda: not alive(victim), timeout=10)
+            with connect(_url(server, "/")) as fresh:
+                assert int(fresh.recv(timeout=10)) != victim
+                fresh.send(b"new")
+                assert fresh.recv(timeout=10) == b"new"
+        finally:
+            for ws in sockets:
+                ws.close()
+        assert wait_until(lambda: set(_sessions(server).values()) == {0}, timeout=10)
+
+
+def test_a_tunnel_holds_each_side_back_instead_of_buffering() -> None:
+    """Back-pressure both ways. The app offers 64 MiB to a client that reads nothing: its
+    sends wait once the buffers on the way are full (a bound far below 64 MiB), the core
+    keeps none of it, and when the client reads, every byte arrives. A client sends 128
+    MiB to an app that reads nothing: the client is held back the same way."""
+    import socket
+    import struct
+    import time
+
+    mib = 1024 * 1024
+    with serving(FASTAPI, "--min-instances", "1") as server:
+        server.get("/flow")
+        rss_before = server.rss_kb()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(_HANDSHAKE.replace(b"/ws/echo", b"/ws/flood?n=64"))
+            data = _read_until(sock, b"\r\n\r\n")
+            head, _, frames = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            time.sleep(1.5)  # reading nothing
+            sent = json.loads(server.get("/flow")[1])["sent"]
+            assert 1 <= sent <= 24, sent  # held back: the buffers on the way are full
+            assert server.rss_kb() - rss_before < 24 * 1024, (rss_before, server.rss_kb())
+            # 64 binary frames (10-byte heads), then the app's close frame (code 1000).
+            expected = 64 * (mib + 10) + 4
+            received, last = len(frames), frames[-4:]
+            while received < expected and (chunk := sock.recv(1 << 20)):
+                received, last = received + len(chunk), (last + chunk)[-4:]
+            assert (received, last) == (expected, b"\x88\x02\x03\xe8")
+            sock.sendall(b"\x88\x82\0\0\0\0\x03\xe8")  # the client's close, answering
+            assert sock.recv(1) == b""  # then the end
+        assert json.loads(server.get("/flow")[1])["sent"] == 64
+
+        piece = 256 * 1024
+        # A binary frame masked with the key 0 (a valid key: the payload goes as it is).
+        frame = bytes([0x82, 0x80 | 127]) + struct.pack("!Q", piece) + b"\0" * 4 + b"x" * piece
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(_HANDSHAKE.replace(b"/ws/echo", b"/ws/deaf?seconds=2"))
+            head = _read_until(sock, b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            sock.settimeout(0.5)
+            pushed = 0
+            deadline = time.monotonic() + 10
+            try:
+                while pushed < 512 and time.monotonic() < deadline:
+                    sock.sendall(frame)
+                    pushed += 1
+            except TimeoutError:
+                pass  # held back
+            assert pushed < 256, pushed  # less than 64 MiB of the 128 went anywhere
+            assert server.rss_kb() - rss_before < 24 * 1024, (rss_before, server.rss_kb())

@@ -721,3 +721,36 @@ def test_relative_file_paths_in_the_file_are_relative_to_its_directory(tmp_path:
     assert config.pid_file == "/run/ferryman.pid"
     config, _ = resolve(tmp_path, {"ssl_certificate": "other.pem"}, {})
     assert config.ssl_certificate == "other.pem"
+
+
+@pytest.mark.parametrize(
+    ("source", "given"),
+    [
+        ("cli", ["/upload", "/api/import/"]),
+        ("cli", ["/upload, /api/import"]),
+        ("env", "/upload /api/import"),
+        ("toml", 'unbuffered_request_path = ["/upload", "/api//import"]\n'),
+    ],
+)
+def test_unbuffered_request_paths_are_url_paths(
+    tmp_path: Path, source: str, given: list[str] | str
+) -> None:
+    """Paths in one flag or several, a list in the environment or the file; normalised as
+    mount prefixes are (no trailing or doubled slashes)."""
+    if source == "cli":
+        config = from_cli(tmp_path, unbuffered_request_path=given)
+    elif source == "env":
+        config = from_env(tmp_path, FERRYMAN_UNBUFFERED_REQUEST_PATH=str(given))
+    else:
+        config = from_file(tmp_path, str(given))
+    assert config.unbuffered_request_path == ("/upload", "/api/import")
+
+
+@pytest.mark.parametrize("given", [["upload"], ["/a/../b"], ["/up load?x"], ["/%2F"]])
+def test_unbuffered_request_paths_refuse_what_is_not_a_path(
+    tmp_path: Path, given: list[str]
+) -> None:
+    error = config_error(tmp_path, {"unbuffered_request_path": given}, {})
+    assert_one_line(str(error))
+    assert "unbuffered_request_path" in str(error)
+    assert SPECS["unbuffered_request_path"].kind.allowed in str(error)

@@ -44,6 +44,12 @@ CASES = [
     ({"main.py": "", "server.js": ""}, {}, ("asgi", "main.py", "")),
     ({"app.py": "", "main.py": ""}, {}, ("wsgi", "app.py", "")),
     ({"app.py": ""}, {"app_type": "asgi", "startup_file": "app.py"}, ("asgi", "app.py", "")),
+    # app.py is ASGI when asked for (the fix the error page names for a FastAPI app.py),
+    # after the ASGI names; as a --startup-file it stays WSGI (gunicorn's app:app).
+    ({"app.py": ""}, {"app_type": "asgi"}, ("asgi", "app.py", "")),
+    ({"app.py": "", "main.py": ""}, {"app_type": "asgi"}, ("asgi", "main.py", "")),
+    ({"app.py": ""}, {"startup_file": "app:app"}, ("wsgi", "app.py", "")),
+    ({"asgi.py": "", "main.py": ""}, {"startup_file": "main.py"}, ("asgi", "main.py", "")),
     ({"main.py": ""}, {"startup_file": "main.py"}, ("asgi", "main.py", "")),
     # Rack: config.ru, after the Python names, before Node.js (Rails apps have a package.json).
     ({"config.ru": "", "package.json": "{}", "index.js": ""}, {}, ("rack", "config.ru", "")),

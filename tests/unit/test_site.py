@@ -229,3 +229,42 @@ def test_a_mounted_apps_own_ferrymanfile_is_ignored_with_a_warning(tmp_path: Pat
     config, warnings = resolve(tmp_path, {"app": ["/api=api"]}, {})
     assert [a.config.thread_count for a in site_apps(config)] == [1, 1]
     assert len(warnings) == 1 and "ignoring" in warnings[0] and "[[app]]" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "target", "streams"),
+    [
+        ("/", b"/upload", True),
+        ("/", b"/upload/big?x=1", True),
+        ("/", b"/%75pload", True),  # an encoded name is the same path
+        ("/", b"/uploads", False),  # a segment boundary, as for mounts
+        ("/", b"/other", False),
+        ("/s", b"/s/upload", True),  # below the app's prefix, as the app sees paths
+        ("/s", b"/upload", False),
+    ],
+)
+def test_unbuffered_request_paths_are_matched_below_the_apps_prefix(
+    prefix: str, target: bytes, streams: bool
+) -> None:
+    pool = Pool(10)
+    sink = LogSink(sys.stderr.fileno(), owned=False)
+    app = App(
+        pool.add_group("app", GroupOptions()),
+        Driver(),
+        upstreams=Upstreams(),
+        access_log=AccessLog(sink, False),
+        rejection_response=reject,
+        prefix=prefix,
+        stream_paths=("/upload",),
+    )
+    assert app.streams_body(target) is streams
+    whole = App(
+        pool.add_group("all", GroupOptions()),
+        Driver(),
+        upstreams=Upstreams(),
+        access_log=AccessLog(sink, False),
+        rejection_response=reject,
+        prefix=prefix,
+        stream_bodies=True,
+    )
+    assert whole.streams_body(target)

@@ -19,6 +19,7 @@ from ..pool import Effect, Group, Process, Rejected
 from .request import RequestHead
 from .static import StaticFiles
 from .stats import RequestStats
+from .target import path_of, under
 from .upstream import Upstreams
 
 log = logging.getLogger("ferryman")
@@ -87,6 +88,8 @@ class App:
         prefix: str = "/",
         hosts: tuple[str, ...] = (),
         static: StaticFiles | None = None,
+        stream_bodies: bool = False,
+        stream_paths: tuple[str, ...] = (),
     ) -> None:
         self.group = group
         #: Where it is mounted (see site.Site): the URL prefix, and the hosts it serves
@@ -95,6 +98,12 @@ class App:
         self.hosts = tuple(host.encode() for host in hosts)
         #: Static directories the core serves itself (public/, --static-dir), if any.
         self.static = static
+        #: --no-buffer-request-bodies: every body with a length goes to the app as it
+        #: arrives; else only those to these paths (--unbuffered-request-path), each
+        #: joined to the prefix, as the client sends them.
+        self.stream_bodies = stream_bodies
+        base = self.prefix.rstrip(b"/")
+        self.stream_paths = tuple(base + path.encode() for path in stream_paths)
         #: --sticky-sessions: the cookie's name (None: off), and what follows its value.
         self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
         # Path: the app's prefix, so that two apps on one host keep their own cookies.
@@ -120,6 +129,15 @@ class App:
             f"The request queue of {name} is full: answered 503 to %d more request(s) since "
             "the last report"
         )
+
+    def streams_body(self, target: bytes) -> bool:
+        """Whether the body of a request for ``target`` goes to the app as it arrives."""
+        if self.stream_bodies:
+            return True
+        if not self.stream_paths:
+            return False
+        path = path_of(target)
+        return any(under(path, prefix) for prefix in self.stream_paths)
 
     def sticky_line(self, seq: int) -> bytes:
         """The Set-Cookie header line that sends a client back to process ``seq``."""

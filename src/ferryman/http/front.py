@@ -132,6 +132,9 @@ class FrontServer:
         #: Those of them still in their TLS handshake (no request yet: cancelled on stop).
         self._handshakes: set[asyncio.Task[object]] = set()
         self.trusted_proxies: ProxyNetworks = config.trusted_proxies
+        #: Some app takes some request bodies as they arrive (--no-buffer-request-bodies,
+        #: --unbuffered-request-path): only then is a request routed as its head ends.
+        self.streams_some = any(app.stream_bodies or app.stream_paths for app in site.apps)
         self.server_name = b"localhost"
         self.server_port = b"80"
         #: A connection's timer fires at least this often while a deadline is set.
@@ -562,8 +565,8 @@ class ClientConnection(asyncio.Protocol):
         config = server.config
         self.max_header_size = config.max_header_size
         self.max_body_size = config.max_body_size
-        #: --no-buffer-request-bodies: bodies with a length go to the app as they arrive.
-        self.stream_bodies = not config.buffer_request_bodies
+        #: Bodies with a length may go to the app as they arrive (per app and path).
+        self.stream_bodies = server.streams_some
         self.header_timeout = config.header_timeout
         self.body_timeout = config.body_timeout
         self.min_body_rate = config.min_body_rate
@@ -1034,6 +1037,7 @@ class ClientConnection(asyncio.Protocol):
             and not self._seen & _CHUNKED
             and not self._upgrade
             and not self.pipeline
+            and self._streams_body(head)
         ):
             # --no-buffer-request-bodies: the request goes to the app now, its body as it
             # arrives (on_body); it heads the pipeline while it is still being read.
@@ -1049,6 +1053,16 @@ class ClientConnection(asyncio.Protocol):
         ):
             # The body is decoded by the front, not the parser (chunked.py says why).
             raise self._stop_for_chunked_body()
+
+    def _streams_body(self, head: RequestHead) -> bool:
+        """Whether the app this request goes to takes its body as it arrives."""
+        site = self.site
+        app = site.only
+        if app is None:
+            app = site.route(head)  # (the exchange routes it again, to the same app)
+            if app is None:
+                return False
+        return app.streams_body(head.target)
 
     def on_body(self, body: bytes) -> None:
         current = self.current

@@ -3,7 +3,7 @@
 Routing (``--app [HOST]/PREFIX=DIR``, ``[[app]]`` tables): by the request's host first —
 apps that name it win over apps that name no host — then by the longest URL prefix that
 the path is, or lies below, at a segment boundary (``/api`` takes ``/api`` and
-``/api/x``, not ``/apix``; see ``under`` for encoded paths). A request no app takes
+``/api/x``, not ``/apix``; see ``target.under`` for encoded paths). A request no app takes
 gets a 404 from the core. A server with one app at ``/`` (the common case) skips all
 of it.
 
@@ -14,10 +14,9 @@ apps that speak HTTP get the full path and ``X-Forwarded-Prefix``.
 
 from __future__ import annotations
 
-from urllib.parse import unquote_to_bytes
-
 from .app import App, LocalRoutes
 from .request import RequestHead
+from .target import path_of, under
 
 
 class Site:
@@ -65,7 +64,7 @@ class Site:
         only = self.only
         if only is not None:
             return only
-        path = _path_of(head.target)
+        path = path_of(head.target)
         app = None
         host = head.forwarded_host or head.host
         if host and (self._hosts or self._wildcards):
@@ -97,36 +96,6 @@ def _by_prefix(apps: list[App], path: bytes) -> App | None:
         if prefix == b"/" or under(path, prefix):
             return app
     return None
-
-
-def under(path: bytes, prefix: bytes) -> bool:
-    """Whether the raw (percent-encoded) ``path`` is ``prefix`` or lies below it, at a
-    segment boundary: ``/api`` takes ``/api`` and ``/api/x``, not ``/apix``. A client
-    may percent-encode the prefix (``/%61pi``): compared a segment at a time, decoded,
-    so that an encoded ``/`` (``/api%2Fx``) is never a boundary. The app then gets the
-    raw segments after the prefix's (Rack's PATH_INFO), and a decoded path that starts
-    with the prefix (WSGI's)."""
-    if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 47):
-        return True  # 47: "/"
-    if path.find(b"%") < 0:
-        return False
-    wanted = prefix.split(b"/")[1:]
-    parts = path.split(b"/", len(wanted) + 1)
-    if len(parts) < len(wanted) + 1:
-        return False
-    return all(
-        unquote_to_bytes(raw) == segment for raw, segment in zip(parts[1:], wanted, strict=False)
-    )
-
-
-def _path_of(target: bytes) -> bytes:
-    """The raw path of an origin-form target (the front made every other form one)."""
-    end = len(target)
-    for stop in (b"?", b"#"):
-        at = target.find(stop)
-        if 0 <= at < end:
-            end = at
-    return target[:end]
 
 
 def _host_name(host: bytes) -> bytes:

@@ -15,6 +15,7 @@ Rules the code keeps:
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 _ABSOLUTE = re.compile(
     rb"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://"
@@ -46,3 +47,33 @@ def absolute_to_origin(target: bytes) -> tuple[bytes, bytes]:
         rest = b"/" + rest
     authority = match.group("host") + (b":" + port if port else b"")
     return rest, authority
+
+
+def under(path: bytes, prefix: bytes) -> bool:
+    """Whether the raw (percent-encoded) ``path`` is ``prefix`` or lies below it, at a
+    segment boundary: ``/api`` takes ``/api`` and ``/api/x``, not ``/apix``. A client
+    may percent-encode the prefix (``/%61pi``): compared a segment at a time, decoded,
+    so that an encoded ``/`` (``/api%2Fx``) is never a boundary. The app then gets the
+    raw segments after the prefix's (Rack's PATH_INFO), and a decoded path that starts
+    with the prefix (WSGI's)."""
+    if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 47):
+        return True  # 47: "/"
+    if path.find(b"%") < 0:
+        return False
+    wanted = prefix.split(b"/")[1:]
+    parts = path.split(b"/", len(wanted) + 1)
+    if len(parts) < len(wanted) + 1:
+        return False
+    return all(
+        unquote_to_bytes(raw) == segment for raw, segment in zip(parts[1:], wanted, strict=False)
+    )
+
+
+def path_of(target: bytes) -> bytes:
+    """The raw path of an origin-form target (the front made every other form one)."""
+    end = len(target)
+    for stop in (b"?", b"#"):
+        at = target.find(stop)
+        if 0 <= at < end:
+            end = at
+    return target[:end]

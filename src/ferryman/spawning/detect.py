@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import AppNotFound
 from .interpreter import Interpreter, find_interpreter
-from .kinds import KINDS, AppKind, kind_for_suffix
+from .kinds import ASGI_FILE_NAMES, KINDS, AppKind, kind_for_suffix
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ def detect(config: Config) -> AppSpec:
                 f"startup file {startup_file!r} not found in {root} (from --startup-file)"
             )
         if wanted == "auto":
-            if path.suffix == ".py" and KINDS["asgi"].find(path.parent) == path.name:
+            if path.name in ASGI_FILE_NAMES:
                 wanted = "asgi"  # asgi.py, main.py: named as ASGI apps are
             else:
                 by_suffix = kind_for_suffix(path.suffix)
@@ -85,7 +85,8 @@ def detect(config: Config) -> AppSpec:
             if kind.loader is None:
                 return AppSpec(kind.name, root, start_command=entry)
             return AppSpec(kind.name, root, entry)
-    looked_for = [name for kind in candidates for name in kind.looked_for]
+    # (in order, each once: WSGI and ASGI both look for a Django project)
+    looked_for = list(dict.fromkeys(name for kind in candidates for name in kind.looked_for))
     if wanted != "auto" and KINDS[wanted].loader is None:
         looked_for.insert(0, "app_start_command")
     # The option that names the file, with an example of this kind's (a Rack app's is

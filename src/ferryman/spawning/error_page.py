@@ -51,10 +51,11 @@ CATEGORIES: dict[str, Category] = {
     "asgi_app": Category(
         "The app is an ASGI application (FastAPI, Starlette, Django's ASGI handler...), "
         "started as a WSGI one",
-        "Serve it as ASGI: --app-type asgi (Ferryman finds asgi.py or main.py by itself, and "
-        "serves it with its ASGI loader: lifespan, streaming, any number of requests at once "
-        "per process). If the project also has a WSGI entry point (Django's wsgi.py), point "
-        "--startup-file at that instead.",
+        "Serve it as ASGI: add --app-type asgi (the same startup file is then served by "
+        "Ferryman's ASGI loader: lifespan, streaming, WebSockets, any number of requests at "
+        "once per process). Named asgi.py or main.py, it is found as ASGI without the flag. "
+        "If the project also has a WSGI entry point (Django's wsgi.py), point --startup-file "
+        "at that instead.",
     ),
     "wsgi_app": Category(
         "The app is a WSGI application (Flask, Django's WSGI handler...), started as an ASGI one",

@@ -147,13 +147,30 @@ WSGI = AppKind(
     threaded=True,
     stack_dump="every thread's Python stack",
 )
+#: Python startup files that are ASGI by their name alone (``--startup-file main.py``).
+ASGI_FILE_NAMES = ("asgi.py", "main.py")
+
+
+def _asgi_startup_file(root: Path) -> str:
+    # Detected, WSGI comes first, so the last two are found only when asked for
+    # (--app-type asgi): a Django project's asgi.py (detected, its wsgi.py serves it) and
+    # app.py (Flask's name, WSGI when detected; a FastAPI app there is refused with
+    # "--app-type asgi" as the fix, which must then find it).
+    return (
+        first_file(*ASGI_FILE_NAMES)(root) or django_asgi_file(root) or first_file("app.py")(root)
+    )
+
+
 ASGI = AppKind(
     name="asgi",
     title="Python ASGI",
-    # A Django project's asgi.py is found only when asked for (--app-type asgi): detected,
-    # a Django project is served by its wsgi.py (WSGI comes first).
-    find=lambda root: first_file("asgi.py", "main.py")(root) or django_asgi_file(root),
-    looked_for=("asgi.py", "main.py (FastAPI's layout)", "a Django manage.py project"),
+    find=_asgi_startup_file,
+    looked_for=(
+        "asgi.py",
+        "main.py (FastAPI's layout)",
+        "a Django manage.py project",
+        "app.py (with --app-type asgi)",
+    ),
     suffixes=(),  # a .py startup file is WSGI unless --app-type asgi says otherwise
     interpreter_setting="python",
     interpreter_check=InterpreterCheck("Python", r"Python (\d+\.\d+(?:\.\d+)?)", (3, 9)),

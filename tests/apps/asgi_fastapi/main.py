@@ -95,6 +95,22 @@ async def sleep(seconds: float = 1.0) -> PlainTextResponse:
     return PlainTextResponse(str(os.getpid()))
 
 
+#: Requests in /held now, and the most there ever were at once (this process).
+_held = {"now": 0, "peak": 0}
+
+
+@app.get("/held")
+async def held(seconds: float = 0.5) -> dict:
+    """Sleeps, counted: how many requests this process served at once, at most."""
+    _held["now"] += 1
+    _held["peak"] = max(_held["peak"], _held["now"])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        _held["now"] -= 1
+    return {"pid": os.getpid(), "peak": _held["peak"]}
+
+
 @app.get("/boom")
 async def boom() -> dict:
     raise RuntimeError("the handler blew up")
@@ -124,6 +140,35 @@ async def ws_echo(websocket: WebSocket) -> None:
             await websocket.send_bytes(message["bytes"])
 
 
+#: What /ws/flood got out and /ws/deaf took in so far (this process).
+_flow = {"sent": 0}
+
+
+@app.websocket("/ws/flood")
+async def ws_flood(websocket: WebSocket, n: int = 64, size: int = 1024 * 1024) -> None:
+    """Sends n messages of size bytes as fast as the way to the client takes them,
+    counting each once its send returned (GET /flow tells)."""
+    await websocket.accept()
+    _flow["sent"] = 0
+    payload = b"f" * size
+    for _ in range(n):
+        await websocket.send_bytes(payload)
+        _flow["sent"] += 1
+    await websocket.close()
+
+
+@app.websocket("/ws/deaf")
+async def ws_deaf(websocket: WebSocket, seconds: float = 5.0) -> None:
+    """Accepts, then reads nothing for a while: what the client sends piles up on its way."""
+    await websocket.accept()
+    await asyncio.sleep(seconds)
+
+
+@app.get("/flow")
+async def flow() -> dict:
+    return _flow
+
+
 @app.websocket("/ws/bad-header")
 async def ws_bad_header(websocket: WebSocket) -> None:
     """Accepts with a header value holding a control character: the core must not pass it."""
@@ -144,6 +189,7 @@ async def ws_slow_accept(websocket: WebSocket) -> None:
 
 
 @app.post("/upload-stream")
+@app.post("/elsewhere/upload-stream")
 async def upload_stream(request: Request) -> dict:
     """Reads the body as it arrives: when the first and last pieces came (the monotonic
     clock, which every process on the machine shares), how many, how big."""

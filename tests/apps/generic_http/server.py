@@ -3,13 +3,15 @@
 GET or POST /headers answers with the request's header lines as JSON ([name, value]
 pairs, in order), so tests can see exactly what Ferryman forwarded. GET /bad-header?c=HH
 answers with a header value holding the byte 0xHH (http.server does not check it).
-GET /garbage answers with bytes that are not HTTP. GET /osenv?names=A,B answers with those
-variables of the process's environment as JSON.
+GET /sse?n=N sends N server-sent events, one every 100 ms. GET /garbage answers with
+bytes that are not HTTP. GET /osenv?names=A,B answers with those variables of the
+process's environment as JSON.
 """
 
 import json
 import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -41,6 +43,20 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            return
+        if self.path.startswith("/sse?n="):
+            # Server-sent events, chunked, one every 100 ms, each with the monotonic
+            # time (shared by every process on the machine) it was written at.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(int(self.path.partition("=")[2])):
+                event = ("data: %d %.6f\n\n" % (i, time.monotonic())).encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                time.sleep(0.1)
+            self.wfile.write(b"0\r\n\r\n")
             return
         if self.path.startswith("/bad-header?c="):
             char = chr(int(self.path.rpartition("=")[2], 16))
