@@ -50,11 +50,20 @@ def test_a_killed_core_is_replaced_and_connections_made_meanwhile_are_served() -
 
         thread = threading.Thread(target=client)
         thread.start()
+        gap: list[socket.socket] = []
         try:
             assert wait_until(lambda: len(results) >= 5, timeout=10)
             killed_at = time.monotonic()
             before = len(results)
             os.kill(old_core, signal.SIGKILL)
+            # Connections made while no core runs: the old one is dead, the new one not
+            # started yet (checked below against its first log line).
+            assert wait_until(lambda: not alive(old_core), timeout=5)
+            for _ in range(8):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                gap.append(sock)
+                sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            connected = time.time()
             new_core = server.find_core(not_pid=old_core)
             # A new core serves within 3 s of the kill.
             assert wait_until(lambda: any(s == 200 for s, _ in results[before + 1 :]), timeout=3), (
@@ -62,10 +71,13 @@ def test_a_killed_core_is_replaced_and_connections_made_meanwhile_are_served() -
             )
             served_after = time.monotonic() - killed_at
             assert served_after < 3, served_after
+            assert [_response_status(sock) for sock in gap] == [200] * 8
             assert wait_until(lambda: len(results) >= before + 20, timeout=10)
         finally:
             stop.set()
             thread.join(30)
+            for sock in gap:
+                sock.close()
         # Only a connection the dead core had accepted may have failed; every one made
         # during the gap waited in the backlog and was served.
         failed = [r for r in results[before:] if r[0] != 200]
@@ -74,12 +86,30 @@ def test_a_killed_core_is_replaced_and_connections_made_meanwhile_are_served() -
         server.wait_for_log(
             rf"The core \(pid {old_core}\) died \(signal 9\) after [\d.]+ s; starting a new one"
         )
+        first_words = server.wait_for_log(rf"^(\S+ \S+) \w+ +\[{new_core}\] ")
+        assert connected < _log_time(first_words.group(1)), "not made while no core ran"
         # The dead core's app processes are gone; the new core has its own.
         assert wait_until(lambda: not any(alive(pid) for pid in old_apps), timeout=5)
         assert wait_until(lambda: len(process_children(new_core)) == 2, timeout=15)
+        new_apps = process_children(new_core)
         assert server.get("/")[0] == 200
         assert server.stop() == 0
         assert process_children(server.watchdog_pid) == []
+        # Nothing of the new core outlives the server either.
+        assert not any(alive(pid) for pid in [new_core, *new_apps])
+
+
+def _response_status(sock: socket.socket) -> int:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+
+
+def _log_time(stamp: str) -> float:
+    """A log line's time ("2026-11-30 08:25:57.866", local time) as a Unix time."""
+    whole, _, millis = stamp.partition(".")
+    return time.mktime(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
 
 
 def test_the_watchdog_kills_orphans_that_ignore_their_owner_pipe_and_sigterm() -> None:
@@ -95,15 +125,22 @@ def test_the_watchdog_kills_orphans_that_ignore_their_owner_pipe_and_sigterm() -
         assert server.get("/")[0] == 200
 
 
-def test_a_killed_watchdog_takes_the_core_and_every_app_process_with_it() -> None:
+@pytest.mark.parametrize("restarted", [False, True], ids=["first-core", "restarted-core"])
+def test_a_killed_watchdog_takes_the_core_and_every_app_process_with_it(restarted: bool) -> None:
     """kill -9 of the watchdog itself: the core sees its command pipe close and stops
-    gracefully (within the graceful timeout), and its app processes with it."""
+    gracefully (within the graceful timeout), and its app processes with it; the same for
+    a core the watchdog started after the first one died."""
     with serving(
         STUB, "--min-instances", "2", "--max-pool-size", "2", "--graceful-timeout", "2",
         wait_ready=2,
     ) as server:  # fmt: skip
+        if restarted:
+            os.kill(server.pid, signal.SIGKILL)
+            server.pid = server.find_core(not_pid=server.pid)
+            assert wait_until(lambda: len(server.children()) == 2, timeout=15)
         core = server.pid
         apps = server.children()
+        assert len(apps) == 2
         server.proc.kill()
         server.proc.wait(10)
         assert wait_until(lambda: not alive(core), timeout=6)
@@ -115,9 +152,12 @@ def test_sigterm_to_the_watchdog_stops_everything_and_refuses_new_connections() 
     with serving(STUB, "--min-instances", "1") as server:
         port = server.port
         core = server.pid
+        apps = server.children()
+        assert apps
         server.send_signal(signal.SIGTERM)
         assert server.proc.wait(30) == 0
         assert not alive(core)
+        assert not any(alive(pid) for pid in apps)
         refused = socket.socket()
         try:
             assert refused.connect_ex(("127.0.0.1", port)) != 0
