@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from .config import (
     site_apps,
     toml_value,
 )
-from .core import Core, admin_password
+from .core import STOP_MARGIN, Core, admin_password
 from .daemon import Daemon, PidFile, ferryman_pid, read_pid_file
 from .daemon import stop as stop_server
 from .errors import ConfigError
@@ -46,6 +47,12 @@ from .watchdog import HANDLED, CoreLink, Plan, become_watchdog
 
 #: Exit code of a core that raised instead of returning (EX_SOFTWARE).
 CORE_CRASHED = 70
+
+#: ``ferryman stop`` without the server's own graceful timeout: the default one, 30 s,
+#: with the margin.
+UNKNOWN_STOP_WAIT = 35.0
+#: How long after its core the watchdog may take to exit.
+WATCHDOG_EXIT = 1.0
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -158,12 +165,17 @@ def add_operator_commands(commands: Any) -> None:
     stopping.add_argument(
         "--timeout",
         type=float,
-        default=35.0,
+        default=None,
         metavar="SECONDS",
-        help="how long to wait (default 35: the default graceful timeout and the margin)",
+        help="how long to wait (default: the server's --graceful-timeout and its stop "
+        f"margin, {STOP_MARGIN:g} s; {UNKNOWN_STOP_WAIT:g} s if the server is not found "
+        "through its instance directory)",
     )
     stopping.add_argument(
-        "--force", action="store_true", help="SIGKILL if it is still running after --timeout"
+        "--force",
+        action="store_true",
+        help="SIGKILL to the server and every process it started if it is still running "
+        "after --timeout",
     )
     command(
         "memory-stats",
@@ -439,16 +451,17 @@ def run_core(
 def stop(args: argparse.Namespace) -> int:
     """``ferryman stop``: which server, then SIGTERM and wait."""
     pid = None
+    try:
+        candidates = running_instances()
+    except OSError:
+        candidates = []
     if args.pid_file:
         pid = read_pid_file(Path(args.pid_file))
         if pid is None or not ferryman_pid(pid):
             sys.stderr.write(f"ferryman: no running Ferryman in the pid file {args.pid_file}\n")
             return 1
+        candidates = [i for i in candidates if i.is_named(str(pid))]
     else:
-        try:
-            candidates = running_instances()
-        except OSError:
-            candidates = []
         if args.instance:
             candidates = [i for i in candidates if i.is_named(args.instance)]
         if args.port:
@@ -468,12 +481,29 @@ def stop(args: argparse.Namespace) -> int:
         pid = (
             watchdog if isinstance(watchdog, int) and ferryman_pid(watchdog) else candidates[0].pid
         )
-    code = stop_server(pid, args.timeout, args.force)
+    properties = candidates[0].properties if len(candidates) == 1 else {}
+    timeout = args.timeout
+    if timeout is None:
+        # The server stops within its graceful timeout and the margin: wait that long (and
+        # a moment for the watchdog to exit after its core).
+        graceful = properties.get("graceful_timeout")
+        timeout = (
+            float(graceful) + STOP_MARGIN + WATCHDOG_EXIT
+            if isinstance(graceful, (int, float))
+            else UNKNOWN_STOP_WAIT
+        )
+    code = stop_server(pid, timeout, args.force)
     if code:
-        sys.stderr.write(f"ferryman: Ferryman {pid} is still running after {args.timeout:g} s\n")
-    else:
-        print(f"Ferryman {pid} stopped")
-    return code
+        sys.stderr.write(f"ferryman: Ferryman {pid} is still running after {timeout:g} s\n")
+        return code
+    if args.force:
+        # A killed watchdog could not remove its pid file.
+        pid_file = properties.get("pid_file") or args.pid_file
+        if pid_file and read_pid_file(Path(pid_file)) == pid:
+            with contextlib.suppress(OSError):
+                Path(pid_file).unlink()
+    print(f"Ferryman {pid} stopped")
+    return 0
 
 
 def run(main_coroutine: Coroutine[Any, Any, int]) -> int:

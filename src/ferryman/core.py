@@ -243,6 +243,10 @@ class Core:
                     "admin_socket": str(instance.admin_socket),
                     "admin_addresses": admin_urls,
                     "watchdog_pid": link.watchdog_pid if link is not None else None,
+                    # For ferryman stop: how long a stop may take, and the file to remove
+                    # after a forced one (the watchdog removes it on every other exit).
+                    "graceful_timeout": config.graceful_timeout,
+                    "pid_file": str(Path(config.pid_file).absolute()) if config.pid_file else None,
                 }
             )
             self._banner(urls)

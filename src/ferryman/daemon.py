@@ -154,16 +154,63 @@ class Daemon:
 
 def stop(pid: int, timeout: float, force: bool) -> int:
     """SIGTERM to server ``pid`` and wait for it to exit: 0 when it did; 1 when it is still
-    running after ``timeout`` (after SIGKILL too, with ``force``)."""
+    running after ``timeout`` (with ``force``: 1 only if SIGKILL did not end it either)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     if _gone_within(pid, timeout):
         return 0
     if not force:
         return 1
+    # SIGKILL to the watchdog alone would leave its core (which then stops in its own
+    # time, or never if it hangs) and the app processes: the whole tree goes. The tree is
+    # read first (once the watchdog is gone, its descendants are re-parented); the
+    # watchdog goes first, so that it starts no new core; each app process leads a
+    # process group of its own, which goes with it (what the app started).
+    tree = descendants(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    return 0 if _gone_within(pid, 10.0) else 1
+    for child in tree:
+        with contextlib.suppress(OSError):
+            if os.getpgid(child) == child:
+                os.killpg(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT
+    while ferryman_pid(pid) or any(_running(child) for child in tree):
+        if time.monotonic() > deadline:
+            return 1
+        time.sleep(POLL)
+    return 0
+
+
+#: How long ``ferryman stop --force`` waits for SIGKILL to take effect.
+KILL_WAIT = 10.0
+#: Most processes ``descendants`` reads (bounded: a fork bomb is not walked forever).
+MAX_TREE = 4096
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc), parents before their children."""
+    found: list[int] = []
+    todo = [pid]
+    while todo and len(found) < MAX_TREE:
+        current = todo.pop(0)
+        children: list[int] = []
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children += [int(c) for c in (task / "children").read_bytes().split()]
+        found += children
+        todo += children
+    return found[:MAX_TREE]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return not state[state.rfind(b")") + 2 :].startswith(b"Z")
 
 
 def _gone_within(pid: int, timeout: float) -> bool:

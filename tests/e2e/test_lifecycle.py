@@ -3,6 +3,7 @@ version cannot start while the old one keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -19,7 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from .harness import APPS, Request, Server, ferryman, serving, wait_until
+from .harness import (
+    APPS,
+    Request,
+    Server,
+    alive,
+    ferryman,
+    process_children,
+    serving,
+    wait_until,
+)
 
 SLOW_BOOT = APPS / "wsgi_slow_boot"
 BOOT_SECONDS = 2.0
@@ -388,6 +398,9 @@ def test_daemonize_returns_at_once_and_ferryman_stop_ends_it(tmp_path: Path) -> 
         app_pid = int(response.read())
         conn.close()
         assert response.status == 200
+        (core,) = process_children(pid)
+        everything = [pid, core, *process_children(core)]
+        assert app_pid in everything
         again = subprocess.run(
             argv, env=env, capture_output=True, text=True, timeout=60, check=False
         )
@@ -399,7 +412,7 @@ def test_daemonize_returns_at_once_and_ferryman_stop_ends_it(tmp_path: Path) -> 
         assert stopped.returncode == 0, stopped.stderr
         assert f"Ferryman {pid} stopped" in stopped.stdout
         assert not pid_file.exists()
-        assert wait_until(lambda: not _alive(pid) and not _alive(app_pid), timeout=10)
+        assert wait_until(lambda: not any(_alive(p) for p in everything), timeout=10)
     finally:
         if pid is None and pid_file.exists():
             pid = int(pid_file.read_text())
@@ -415,6 +428,53 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return not stat[stat.rfind(b")") + 2 :].startswith(b"Z")
+
+
+@pytest.mark.parametrize("how", ["port", "app_dir"])
+def test_ferryman_stop_finds_the_server_by_its_port_or_its_app(how: str) -> None:
+    with serving(APPS / "wsgi_stub", "--min-instances", "2", wait_ready=2) as server:
+        everything = [server.watchdog_pid, server.pid, *server.children()]
+        which = ["--port", str(server.port)] if how == "port" else [str(APPS / "wsgi_stub")]
+        stopped = ferryman(server, "stop", *which)
+        assert f"Ferryman {server.watchdog_pid} stopped" in stopped.stdout
+        assert server.proc.wait(10) == 0
+        assert not any(alive(pid) for pid in everything)
+
+
+def test_ferryman_stop_force_ends_a_hung_server_and_everything_it_started(
+    tmp_path: Path,
+) -> None:
+    """A core that hangs (SIGSTOP) never finishes its stop: `ferryman stop` says so (exit
+    1); with --force, once the server's graceful timeout and the margin are over, SIGKILL
+    ends the watchdog, the core and every app process, and the pid file goes too (the
+    killed watchdog could not remove it)."""
+    from ferryman.core import STOP_MARGIN
+
+    pid_file = tmp_path / "f.pid"
+    with serving(
+        APPS / "wsgi_stub", "--min-instances", "2", "--graceful-timeout", "1",
+        "--pid-file", str(pid_file), wait_ready=2,
+    ) as server:  # fmt: skip
+        assert wait_until(pid_file.exists, timeout=5)
+        everything = [server.watchdog_pid, server.pid, *server.children()]
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            hung = ferryman(
+                server, "stop", "--pid-file", str(pid_file), "--timeout", "0.5", check=False
+            )
+            assert hung.returncode == 1
+            assert f"Ferryman {server.watchdog_pid} is still running after 0.5 s" in hung.stderr
+            started = time.monotonic()
+            forced = ferryman(server, "stop", "--pid-file", str(pid_file), "--force")
+            took = time.monotonic() - started
+            assert f"Ferryman {server.watchdog_pid} stopped" in forced.stdout
+            # It waited the server's own stop time (not the default 35 s), then killed.
+            assert 1 + STOP_MARGIN <= took < 1 + STOP_MARGIN + 5, took
+            assert not any(alive(pid) for pid in everything)
+            assert not pid_file.exists()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.pid, signal.SIGCONT)
 
 
 def test_daemonize_without_a_log_file_is_refused() -> None:
