@@ -41,12 +41,16 @@ from .watchdog import HANDLED, CoreLink
 
 log = logging.getLogger("ferryman")
 
-#: After the graceful timeout, app processes get at least this long to exit by themselves
-#: once their stdin closes, then this long after SIGTERM: the whole stop ends within
-#: graceful_timeout + STOP_MARGIN (documented in the README).
-MIN_EOF_GRACE = 0.5
-STOP_TERM_AFTER_TIMEOUT = 1.0
-STOP_MARGIN = MIN_EOF_GRACE + STOP_TERM_AFTER_TIMEOUT
+#: The whole stop ends within graceful_timeout + STOP_MARGIN (documented in the README and
+#: docs/operations.md, for systemd's TimeoutStopSec and docker stop's 10 s). After the
+#: graceful timeout, app processes get at least MIN_EOF_GRACE to exit by themselves once
+#: their stdin closes (loaders that can take tens of ms), then STOP_TERM_AFTER_TIMEOUT
+#: after SIGTERM (a stopping loader ends at once); the rest of the margin is for SIGKILL,
+#: reaping, and the core's and the watchdog's own exits. (With the two graces taking the
+#: whole margin, an app ignoring both ended the stop 30-130 ms past it.)
+STOP_MARGIN = 1.5
+MIN_EOF_GRACE = 0.3
+STOP_TERM_AFTER_TIMEOUT = 0.7
 #: Shortest pause between two periodic looks at the pool, however short pool_idle_time is.
 MIN_TICK_INTERVAL = 0.25
 #: The longest admin password --admin-password-file may give (HTTP Basic in one header).
