@@ -334,8 +334,10 @@ def test_a_process_above_the_memory_limit_is_replaced_without_failing_a_request(
     [
         (APPS / "wsgi_stub", "/slow?t=1", ("--thread-count", "2")),
         (APPS / "node_http", "/sleep?ms=1000", ()),
+        (APPS / "asgi_fastapi", "/sleep?seconds=1", ()),
+        (APPS / "rack_stub", "/slow?t=1", ("--thread-count", "2")),
     ],
-    ids=["wsgi", "node"],
+    ids=["wsgi", "node", "asgi", "rack"],
 )
 def test_sigterm_to_every_process_at_once_is_an_orderly_stop(
     app: Path, path: str, args: tuple[str, ...]
@@ -344,6 +346,10 @@ def test_sigterm_to_every_process_at_once_is_an_orderly_stop(
     process at once — watchdog, core, app processes: the requests in flight finish with
     200, the app processes stop in order, nothing is logged as a crash or a failed start,
     and the server exits 0."""
+    if app.name.startswith("rack_"):
+        from .test_rack import _need
+
+        _need("rack")
     with serving(app, "--min-instances", "2", "--max-pool-size", "2", *args) as server:
         server.wait_for_ready()
         slow = [Request(server, path) for _ in range(4)]
