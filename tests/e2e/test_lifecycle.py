@@ -366,6 +366,42 @@ def test_sigterm_to_every_process_at_once_is_an_orderly_stop(
         assert server.children() == []
 
 
+def test_under_a_control_group_kill_requests_still_queued_are_answered_at_once() -> None:
+    """The same kill with requests waiting in the core's queue (two single-threaded
+    processes, four requests): the two in the app processes finish with 200; the two
+    queued ones, whose processes stop taking requests, are told 503 at once, not held
+    until the graceful timeout (regression: one waited for nothing, the stop took the
+    whole graceful timeout and the client got no response)."""
+    with serving(
+        APPS / "wsgi_stub", "--min-instances", "2", "--max-pool-size", "2",
+        "--graceful-timeout", "20",
+    ) as server:  # fmt: skip
+        server.wait_for_ready()
+        slow = [Request(server, "/slow?t=1") for _ in range(4)]
+
+        def states() -> list[str]:
+            lines = _requests_in_flight(server).splitlines()
+            return sorted(line.split()[4] for line in lines if line.startswith("GET /slow"))
+
+        assert wait_until(lambda: states() == ["forwarding"] * 2 + ["queued"] * 2, timeout=10)
+        started = time.monotonic()
+        for pid in [server.watchdog_pid, server.pid, *server.app_pids]:
+            os.kill(pid, signal.SIGTERM)
+        for request in slow:
+            request.join(25)
+        assert (
+            sorted((r.status, r.body) for r in slow if r.status != 200)
+            == [(503, b"Service Unavailable: the server is shutting down.\n")] * 2
+        )
+        assert [r.status for r in slow].count(200) == 2
+        assert server.proc.wait(25) == 0
+        assert time.monotonic() - started < 5
+        after = server.log_text().split("Received SIGTERM")[-1]
+        for bad in ("exited unexpectedly", "Could not start", "Traceback", "Starting a process"):
+            assert bad not in after, server.log_text()
+        assert server.children() == []
+
+
 def _in_flight(server: Server) -> list[str]:
     out = _requests_in_flight(server)
     return [line for line in out.splitlines() if " forwarding " in line]

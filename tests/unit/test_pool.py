@@ -1035,3 +1035,49 @@ def test_a_restart_restarted_over_that_fails_leaves_the_pool_within_its_size() -
     group.spawn_failed(BOOM, 3.0)
     assert [p.pid for p in group.processes] == [a.pid, b.pid]
     pool.verify(3.0)
+
+
+# -- draining (the server stops) ----------------------------------------------------------------
+
+
+def test_draining_no_process_left_rejects_the_queue_and_new_requests_at_once() -> None:
+    """systemd's control-group kill: the server drains, and its processes stop by themselves
+    (their own SIGTERM) while requests wait for them. Nothing is started any more, so the
+    waiters and the requests after them are told at once, not kept until the graceful
+    timeout. Regression: a request that came back after its process refused it waited for
+    nothing (invariant 3)."""
+    pool, group = pool_with(min_instances=2, max_instances=2)
+    a, b = bring_up(group, 1, 2)
+    busy = [sessions_of(group.checkout(Req(n), 0.0)[0]) for n in "ab"]
+    queued, _ = group.checkout(Req("queued"), 0.1)
+    assert isinstance(queued, Waiter)
+    pool.drain()
+    assert group.process_died(a, 1.0) == []  # the queued one still has b to wait for
+    pool.verify(1.0)
+    effects = group.process_died(b, 1.1)
+    assert effects == [Reject(queued, Rejected(Reason.SHUTTING_DOWN))]
+    assert group.checkout(Req("late"), 1.2) == (Rejected(Reason.SHUTTING_DOWN), [])
+    pool.verify(1.2)
+    for session in busy:
+        session.close(1.3)
+    pool.verify(1.3)
+
+
+def test_draining_the_last_process_of_a_group_in_a_shared_pool_rejects_its_waiters() -> None:
+    """With several apps in one pool: an app's last process leaves while the server drains
+    and requests wait for it: they learn that the server is shutting down, and nothing is
+    started for them (nor lent by the other app)."""
+    pool, a, b = two_groups(max_size=2)
+    (only,) = bring_up(a, 1, 1)
+    b.spawning = True
+    b.spawn_done(pid=200, concurrency=1, now=0.0)
+    sessions_of(a.checkout(Req("busy"), 0.0)[0])
+    sessions_of(b.checkout(Req("busy too"), 0.0)[0])
+    queued, effects = a.checkout(Req("queued"), 0.1)
+    assert isinstance(queued, Waiter) and effects == []  # full, nothing idle to take
+    pool.verify(0.1)
+    pool.drain()
+    effects = a.detach(only, 1.0, RetireReason.UNREACHABLE)
+    assert Reject(queued, Rejected(Reason.SHUTTING_DOWN)) in effects
+    assert not any(isinstance(e, Spawn) for e in effects)
+    pool.verify(1.0)

@@ -75,6 +75,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.next_pid = 100
         self.owner: dict[int, Group] = {}
         self.shut_down = False
+        self.draining = False
         self.apply(self.pool.tick(self.now))
 
     def apply(self, effects: list[Effect]) -> None:
@@ -202,6 +203,14 @@ class PoolMachine(RuleBasedStateMachine):
     def time_passes(self, dt: float) -> None:
         self.now += dt
         self.apply(self.pool.tick(self.now))
+
+    @precondition(lambda self: not self.shut_down and not self.draining)
+    @rule()
+    def drain(self) -> None:
+        """The server begins to stop: requests in flight finish, nothing new starts (its
+        processes may still stop by themselves, e.g. on their own SIGTERM, or die)."""
+        self.draining = True
+        self.pool.drain()
 
     @precondition(lambda self: not self.shut_down)
     @rule()

@@ -116,7 +116,8 @@ class Group:
     2. A non-empty queue means every process is totally busy (no capacity sits idle
        while a request waits).
     3. A non-empty queue means progress is coming: a spawn is in flight, a process
-       exists whose session will close, or the pool is full and waits for capacity.
+       exists whose session will close, or the pool is full and waits for capacity
+       (not while draining: then nothing is started).
     4. Every queued waiter has ``waiting`` set; the queue is no longer than ``max_queue_size``
        (when bounded).
     5. Every process in ``retiring`` is detached, shutting down, and still has sessions.
@@ -202,8 +203,14 @@ class Group:
                 if process.totally_busy() or len(self.processes) < self.options.min_instances:
                     self._maybe_spawn(now, effects)
                 return session, effects
-        if not self.processes and not self.spawning and now < self.backoff_until:
-            return Rejected(Reason.SPAWN_FAILED, self.last_error), effects
+        if not self.processes and not self.spawning:
+            if self.draining:
+                # Nothing starts while the server stops: a request that would wait here
+                # (its process stopped by itself, on its own SIGTERM) would wait for
+                # nothing until the graceful timeout cut it.
+                return Rejected(Reason.SHUTTING_DOWN), effects
+            if now < self.backoff_until:
+                return Rejected(Reason.SPAWN_FAILED, self.last_error), effects
         if self._queue_full():
             return Rejected(Reason.QUEUE_FULL), effects
         waiter = Waiter(token, now)
@@ -474,9 +481,13 @@ class Group:
     def _after_loss(self, now: float, effects: list[Effect]) -> None:
         """A process left the group: replace it if wanted; never strand the queue."""
         self._maybe_spawn(now, effects)
-        if self.queue and not self.processes and not self.spawning and not self.pool.is_full():
-            # Only a back-off stops a spawn here: the waiters get the last error now.
-            self._reject_all(Rejected(Reason.SPAWN_FAILED, self.last_error), effects)
+        if self.queue and not self.processes and not self.spawning:
+            if self.draining:
+                # The server stops and starts nothing (a full pool frees nothing for us).
+                self._reject_all(Rejected(Reason.SHUTTING_DOWN), effects)
+            elif not self.pool.is_full():
+                # Only a back-off stops a spawn here: the waiters get the last error now.
+                self._reject_all(Rejected(Reason.SPAWN_FAILED, self.last_error), effects)
         self.pool._after_capacity_change(now, effects)
 
     def _count_retired(self, reason: str) -> None:
@@ -691,7 +702,7 @@ class Group:
             assert all(p.totally_busy() for p in self.processes), (
                 f"{self.name}: a request waits while a process has room"
             )
-            assert self.spawning or self.processes or self.pool.is_full(), (
+            assert self.spawning or self.processes or (self.pool.is_full() and not self.draining), (
                 f"{self.name}: requests wait but nothing will serve them"
             )
         assert all(w.waiting for w in self.queue), f"{self.name}: a queued waiter is not waiting"

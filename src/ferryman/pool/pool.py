@@ -52,7 +52,8 @@ class Pool:
 
     def drain(self) -> None:
         """The server begins to stop: requests in flight finish, no process is started
-        any more (one that exits meanwhile, e.g. on its own SIGTERM, is not replaced)."""
+        any more (one that exits meanwhile, e.g. on its own SIGTERM, is not replaced, and
+        requests that would wait for one are rejected at once)."""
         for group in self.groups.values():
             group.draining = True
 
