@@ -168,8 +168,17 @@ def _stopped_count(server: Server, start: int) -> int:
     return len(re.findall(r"App \d+ stopped", "\n".join(server.log_text().splitlines()[start:])))
 
 
+@pytest.mark.parametrize(
+    ("breakage", "why", "category"),
+    [
+        ("raise RuntimeError('the new version is broken')", "the new version is broken",
+         "import_error"),
+        ("import time\ntime.sleep(3600)", "", "timeout"),  # hangs at import: --start-timeout
+    ],
+    ids=["import_error", "timeout"],
+)  # fmt: skip
 def test_a_broken_deploy_leaves_the_old_version_serving_until_it_is_fixed(
-    tmp_path: Path,
+    tmp_path: Path, breakage: str, why: str, category: str
 ) -> None:
     app = copy_app(SLOW_BOOT, tmp_path)
     startup = app / "passenger_wsgi.py"
@@ -177,22 +186,23 @@ def test_a_broken_deploy_leaves_the_old_version_serving_until_it_is_fixed(
     env = {"BOOT_SECONDS": "0", "PYTHONDONTWRITEBYTECODE": "1"}
     with serving(
         app, "--min-instances", "2", "--max-pool-size", "2", "--stat-throttle-rate", "0",
-        env=env,
+        "--start-timeout", "2", env=env,
     ) as server:  # fmt: skip
         server.wait_for_ready()
         old = {server.get("/")[1] for _ in range(4)}
         assert {body.split()[1] for body in old} == {b"1"}
-        # The deploy breaks the app: it raises at import.
-        startup.write_text(good + "\nraise RuntimeError('the new version is broken')\n")
+        # The deploy breaks the app: it raises at import, or never finishes importing.
+        startup.write_text(good + "\n" + breakage + "\n")
         mark = server.mark()
         touch_restart(app)
         assert server.get("/")[0] == 200  # restart.txt is looked at when a request comes
         line = server.wait_for_log(
-            r"Restart of .* failed, the old processes keep serving: .*the new version is "
-            r"broken.*\(error ID (?P<id>[0-9a-f]+); report: ",
+            r"Restart of .* failed, the old processes keep serving: .*" + why
+            + r".*category: (?P<category>\w+)\] \(error ID (?P<id>[0-9a-f]+); report: ",
             timeout=15,
             start=mark,
-        )
+        )  # fmt: skip
+        assert line["category"] == category
         error_id = line["id"]
         for _ in range(20):
             status, body = server.get("/")
