@@ -444,6 +444,10 @@ def test_daemonize_returns_at_once_and_ferryman_stop_ends_it(tmp_path: Path) -> 
         assert started.returncode == 0, started.stderr
         assert f"running in the background: pid {pid}, http://127.0.0.1:{port}" in started.stdout
         assert pid is not None
+        # Detached: a session of its own, no controlling terminal (tty_nr 0), re-parented.
+        assert os.getsid(pid) not in (os.getsid(0), pid)  # the second fork: no session leader
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        assert stat[stat.rfind(")") + 2 :].split()[4] == "0"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/pid")
         response = conn.getresponse()
