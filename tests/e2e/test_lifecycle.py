@@ -376,6 +376,24 @@ def test_sigterm_to_every_process_at_once_is_an_orderly_stop(
         assert server.children() == []
 
 
+@pytest.mark.parametrize("app", ["wsgi_stub", "asgi_fastapi", "node_http", "rack_stub"])
+def test_a_sigterm_the_moment_a_process_is_ready_is_an_orderly_stop(app: str) -> None:
+    """Regression: the Node.js loader installed its SIGTERM handler only after it said
+    "ready"; a SIGTERM sent as soon as the core heard it (systemd's control-group kill
+    right after a spawn) killed the process: "exited unexpectedly (signal 15)" and a bogus
+    "crashes right after starting" error with its error ID."""
+    if app.startswith("rack_"):
+        from .test_rack import _need
+
+        _need("rack")
+    with serving(APPS / app, "--min-instances", "1") as server:
+        (pid,) = server.app_pids
+        os.kill(pid, signal.SIGTERM)
+        server.wait_for_log(rf"App {pid} stopped by itself \(exit code 0\)", timeout=10)
+        log = server.log_text()
+        assert "exited unexpectedly" not in log and "Could not start" not in log, log
+
+
 def test_under_a_control_group_kill_requests_still_queued_are_answered_at_once() -> None:
     """The same kill with requests waiting in the core's queue (two single-threaded
     processes, four requests): the two in the app processes finish with 200; the two

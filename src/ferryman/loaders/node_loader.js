@@ -130,6 +130,12 @@ net.Server.prototype.listen = function listen(...listenArgs) {
 };
 
 function ready() {
+  // The handlers first (unless the app has its own): a SIGTERM that comes as soon as the
+  // core hears "ready" is an orderly stop. Installed after the message, a SIGTERM sent at
+  // once (systemd's control-group kill right after a spawn) found Node's default action:
+  // killed by signal 15, logged as a crash right after starting.
+  if (process.listenerCount("SIGTERM") === 0) process.on("SIGTERM", onSigterm);
+  if (process.listenerCount("SIGQUIT") === 0) process.on("SIGQUIT", reportHang);
   step("listen", "performed");
   step("ready", "performed");
   send({
@@ -142,8 +148,6 @@ function ready() {
     },
   });
   closeHandshake();
-  if (process.listenerCount("SIGTERM") === 0) process.on("SIGTERM", onSigterm);
-  if (process.listenerCount("SIGQUIT") === 0) process.on("SIGQUIT", reportHang);
 }
 
 // -- a hung process (--max-request-time): what it was doing, before Ferryman kills it ---------
