@@ -326,9 +326,16 @@ class Supervisor:
         self.connections.close(process)
         now = self.now()
         error = None
+        # A loader exits 0 by itself only when told to stop by its own SIGTERM (systemd's
+        # control-group kill, docker stop, an operator's kill): not a crash, and not a
+        # failed start however young it is (no back-off: replaced at once). A program
+        # started without a loader (--app-start-command) that exits 0 may just be broken.
+        orderly = (
+            code == 0
+            and process.life is Life.ALIVE
+            and self.spawners[group.name].spec.kind.loader is not None
+        )
         if code == 0 and process.life is Life.ALIVE:
-            # It stopped in order by itself (a loader does on SIGTERM: systemd's
-            # control-group kill, docker stop): not a crash, not a failed start.
             log.info("App %d stopped by itself (exit code 0)", process.pid)
         elif not self.stopping and (
             process.life is Life.ALIVE or (code != 0 and not handle.child.signalled)
@@ -347,7 +354,7 @@ class Supervisor:
                 self._log_spawn_error(group, error)
         else:
             log.info("App %d stopped", process.pid)
-        effects = group.process_died(process, now, error)
+        effects = group.process_died(process, now, error, orderly)
         del self.handles[process]
         self._start(self._release(handle))
         self.apply(effects)

@@ -357,6 +357,18 @@ def test_a_process_dying_right_after_it_started_is_a_crash_loop() -> None:
     pool.verify(104.0)
 
 
+def test_a_young_process_that_stopped_in_order_is_replaced_at_once() -> None:
+    """A loader stops in order on its own SIGTERM (systemd's control-group kill, an
+    operator's kill): however young, that is no failed start: no back-off, no failure."""
+    pool, group = pool_with(min_instances=1, spawn_backoff=3.0, early_death=2.0)
+    (a,) = bring_up(group, 1, 1, now=100.0)
+    effects = group.process_died(a, 100.5, orderly=True)
+    assert effects == [Spawn(group.name)]
+    assert (group.failures, group.backoff_until) == (0, 0.0)
+    assert isinstance(group.checkout(Req("r"), 100.6)[0], Waiter)  # waits, not rejected
+    pool.verify(100.6)
+
+
 def test_a_crash_loop_backs_off_longer_each_time() -> None:
     """Ready, dead before serving, again and again: 1 s, 2 s, 4 s... between starts (a
     process becoming ready does not end the streak; it dies again at once)."""

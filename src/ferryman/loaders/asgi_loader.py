@@ -854,6 +854,18 @@ async def serve(args: dict[str, Any], handshake: Any, app: ASGIApp) -> int:
         server.serve_connection, sock=listener, limit=RECV_SIZE
     )
     handshake.step("listen", "performed")
+
+    # The handlers before "ready": a SIGTERM sent as soon as the core hears it (systemd's
+    # control-group kill right after a spawn) is an orderly stop, not signal 15.
+    stop = asyncio.Event()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
+        loop.add_signal_handler(signal.SIGTERM, _on_sigterm, server, stop)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
+        # Before killing a hung process (--max-request-time) the core sends SIGQUIT: the
+        # stack of every task (where each request awaits), and, through faulthandler, of
+        # every thread (the event loop's, if a request blocks it).
+        loop.add_signal_handler(signal.SIGQUIT, _dump_tasks)
+        faulthandler.register(signal.SIGQUIT, file=2, all_threads=True, chain=True)
     handshake.step("ready", "performed")
     handshake.send(
         {
@@ -868,16 +880,7 @@ async def serve(args: dict[str, Any], handshake: Any, app: ASGIApp) -> int:
     )
     handshake.close()
 
-    stop = asyncio.Event()
     loop.add_reader(0, _on_stdin, stop, server)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
-        loop.add_signal_handler(signal.SIGTERM, _on_sigterm, server, stop)
-    if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
-        # Before killing a hung process (--max-request-time) the core sends SIGQUIT: the
-        # stack of every task (where each request awaits), and, through faulthandler, of
-        # every thread (the event loop's, if a request blocks it).
-        loop.add_signal_handler(signal.SIGQUIT, _dump_tasks)
-        faulthandler.register(signal.SIGQUIT, file=2, all_threads=True, chain=True)
     await stop.wait()
     loop.remove_reader(0)
     server.stopping = True

@@ -689,11 +689,8 @@ module FerrymanRack
     threads = 1 if threads < 1
     server = Server.new(app, listener, threads)
     server.start
-    handshake.step("ready", "performed")
-    handshake.send({ ready: { version: HANDSHAKE_VERSION, socket: args["socket"],
-                              protocol: PROTOCOL, concurrency: threads, pid: Process.pid } })
-    handshake.close
-
+    # The traps before "ready": a SIGTERM sent as soon as the core hears it (systemd's
+    # control-group kill right after a spawn) is an orderly stop, not signal 15.
     stop = Queue.new
     Signal.trap("TERM") do
       if server.stopping
@@ -717,6 +714,11 @@ module FerrymanRack
         $stderr.flush
       end
     end
+    handshake.step("ready", "performed")
+    handshake.send({ ready: { version: HANDSHAKE_VERSION, socket: args["socket"],
+                              protocol: PROTOCOL, concurrency: threads, pid: Process.pid } })
+    handshake.close
+
     Thread.new do
       begin
         loop do

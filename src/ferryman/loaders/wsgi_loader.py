@@ -856,29 +856,34 @@ def main() -> None:
     }
     server = Server(app, listener, threads, base_environ)
     server.start()
-    handshake.step("ready", "performed")
-    handshake.send(
-        {
-            "ready": {
-                "version": HANDSHAKE_VERSION,
-                "socket": args["socket"],
-                "protocol": PROTOCOL,
-                "concurrency": threads,
-                "pid": os.getpid(),
-            }
-        }
-    )
-    handshake.close()
 
+    # The handlers before "ready": a SIGTERM sent as soon as the core hears it (systemd's
+    # control-group kill right after a spawn) is an orderly stop, not signal 15. From
+    # here on it raises Terminated, caught below wherever it lands.
     _WAITING[0] = True
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
-        signal.signal(signal.SIGTERM, lambda signum, frame: on_sigterm())
-    if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
-        # Before killing a hung process (--max-request-time), the core sends SIGQUIT:
-        # every thread's stack goes to the log. faulthandler writes from the C signal
-        # handler, so it works even while a thread holds the GIL in a C extension.
-        faulthandler.register(signal.SIGQUIT, file=2, all_threads=True)
     try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the app's own handler wins
+            signal.signal(signal.SIGTERM, lambda signum, frame: on_sigterm())
+        if signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL:
+            # Before killing a hung process (--max-request-time), the core sends SIGQUIT:
+            # every thread's stack goes to the log. faulthandler writes from the C signal
+            # handler, so it works even while a thread holds the GIL in a C extension.
+            faulthandler.register(signal.SIGQUIT, file=2, all_threads=True)
+        try:
+            handshake.step("ready", "performed")
+            handshake.send(
+                {
+                    "ready": {
+                        "version": HANDSHAKE_VERSION,
+                        "socket": args["socket"],
+                        "protocol": PROTOCOL,
+                        "concurrency": threads,
+                        "pid": os.getpid(),
+                    }
+                }
+            )
+        finally:
+            handshake.close()
         wait_for_owner_eof()
     except Terminated:
         pass  # SIGTERM (systemd, docker stop): the same orderly stop as the core's

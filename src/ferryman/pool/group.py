@@ -441,11 +441,13 @@ class Group:
     # -- process loss and retirement -----------------------------------------------
 
     def process_died(
-        self, process: Process, now: float, error: Exception | None = None
+        self, process: Process, now: float, error: Exception | None = None, orderly: bool = False
     ) -> list[Effect]:
         """The OS process behind ``process`` exited (expectedly or not) and was reaped.
 
         ``error`` (the driver's) explains an early death, for requests during the back-off.
+        ``orderly``: it stopped in order by itself (a loader told to stop by its own
+        SIGTERM): however young, not a failed start; it is replaced at once.
         """
         effects: list[Effect] = []
         was_enabled = process.enablement is Enablement.ENABLED
@@ -460,7 +462,7 @@ class Group:
             self._unstick(process, now, effects)
             if process in self.outdated:
                 self.outdated.remove(process)  # nothing to wait for: it is gone
-            if self.died_starting(process, now):
+            if not orderly and self.died_starting(process, now):
                 # It died right after starting: a crash loop, not bad luck. Back off as
                 # after a failed spawn, or it would be replaced in a tight loop.
                 self._note_failure(error if error is not None else self.last_error, now, effects)
