@@ -461,3 +461,15 @@ def test_ruby_names_the_interpreter(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "invalid value '/bin/true' for ruby (from --ruby)" in result.stderr
     assert "Ruby 3.0 (or newer)" in result.stderr
+
+
+def test_an_apps_own_term_handler_is_kept() -> None:
+    """A TERM handler the app installs itself (config.ru) is the one that runs, as under
+    the Python and Node.js loaders; the loader's orderly stop is not put over it."""
+    with serving(APPS / "rack_own_term", "--min-instances", "1") as server:
+        (pid,) = server.app_pids
+        assert server.get("/") == (200, str(pid).encode())
+        os.kill(pid, signal.SIGTERM)
+        server.wait_for_log("app: own TERM handler ran")
+        assert wait_until(lambda: pid not in server.children(), timeout=5)
+        assert "Ferryman loader: received SIGTERM" not in server.log_text()

@@ -691,8 +691,10 @@ module FerrymanRack
     server.start
     # The traps before "ready": a SIGTERM sent as soon as the core hears it (systemd's
     # control-group kill right after a spawn) is an orderly stop, not signal 15.
+    # An app that installed a TERM handler of its own (config.ru, an initializer) keeps
+    # it, as under the Python and Node.js loaders: the app's own stop wins.
     stop = Queue.new
-    Signal.trap("TERM") do
+    previous = Signal.trap("TERM") do
       if server.stopping
         Signal.trap("TERM", "DEFAULT")
         Process.kill("TERM", Process.pid)
@@ -701,6 +703,7 @@ module FerrymanRack
         stop << :term
       end
     end
+    Signal.trap("TERM", previous) if previous.respond_to?(:call) || previous == "EXIT"
     # Before killing a hung process (--max-request-time) the core sends SIGQUIT: every
     # thread's backtrace goes to the log.
     Signal.trap("QUIT") do
