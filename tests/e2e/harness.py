@@ -276,6 +276,20 @@ class Server:
         status, _, body = self.request("GET", path, timeout=timeout)
         return status, body
 
+    def get_at_once(self, path: str, count: int) -> tuple[list[tuple[int, bytes]], float]:
+        """``count`` GETs of ``path`` sent together, each on its own connection: their
+        (status, body) in the order they ended, and the seconds they took in all."""
+        results: list[tuple[int, bytes]] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(self.get(path))) for _ in range(count)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return results, time.monotonic() - started
+
     def raw(self, data: bytes, timeout: float = 10) -> bytes:
         """Send raw bytes, read until the server closes the connection."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:

@@ -129,17 +129,7 @@ def test_an_asgi_process_serves_many_requests_at_once() -> None:
     """Unlimited concurrency per process: 20 requests sleeping 1 s on one process take
     about 1 s, not 20."""
     with serving(FASTAPI, "--min-instances", "1", "--max-pool-size", "1") as server:
-        results: list[tuple[int, bytes]] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(server.get("/sleep?seconds=1")))
-            for _ in range(20)
-        ]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        took = time.monotonic() - started
+        results, took = server.get_at_once("/sleep?seconds=1", 20)
         assert [status for status, _ in results] == [200] * 20
         assert len({body for _, body in results}) == 1  # one process
         assert took < 5, took
@@ -248,17 +238,7 @@ def test_the_concurrency_cap_holds_for_an_asgi_process() -> None:
         "--force-max-concurrent-requests-per-process", "3",
     ) as server:  # fmt: skip
         assert "requests per process: at most 3" in server.log_text()
-        results: list[tuple[int, bytes]] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(server.get("/held?seconds=0.5")))
-            for _ in range(9)
-        ]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        took = time.monotonic() - started
+        results, took = server.get_at_once("/held?seconds=0.5", 9)
         assert [status for status, _ in results] == [200] * 9
         peaks = [json.loads(body)["peak"] for _, body in results]
         assert max(peaks) == 3, peaks

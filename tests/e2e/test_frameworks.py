@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from .harness import serving
@@ -63,17 +61,7 @@ urlpatterns.append(path("waits/", waits))
         site, "--app-type", "asgi", "--min-instances", "1", "--max-pool-size", "1"
     ) as server:
         server.wait_for_log(r"app type: Python ASGI \(mysite/asgi\.py\)")
-        results: list[tuple[int, bytes]] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(server.get("/waits/?seconds=0.5")))
-            for _ in range(10)
-        ]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        took = time.monotonic() - started
+        results, took = server.get_at_once("/waits/?seconds=0.5", 10)
         assert [status for status, _ in results] == [200] * 10
         bodies = [json.loads(body) for _, body in results]
         assert len({body["pid"] for body in bodies}) == 1

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -216,17 +215,8 @@ def test_three_slow_requests_on_three_single_threaded_processes() -> None:
         STUB, "--min-instances", "3", "--max-pool-size", "3", "--thread-count", "1",
         wait_ready=3,
     ) as server:  # fmt: skip
-        results: list[bytes] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(server.get("/slow?t=1.5")[1]))
-            for _ in range(3)
-        ]
-        start = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        elapsed = time.monotonic() - start
+        answers, elapsed = server.get_at_once("/slow?t=1.5", 3)
+        results = [body for _, body in answers]
         assert sorted(int(pid) for pid in results) == sorted(server.app_pids)
         assert elapsed < 2.9, elapsed  # at once: two of them one after the other take 3 s
 
@@ -238,17 +228,8 @@ def test_thread_count_threads_serve_one_process_at_once() -> None:
     ) as server:  # fmt: skip
         server.wait_for_log(r"App \d+ ready: .*concurrency 3\)")
         (pid,) = server.app_pids
-        results: list[bytes] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(server.get("/slow?t=1.5")[1]))
-            for _ in range(3)
-        ]
-        start = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        elapsed = time.monotonic() - start
+        answers, elapsed = server.get_at_once("/slow?t=1.5", 3)
+        results = [body for _, body in answers]
         assert results == [str(pid).encode()] * 3
         assert elapsed < 2.9, elapsed
 
