@@ -306,7 +306,11 @@ class Supervisor:
     # -- ending processes -----------------------------------------------------------------------
 
     async def _stop(self, process: Process) -> None:
-        handle = self.handles[process]
+        handle = self.handles.get(process)
+        if handle is None:
+            # It exited (and was reaped) between the Stop effect and this task's first
+            # step: its own SIGTERM, as under systemd's control-group kill.
+            return
         if process.retire_reason and not self.stopping:
             log.info(
                 "Stopping app %d of %s: %s", process.pid, handle.group.name, process.retire_reason
@@ -412,7 +416,9 @@ class Supervisor:
     async def _kill(self, process: Process) -> None:
         """Kill a hung process; a loader that can is asked for its stacks first (SIGQUIT to
         the loader alone, not to what the app started)."""
-        handle = self.handles[process]
+        handle = self.handles.get(process)
+        if handle is None:
+            return  # it exited before this task began (see _stop)
         child = handle.child
         if self.spawners[handle.group.name].spec.kind.stack_dump and child.running:
             with contextlib.suppress(ProcessLookupError):
