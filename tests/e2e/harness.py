@@ -405,6 +405,11 @@ def serving(
     )
     try:
         yield server
+    except BaseException:
+        # The server's log beside the failure (pytest shows a failed test's output): what
+        # the core saw is often the only clue to a failure seen once, in CI.
+        print(f"--- the server's log (pid {server.pid}) ---\n{server.log_text()}")
+        raise
     finally:
         server.close()
 
