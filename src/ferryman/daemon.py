@@ -32,12 +32,9 @@ def ferryman_pid(pid: int) -> bool:
     """Whether ``pid`` is a running Ferryman server (not just any process with that pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return False
-    if state[state.rfind(b")") + 2 :].startswith(b"Z"):
-        return False
-    return b"ferryman" in cmdline
+    return _running(pid) and b"ferryman" in cmdline
 
 
 def read_pid_file(path: Path) -> int | None:
@@ -194,14 +191,19 @@ def descendants(pid: int) -> list[int]:
     found: list[int] = []
     todo = [pid]
     while todo and len(found) < MAX_TREE:
-        current = todo.pop(0)
-        children: list[int] = []
-        with contextlib.suppress(OSError, ValueError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children += [int(c) for c in (task / "children").read_bytes().split()]
+        children = process_children(todo.pop(0))
         found += children
         todo += children
     return found[:MAX_TREE]
+
+
+def process_children(pid: int) -> list[int]:
+    """The children of ``pid`` (from /proc; none if it is gone)."""
+    children: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(child) for child in (task / "children").read_bytes().split()]
+    return children
 
 
 def _running(pid: int) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
+from .daemon import process_children
 from .errors import SpawnError
 from .pool import (
     Effect,
@@ -509,12 +510,9 @@ def tree_rss(pid: int) -> int:
         seen.add(current)
         try:
             total += int(Path(f"/proc/{current}/statm").read_bytes().split()[1]) * _PAGE
-            tasks = Path(f"/proc/{current}/task")
-            for task in tasks.iterdir():
-                children = (task / "children").read_bytes().split()
-                todo.extend(int(child) for child in children)
         except (OSError, ValueError, IndexError):
             continue
+        todo.extend(process_children(current))
     return total
 
 
