@@ -453,10 +453,12 @@ module FerrymanRack
     # A WebSocket close frame with code 1001 (going away), unmasked: from a server.
     GOING_AWAY = [0x88, 2, 1001].pack("CCn").freeze
 
+    # Made for every request (rack.hijack may be called): only what a hijack needs is
+    # made when it is.
     def initialize(conn)
       @conn = conn
       @ours = nil
-      @lock = Mutex.new
+      @lock = nil
       @going_away = false
     end
 
@@ -469,6 +471,7 @@ module FerrymanRack
     def open(server, full:, status: nil)
       raise IOError, "the connection was hijacked already" if @ours
 
+      @lock = Mutex.new
       app_io, @ours = UNIXSocket.pair
       app_io.binmode
       @ours.binmode
@@ -491,7 +494,7 @@ module FerrymanRack
 
     # Ends the tunnel: the app reads EOF, its writes fail.
     def close
-      @lock.synchronize { @ours.close unless @ours.nil? || @ours.closed? }
+      @lock&.synchronize { @ours.close unless @ours.nil? || @ours.closed? }
     end
 
     def going_away
